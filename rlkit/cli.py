@@ -1,0 +1,80 @@
+"""The `rlkit` command.
+
+    rlkit grpo --config FILE [key.sub=value ...] [--resume]
+    rlkit build-tiny --kind vlm|text --out DIR [--tokenizer small|qwen] [--data easy_vqa]
+
+Config errors are printed as one line naming the key, with exit status 2, before anything starts.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _quiet_defaults() -> None:
+    for k, v in (("OMP_NUM_THREADS", "1"), ("TOKENIZERS_PARALLELISM", "false"), ("RAY_AUTH_MODE", "disabled"),
+                 ("VLLM_ENABLE_V1_MULTIPROCESSING", "0"), ("HF_HUB_OFFLINE", "1"), ("VLLM_CPU_KVCACHE_SPACE", "1")):
+        os.environ.setdefault(k, v)
+
+
+def cmd_grpo(args) -> int:
+    from rlkit.config import GRPOConfig, load_config
+    from rlkit.grpo import run_grpo
+
+    cfg = load_config(GRPOConfig, args.config, args.overrides)
+    summary = run_grpo(cfg, resume=args.resume)
+    print({k: summary[k] for k in ("step", "reward/mean", "checkpoint") if k in summary})
+    return 0
+
+
+def cmd_build_tiny(args) -> int:
+    from rlkit.data import load_source
+    from rlkit.models.loading import build_tiny
+
+    texts = []
+    if args.data:
+        ds = load_source(args.data, "train")
+        texts = list(ds["prompt"]) + [str(a) for a in ds["answer"]]
+    path = build_tiny(args.kind, args.out, texts=texts, tokenizer=args.tokenizer, vocab_size=args.vocab_size, seed=args.seed)
+    print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_defaults()
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    parser = argparse.ArgumentParser(prog="rlkit", description="RL post-training of multimodal LLMs")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    g = sub.add_parser("grpo", help="train with GRPO")
+    g.add_argument("--config", required=False, help="YAML config file")
+    g.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in output_dir")
+    g.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.lr=3e-4 max_steps=20")
+    g.set_defaults(fn=cmd_grpo)
+
+    b = sub.add_parser("build-tiny", help="write a tiny deterministic policy (model + tokenizer/processor)")
+    b.add_argument("--kind", choices=("text", "vlm"), required=True)
+    b.add_argument("--out", required=True)
+    b.add_argument("--tokenizer", choices=("small", "qwen"), default="small")
+    b.add_argument("--data", default="", help="train the small tokenizer on this data source's text (e.g. easy_vqa)")
+    b.add_argument("--vocab-size", type=int, default=512)
+    b.add_argument("--seed", type=int, default=0)
+    b.set_defaults(fn=cmd_build_tiny)
+
+    args = parser.parse_args(argv)
+    from rlkit.config import ConfigError
+    from rlkit.data import DataError
+    from rlkit.models.loading import ModelLoadError
+
+    try:
+        return args.fn(args)
+    except (ConfigError, DataError, ModelLoadError) as e:
+        print(f"rlkit: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""Typed configuration: nested dataclasses, loaded from YAML, overridden with dotted keys, validated at load.
+
+Why dataclasses and not a dict: every key is declared once, with its type, default and one line of
+documentation (the field's comment, which `docs/config.md` mirrors); a misspelt key in a YAML file or on the
+command line fails before any worker starts, with a message that names the key and suggests the closest one.
+
+    cfg = load_config(GRPOConfig, "examples/easy_vqa/grpo.yaml", ["trainer.lr=3e-4", "max_steps=20"])
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import pathlib
+import types
+import typing
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key."""
+
+
+# ----------------------------------------------------------------------------------------------- sections
+@dataclasses.dataclass
+class ModelConfig:
+    path: str = "tiny:vlm"  # transformers model id or local path; "tiny:vlm" / "tiny:text" build a tiny policy offline
+    tokenizer: str = "small"  # tiny models only: "small" (BPE trained on the data's text) or "qwen" (real Qwen vocabulary)
+    dtype: str = "float32"  # policy dtype: float32 | bfloat16 | float16
+    freeze: list = dataclasses.field(default_factory=list)  # parts kept frozen: any of "vision", "projector", "language"
+    image_size: int = 84  # tiny:vlm only: images are resized to this many pixels per side
+    hidden_size: int = 128  # tiny models only: width of the language model
+    num_layers: int = 2  # tiny models only: depth of the language model
+    vision_depth: int = 2  # tiny:vlm only: depth of the vision tower
+    vocab_size: int = 512  # tiny models with tokenizer "small": the BPE's target vocabulary size
+    seed: int = 0  # tiny models only: the weight-initialisation seed
+
+
+@dataclasses.dataclass
+class DataConfig:
+    source: str = "easy_vqa"  # built-in source name, a local file/folder (json, jsonl, csv, parquet), or a hub data set name
+    split: str = "train"  # split to train on
+    columns: dict = dataclasses.field(default_factory=dict)  # rename map {canonical: yours}, e.g. {prompt: question, answer: label}
+    source_kwargs: dict = dataclasses.field(default_factory=dict)  # extra arguments for a built-in source (e.g. {types: [color]})
+    limit: int = 0  # use at most this many rows (0: all)
+    shuffle: bool = True  # reshuffle the prompt order every epoch (seeded)
+    system_prompt: str = ""  # optional system message rendered before every prompt
+    on_bad_row: str = "error"  # a row that cannot be used (missing field, undecodable image): "error" stops, "skip" counts and continues
+
+
+@dataclasses.dataclass
+class ModesConfig:
+    deep_ratio: float = 0.0  # share of samples rendered in deep (thinking) mode: 0 = fast only, 1 = deep only
+    per: str = "prompt"  # draw the mode once per "prompt" (whole group shares it) or per "sample"
+    mode_column: str = "mode"  # a row whose column of this name is "fast" or "deep" pins its mode
+
+
+@dataclasses.dataclass
+class RolloutConfig:
+    engine: str = "vllm"  # "vllm" (default) or "hf" (transformers generate: reference and fallback)
+    n: int = 8  # completions per prompt (the GRPO group size)
+    temperature: float = 1.0  # sampling temperature
+    top_p: float = 1.0  # nucleus sampling threshold
+    max_tokens: int = 16  # maximum new tokens per completion
+    max_model_len: int = 1024  # vLLM: longest prompt + completion in tokens
+    kv_cache_gib: float = 1.0  # vLLM CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)
+    gpu_memory_utilization: float = 0.5  # vLLM GPU: share of GPU memory for the engine
+    num_cpus: float = 1.0  # Ray CPUs reserved for the rollout actor
+
+
+@dataclasses.dataclass
+class AlgorithmConfig:
+    advantage: str = "grpo"  # advantage estimator, by registered name (docs/algorithms.md)
+    advantage_opts: dict = dataclasses.field(default_factory=dict)  # keyword arguments of the advantage estimator
+    policy_loss: str = "ppo_clip"  # policy loss, by registered name
+    loss_opts: dict = dataclasses.field(default_factory=dict)  # keyword arguments of the policy loss (clip_low, clip_high, aggregation, ...)
+    kl_coef: float = 0.0  # weight of the KL penalty to the reference policy in the loss (0: no reference model is loaded)
+    kl_estimator: str = "k3"  # KL estimator by registered name: k1, k2, k3
+
+
+@dataclasses.dataclass
+class TrainerConfig:
+    prompts_per_step: int = 4  # prompts per GRPO step (each sampled rollout.n times)
+    lr: float = 1e-4  # AdamW learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    betas: list = dataclasses.field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
+    max_grad_norm: float = 1.0  # gradient clipping by global norm (0: off)
+    micro_batch_size: int = 64  # sequences per forward/backward pass (gradient accumulation above it)
+    num_cpus: float = 1.0  # Ray CPUs reserved for the policy actor
+
+
+@dataclasses.dataclass
+class RewardConfig:
+    name: str = ""  # a registered reward (rewards registry), or
+    path: str = ""  # a callable by path: "my_rewards.py:score" or "package.module:score"
+    weight: float = 1.0  # weight in the summed reward used for advantages
+    kwargs: dict = dataclasses.field(default_factory=dict)  # keyword arguments bound to the reward
+
+
+@dataclasses.dataclass
+class LoggingConfig:
+    progress: bool = True  # show a progress bar (steps, reward, time left)
+    tensorboard: bool = False  # also write TensorBoard events under output_dir/tensorboard
+    save_every: int = 0  # write a checkpoint every N steps (0: only at the end)
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk (0: keep all)
+    log_samples: bool = True  # write samples.jsonl (one object per scored completion)
+
+
+@dataclasses.dataclass
+class RayConfig:
+    address: str = ""  # "" starts a local Ray on this machine (bound to 127.0.0.1); "auto" or host:port joins a cluster
+    num_cpus: int = 0  # CPUs for a local Ray (0: all of this machine's)
+
+
+@dataclasses.dataclass
+class GRPOConfig:
+    output_dir: str = "runs/grpo"  # run directory: config.yaml, metrics.jsonl, samples.jsonl, checkpoints/
+    seed: int = 0  # seed for data order, mode draws and sampling
+    max_steps: int = 10  # GRPO steps to run
+    reward_timeout_s: float = 10.0  # time limit of each reward call
+    strict_rewards: bool = False  # a reward that raises or times out stops the run (default: None for that sample, counted)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    modes: ModesConfig = dataclasses.field(default_factory=ModesConfig)
+    rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = dataclasses.field(default_factory=AlgorithmConfig)
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    rewards: list = dataclasses.field(default_factory=lambda: [RewardConfig(name="exact_match")])  # list of RewardConfig
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+
+
+# Fields whose items are sections themselves.
+LIST_ITEM_TYPES = {("GRPOConfig", "rewards"): RewardConfig}
+
+CHOICES = {
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.tokenizer": ("small", "qwen"),
+    "data.on_bad_row": ("error", "skip"),
+    "modes.per": ("prompt", "sample"),
+    "rollout.engine": ("vllm", "hf"),
+}
+
+
+# ----------------------------------------------------------------------------------------------- loading
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Check (and gently convert) one leaf value against its declared type."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(key, value, args[0])
+    if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if typ is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if typ is int and isinstance(value, bool):
+        raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+    if typ in (int, str, bool, list, dict) and isinstance(value, typ):
+        return value
+    if typ is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    name = getattr(typ, "__name__", str(typ))
+    raise ConfigError(f"config key '{key}': expected {name}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls, data: Any, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key '{prefix or '<root>'}': expected a mapping, got {type(data).__name__}")
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown config key '{full}'{hint}; valid keys here: {', '.join(fields)}")
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(f"config key '{full}': expected a mapping, got {type(value).__name__} {value!r}")
+            kwargs[key] = _build(typ, value if value is not None else {}, f"{full}.")
+        elif (cls.__name__, key) in LIST_ITEM_TYPES:
+            item_cls = LIST_ITEM_TYPES[(cls.__name__, key)]
+            if not isinstance(value, list):
+                raise ConfigError(f"config key '{full}': expected a list, got {type(value).__name__}")
+            kwargs[key] = [_build(item_cls, v, f"{full}[{i}].") for i, v in enumerate(value)]
+        else:
+            kwargs[key] = _coerce(full, value, typ)
+        choices = CHOICES.get(full.split("[")[0])
+        if choices and kwargs[key] not in choices:
+            raise ConfigError(f"config key '{full}': {kwargs[key]!r} is not one of {', '.join(choices)}")
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{dotted}': '{p}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """`["trainer.lr=3e-4", "rewards=[{name: exact_match}]"]` -> nested dict; values are parsed as YAML."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override '{key}': cannot parse value {raw!r}: {e}") from e
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(cls, path: str | pathlib.Path | None = None, overrides: list[str] | None = None):
+    """Load `cls` from a YAML file (optional) plus dotted overrides; raise ConfigError naming the bad key."""
+    tree: dict = {}
+    if path is not None:
+        p = pathlib.Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
+    tree = _merge(tree, parse_overrides(overrides or []))
+    cfg = _build(cls, tree, "")
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg, path: str | pathlib.Path) -> None:
+    pathlib.Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def check_grpo(cfg: GRPOConfig) -> None:
+    """Cross-field checks that types alone cannot express."""
+    if cfg.max_steps < 1:
+        raise ConfigError("config key 'max_steps': must be >= 1")
+    if cfg.rollout.n < 1:
+        raise ConfigError("config key 'rollout.n': must be >= 1")
+    if cfg.trainer.prompts_per_step < 1:
+        raise ConfigError("config key 'trainer.prompts_per_step': must be >= 1")
+    if not 0.0 <= cfg.modes.deep_ratio <= 1.0:
+        raise ConfigError("config key 'modes.deep_ratio': must be within [0, 1]")
+    bad = set(cfg.model.freeze) - {"vision", "projector", "language"}
+    if bad:
+        raise ConfigError(f"config key 'model.freeze': unknown parts {sorted(bad)}; use vision, projector, language")
+    if not cfg.rewards:
+        raise ConfigError("config key 'rewards': at least one reward is needed")
+    for i, r in enumerate(cfg.rewards):
+        if bool(r.name) == bool(r.path):
+            raise ConfigError(f"config key 'rewards[{i}]': give exactly one of 'name' or 'path'")

@@ -1,0 +1,278 @@
+"""The GRPO driver: rollout -> score -> advantage -> update -> sync -> log, once per step.
+
+This is the only module that knows every other package. Everything that can be checked before a worker
+starts is checked in `prepare` (config, data columns, reward names, model path); then Ray places the policy
+worker and the rollout engine in actors and `run_grpo` loops. See docs/ARCHITECTURE.md for the flow.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import random
+import time
+
+import torch
+
+from rewards import RewardScorer, RewardSpec
+from rlkit import checkpoint as ckpt
+from rlkit.algorithms import get_advantage_fn
+from rlkit.config import GRPOConfig, check_grpo, dump_config
+from rlkit.data import DataError, PromptStream, load_source, map_columns, open_image, to_row
+from rlkit.models.loading import build_tiny, check_model_path, load_processor
+from rlkit.modes import assign_modes, render_prompt
+from rlkit.records import MODES, Sample, TrainItem
+from rlkit.runlog import RunLog
+from rollout import RolloutRequest, SamplingConfig
+
+
+@dataclasses.dataclass
+class Prepared:
+    cfg: GRPOConfig
+    out: pathlib.Path
+    data: object  # datasets.Dataset with canonical columns
+    scorer: RewardScorer
+    base_model: str  # the initial policy (reference model for KL)
+    start_model: str  # what the workers load (base model, or the checkpoint being resumed)
+    resume_from: pathlib.Path | None
+
+
+def reward_specs(cfg: GRPOConfig) -> list[RewardSpec]:
+    return [RewardSpec(name=r.name or None, path=r.path or None, weight=r.weight, kwargs=dict(r.kwargs)) for r in cfg.rewards]
+
+
+def load_prompt_data(cfg: GRPOConfig):
+    ds = load_source(cfg.data.source, cfg.data.split, limit=cfg.data.limit, seed=cfg.seed, **cfg.data.source_kwargs)
+    return map_columns(ds, dict(cfg.data.columns))
+
+
+def resolve_model(cfg: GRPOConfig, ds, out: pathlib.Path) -> str:
+    """A local folder for cfg.model.path; `tiny:*` is built (once) into output_dir/base_model."""
+    path = cfg.model.path
+    if path.startswith("tiny:"):
+        kind = path.split(":", 1)[1]
+        if kind not in ("text", "vlm"):
+            raise ValueError(f"config key 'model.path': {path!r}: use tiny:text or tiny:vlm")
+        target = out / "base_model"
+        if not (target / "config.json").exists():
+            texts = list(ds["prompt"]) + [str(a) for a in (ds["answer"] if "answer" in ds.column_names else [])]
+            m = cfg.model
+            extra = {"image_size": m.image_size, "vision_depth": m.vision_depth} if kind == "vlm" else {}
+            build_tiny(kind, target, texts=texts, tokenizer=m.tokenizer, vocab_size=m.vocab_size, seed=m.seed,
+                       hidden_size=m.hidden_size, num_layers=m.num_layers, **extra)
+        return str(target)
+    check_model_path(path)
+    return path
+
+
+def prepare(cfg: GRPOConfig, resume: bool = False) -> Prepared:
+    check_grpo(cfg)
+    out = pathlib.Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    scorer = RewardScorer(reward_specs(cfg), timeout_s=cfg.reward_timeout_s, strict=cfg.strict_rewards)
+    ds = load_prompt_data(cfg)
+    base = resolve_model(cfg, ds, out)
+    last = ckpt.latest(out) if resume else None
+    if resume and last is None:
+        print(f"rlkit: --resume given but {out}/checkpoints has no complete checkpoint; starting from step 0")
+    dump_config(cfg, out / "config.yaml")
+    return Prepared(cfg, out, ds, scorer, base, str(last) if last else base, last)
+
+
+def _engine(cfg: GRPOConfig, model_path: str):
+    from rlkit.orchestration import spawn
+    from rollout import make_engine
+
+    r = cfg.rollout
+    if r.engine == "vllm":
+        kw = dict(max_model_len=r.max_model_len, seed=cfg.seed, kv_cache_gib=r.kv_cache_gib,
+                  gpu_memory_utilization=r.gpu_memory_utilization)
+    else:
+        kw = dict(seed=cfg.seed)
+    return spawn(make_engine, r.engine, model_path, num_cpus=r.num_cpus,
+                 env={"VLLM_CPU_KVCACHE_SPACE": str(max(1, int(r.kv_cache_gib)))}, **kw)
+
+
+def _policy(cfg: GRPOConfig, model_path: str, base_model: str):
+    from rlkit.orchestration import spawn
+    from rlkit.worker import PolicyWorker
+
+    t, a = cfg.trainer, cfg.algorithm
+    return spawn(PolicyWorker, model_path, num_cpus=t.num_cpus, dtype=cfg.model.dtype, freeze=list(cfg.model.freeze),
+                 lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas), max_grad_norm=t.max_grad_norm,
+                 micro_batch_size=t.micro_batch_size, policy_loss=a.policy_loss, loss_opts=dict(a.loss_opts),
+                 kl_coef=a.kl_coef, kl_estimator=a.kl_estimator, reference_path=base_model,
+                 temperature=cfg.rollout.temperature, seed=cfg.seed, num_threads=max(1, int(t.num_cpus)))
+
+
+class StepRows:
+    """Takes the next rows from the stream, skipping (and counting) bad ones when data.on_bad_row=skip."""
+
+    def __init__(self, cfg: GRPOConfig, stream: PromptStream):
+        self.cfg, self.stream, self.skipped = cfg, stream, 0
+
+    def take(self, k: int):
+        rows = []
+        tries = 0
+        while len(rows) < k:
+            for idx, raw in self.stream.take(k - len(rows)):
+                tries += 1
+                try:
+                    row = to_row(idx, raw, self.cfg.modes.mode_column)
+                    row.images = [open_image(im, idx) for im in row.images]
+                    if row.answer is None and "answer" not in raw:
+                        raise DataError(f"row {idx}: no 'answer' column (map one with data.columns.answer)")
+                    rows.append(row)
+                except DataError as e:
+                    if self.cfg.data.on_bad_row == "error":
+                        raise
+                    self.skipped += 1
+                    print(f"rlkit: skipping bad row: {e}")
+            if tries > 100 * k and len(rows) < k:
+                raise DataError(f"{self.skipped} bad rows in a row; stopping (see the messages above)")
+        return rows
+
+
+def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
+    """Run GRPO as configured; returns a summary (last metrics, checkpoint path)."""
+    import ray
+    from tqdm import tqdm
+
+    from rlkit.orchestration import init_ray
+
+    p = prepare(cfg, resume)
+    state = ckpt.read_run_state(p.resume_from) if p.resume_from else {}
+    start = state.get("step", 0)
+    rng = random.Random(cfg.seed)
+    if "rng" in state:
+        rng.setstate(_tuple(state["rng"]))
+    stream = PromptStream(p.data, seed=cfg.seed, shuffle=cfg.data.shuffle, position=state.get("data_position", 0))
+    rows_src = StepRows(cfg, stream)
+    tokens_total = state.get("tokens_sampled_total", 0)
+    processor = load_processor(p.start_model)
+    adv_fn = get_advantage_fn(cfg.algorithm.advantage)
+    log = RunLog(p.out, tensorboard=cfg.logging.tensorboard, log_samples=cfg.logging.log_samples,
+                 resume_step=start if p.resume_from else None)
+
+    init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    policy = _policy(cfg, p.start_model, p.base_model)
+    engine = _engine(cfg, p.start_model)
+    if p.resume_from:
+        ray.get(policy.load_trainer_state.remote(str(p.resume_from)))
+    last: dict = {}
+    bar = tqdm(total=cfg.max_steps, initial=start, disable=not cfg.logging.progress, desc="grpo", unit="step")
+    try:
+        for step in range(start + 1, cfg.max_steps + 1):
+            # ---- rollout: each prompt's n samples, grouped by mode into engine requests
+            t0 = time.perf_counter()
+            rows = rows_src.take(cfg.trainer.prompts_per_step)
+            modes = assign_modes(rows, cfg.rollout.n, cfg.modes.deep_ratio, cfg.modes.per, rng)
+            requests, owners = [], []
+            for g, (row, row_modes) in enumerate(zip(rows, modes)):
+                for mode in MODES:
+                    k = row_modes.count(mode)
+                    if k:
+                        text = render_prompt(processor, row, mode, cfg.data.system_prompt)
+                        requests.append(RolloutRequest(prompt=text, images=row.images, n=k, request_id=(g, mode)))
+                        owners.append((g, mode, text))
+            sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                      max_tokens=cfg.rollout.max_tokens, n=cfg.rollout.n, seed=cfg.seed * 100003 + step)
+            outs = ray.get(engine.generate.remote(requests, sampling))
+            samples = [Sample(step, g, rows[g], mode, text, c.text, list(c.token_ids), list(c.logprobs), c.finish_reason)
+                       for (g, mode, text), group in zip(owners, outs) for c in group]
+            t_rollout = time.perf_counter() - t0
+
+            # ---- rewards
+            t0 = time.perf_counter()
+            result = p.scorer([s.row.prompt for s in samples], [s.completion for s in samples], _columns(samples))
+            for i, s in enumerate(samples):
+                s.rewards = {name: vals[i] for name, vals in result.per_reward.items()}
+                s.reward = float(result.total[i])
+            for f in result.failures:
+                print(f"rlkit: reward {f.reward!r} failed on sample {f.index} (row {samples[f.index].row.index}): {f.error}")
+            t_reward = time.perf_counter() - t0
+
+            # ---- advantages (groups = prompts)
+            rewards_t = torch.tensor([s.reward for s in samples], dtype=torch.float32)
+            groups_t = torch.tensor([s.group for s in samples], dtype=torch.long)
+            adv = adv_fn(rewards_t, groups_t, **cfg.algorithm.advantage_opts)
+            for s, a in zip(samples, adv.tolist()):
+                s.advantage = a
+
+            # ---- update
+            t0 = time.perf_counter()
+            use_rollout_lp = cfg.rollout.temperature == 1.0  # engine logprobs are untempered
+            items = [TrainItem(s.prompt_text, s.row.images, s.completion_ids, s.advantage,
+                               s.rollout_logprobs if use_rollout_lp else []) for s in samples]
+            train_metrics = ray.get(policy.train_step.remote(items))
+            t_update = time.perf_counter() - t0
+
+            # ---- sync: weights go policy actor -> object store -> engine actor (never through the driver)
+            t0 = time.perf_counter()
+            ray.get(engine.update_weights.remote(policy.state_dict.remote()))
+            t_sync = time.perf_counter() - t0
+
+            # ---- log
+            sampled = sum(len(s.completion_ids) for s in samples)
+            tokens_total += sampled
+            metrics = {**result.stats(), **train_metrics, **_mode_stats(samples),
+                       "completion/tokens_mean": sampled / max(1, len(samples)),
+                       "completion/truncated_frac": sum(s.finish_reason == "length" for s in samples) / max(1, len(samples)),
+                       "tokens/sampled": sampled, "tokens/sampled_total": tokens_total,
+                       "data/skipped_rows": rows_src.skipped, "reward/failures": len(result.failures),
+                       "time/rollout_s": t_rollout, "time/reward_s": t_reward, "time/update_s": t_update,
+                       "time/sync_s": t_sync, "time/step_s": t_rollout + t_reward + t_update + t_sync}
+            log.log_step(step, metrics, [s.log_record() for s in samples])
+            last = {"step": step, **metrics}
+            bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", tokens=int(metrics["completion/tokens_mean"]))
+            bar.update(1)
+
+            # ---- checkpoint
+            every = cfg.logging.save_every
+            if step == cfg.max_steps or (every and step % every == 0):
+                staging = ckpt.staging_dir(p.out, step)
+                ray.get(policy.save.remote(str(staging)))
+                final = ckpt.finalize(p.out, step, staging, {
+                    "step": step, "data_position": stream.position, "rng": _jsonable_state(rng.getstate()),
+                    "tokens_sampled_total": tokens_total, "base_model": p.base_model,
+                }, keep=cfg.logging.keep_checkpoints)
+                last["checkpoint"] = str(final)
+    finally:
+        bar.close()
+        log.close()
+        for actor in (engine, policy):
+            try:
+                ray.kill(actor)
+            except Exception:
+                pass
+    return last
+
+
+def _columns(samples: list[Sample]) -> dict[str, list]:
+    """The keyword columns every reward receives: the rows' columns plus mode, completion ids and images."""
+    keys = sorted({k for s in samples for k in s.row.columns})
+    cols = {k: [s.row.columns.get(k) for s in samples] for k in keys}
+    cols["answer"] = [s.row.answer for s in samples]
+    cols["mode"] = [s.mode for s in samples]
+    cols["completion_ids"] = [s.completion_ids for s in samples]
+    cols["images"] = [s.row.images for s in samples]
+    return cols
+
+
+def _mode_stats(samples: list[Sample]) -> dict[str, float]:
+    out = {}
+    n = max(1, len(samples))
+    for mode in MODES:
+        ss = [s for s in samples if s.mode == mode]
+        out[f"mode/{mode}/share"] = len(ss) / n
+        if ss:
+            out[f"mode/{mode}/reward_mean"] = sum(s.reward for s in ss) / len(ss)
+            out[f"mode/{mode}/tokens_mean"] = sum(len(s.completion_ids) for s in ss) / len(ss)
+    return out
+
+
+def _jsonable_state(state):
+    return [_jsonable_state(x) for x in state] if isinstance(state, (tuple, list)) else state
+
+
+def _tuple(state):
+    return tuple(_tuple(x) for x in state) if isinstance(state, list) else state

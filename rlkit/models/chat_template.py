@@ -1,0 +1,47 @@
+"""The chat template of rlkit's tiny models: Qwen2-VL image placeholders + Qwen3's `enable_thinking` switch.
+
+Why a template of our own: the tiny models must render exactly what real Qwen-family models render, so the
+rollout engine, the policy worker and the rewards see the same token layout the real models give:
+- images become `<|vision_start|><|image_pad|><|vision_end|>` (the processor expands `<|image_pad|>` to the
+  number of merged patches);
+- with `enable_thinking=False` the generation prompt ends with an empty think block, `<think>\n\n</think>\n\n`,
+  so the model answers directly (fast mode); with thinking on (the default) the model writes
+  `<think>...</think>` itself before the answer (deep mode).
+"""
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['content'] is string -%}"
+    "{{- message['content'] -}}"
+    "{%- else -%}"
+    "{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}"
+    "{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif part['type'] == 'text' -%}"
+    "{{- part['text'] -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- if enable_thinking is defined and enable_thinking is false -%}"
+    "{{- '<think>\\n\\n</think>\\n\\n' -}}"
+    "{%- endif -%}"
+    "{%- endif -%}"
+)
+
+# Special tokens, in Qwen's order. The first 14 are Qwen2-VL's (ids 151643..151656 in the real vocabulary);
+# the rest follow Qwen3's layout up to `<think>`/`</think>` (151667, 151668).
+QWEN_SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
+    "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+    "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+    "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>", THINK_OPEN, THINK_CLOSE,
+]

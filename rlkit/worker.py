@@ -1,0 +1,271 @@
+"""The policy worker: holds the full multimodal policy and its optimizer; scores and updates on batches.
+
+Plain class (no Ray import): the GRPO driver wraps it in a Ray actor, tests use it directly. The whole
+model is trainable by default (vision tower, projector and language model); `freeze` keeps parts fixed.
+
+Batch layout, chosen so one forward pass yields exactly the logits that are needed:
+
+    [left pad][prompt (images expanded)][completion][right pad]
+                                      ^ every completion starts in the same column P
+
+so `logits_to_keep = Tc + 1` returns the (B, Tc+1, V) logits that predict the completion tokens and nothing
+for the prompt (a large saving when the vocabulary is big and prompts are long). Within one step, the n
+completions of a prompt share one processor call (image decode + patching).
+
+The GRPO update is one optimizer step per rollout batch, so the "old" logprobs equal the current ones
+detached (ratio 1 at the first and only step) and no extra forward pass is spent on them. Micro-batches
+accumulate gradients; each micro-batch's loss is rescaled so that the sum equals the loss of the whole
+batch under the configured aggregation (see `_aggregation_scale`).
+"""
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+import time
+from typing import Any
+
+import torch
+
+from rlkit.algorithms import aggregate, get_kl_estimator, get_policy_loss
+from rlkit.models.loading import apply_freeze, load_policy, tokenizer_of
+from rlkit.records import TrainItem
+
+TRAINER_STATE = "trainer_state.pt"
+
+
+class PolicyWorker:
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        dtype: str = "float32",
+        freeze: list[str] | None = None,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        max_grad_norm: float = 1.0,
+        micro_batch_size: int = 64,
+        policy_loss: str = "ppo_clip",
+        loss_opts: dict | None = None,
+        kl_coef: float = 0.0,
+        kl_estimator: str = "k3",
+        reference_path: str | None = None,
+        temperature: float = 1.0,
+        seed: int = 0,
+        num_threads: int = 1,
+    ):
+        torch.set_num_threads(num_threads)
+        torch.manual_seed(seed)
+        self.model, self.processor, self.is_vlm = load_policy(model_path, dtype)
+        self.model.train()
+        self.tokenizer = tokenizer_of(self.processor)
+        self.trainable = apply_freeze(self.model, list(freeze or []))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("model.freeze leaves no trainable parameter")
+        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+        self.max_grad_norm = max_grad_norm
+        self.micro_batch_size = max(1, micro_batch_size)
+        self.loss_fn = get_policy_loss(policy_loss)
+        self.loss_opts = dict(loss_opts or {})
+        self.aggregation = self.loss_opts.get("aggregation", "token_mean")
+        self.kl_coef = kl_coef
+        self.kl_fn = get_kl_estimator(kl_estimator)
+        self.temperature = temperature
+        self.ref_model = None
+        if kl_coef > 0:
+            self.ref_model, _, _ = load_policy(reference_path or model_path, dtype)
+            self.ref_model.eval().requires_grad_(False)
+        self.step = 0
+        self.skipped_updates = 0
+
+    # ------------------------------------------------------------------------------------------ encoding
+    def _encode_prompts(self, items: list[TrainItem]) -> list[dict]:
+        """Tokenise each distinct prompt once: input_ids (1-D) plus image tensors for VLMs."""
+        cache: dict[tuple, dict] = {}
+        out = []
+        for it in items:
+            key = (it.prompt_text, tuple(id(im) for im in it.images))
+            if key not in cache:
+                if self.is_vlm and it.images:
+                    enc = self.processor(text=[it.prompt_text], images=list(it.images), return_tensors="pt",
+                                         add_special_tokens=False)
+                    cache[key] = {"ids": enc["input_ids"][0], "pixel_values": enc["pixel_values"],
+                                  "image_grid_thw": enc["image_grid_thw"]}
+                else:
+                    ids = self.tokenizer(it.prompt_text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+                    cache[key] = {"ids": ids}
+            out.append(cache[key])
+        return out
+
+    def _batch(self, items: list[TrainItem], prompts: list[dict]) -> dict[str, Any]:
+        pad = self.tokenizer.pad_token_id
+        P = max(len(p["ids"]) for p in prompts)
+        Tc = max(1, max(len(it.completion_ids) for it in items))
+        B = len(items)
+        ids = torch.full((B, P + Tc), pad, dtype=torch.long)
+        attn = torch.zeros((B, P + Tc), dtype=torch.long)
+        comp = torch.full((B, Tc), pad, dtype=torch.long)
+        mask = torch.zeros((B, Tc), dtype=torch.float32)
+        rollout = torch.zeros((B, Tc), dtype=torch.float32)
+        for b, (it, p) in enumerate(zip(items, prompts)):
+            n = len(p["ids"])
+            ids[b, P - n:P] = p["ids"]
+            attn[b, P - n:P] = 1
+            c = torch.tensor(it.completion_ids, dtype=torch.long)
+            ids[b, P:P + len(c)] = c
+            attn[b, P:P + len(c)] = 1
+            comp[b, :len(c)] = c
+            mask[b, :len(c)] = 1.0
+            if it.rollout_logprobs:
+                rollout[b, :len(it.rollout_logprobs)] = torch.tensor(it.rollout_logprobs[:Tc], dtype=torch.float32)
+        batch = {"input_ids": ids, "attention_mask": attn, "completion_ids": comp, "mask": mask,
+                 "rollout_logprobs": rollout, "Tc": Tc}
+        imgs = [p for p in prompts if "pixel_values" in p]
+        if imgs:
+            # one entry per sequence, in order (shared prompts repeat their tensors, as the model expects)
+            batch["pixel_values"] = torch.cat([p["pixel_values"] for p in prompts if "pixel_values" in p])
+            batch["image_grid_thw"] = torch.cat([p["image_grid_thw"] for p in prompts if "image_grid_thw" in p])
+        return batch
+
+    def _logprobs(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, Tc) logprobs of the completion tokens and (B, Tc) entropy (detached)."""
+        kwargs = {k: batch[k] for k in ("pixel_values", "image_grid_thw") if k in batch}
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    logits_to_keep=batch["Tc"] + 1, use_cache=False, **kwargs)
+        logits = out.logits[:, :-1].float()
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        logp_all = torch.log_softmax(logits, dim=-1)
+        logp = logp_all.gather(-1, batch["completion_ids"].unsqueeze(-1)).squeeze(-1)
+        with torch.no_grad():
+            entropy = -(logp_all.exp() * logp_all).sum(-1)
+        return logp, entropy
+
+    def _micro_batches(self, items: list[TrainItem]):
+        prompts = self._encode_prompts(items)
+        for s in range(0, len(items), self.micro_batch_size):
+            yield s, self._batch(items[s:s + self.micro_batch_size], prompts[s:s + self.micro_batch_size])
+
+    # ------------------------------------------------------------------------------------------ API
+    @torch.no_grad()
+    def compute_logprobs(self, items: list[TrainItem]) -> list[list[float]]:
+        """The policy's logprob of every completion token (same weights, same layout as training)."""
+        was = self.model.training
+        self.model.eval()
+        out: list[list[float]] = []
+        for _, mb in self._micro_batches(items):
+            logp, _ = self._logprobs(self.model, mb)
+            for b in range(logp.shape[0]):
+                out.append(logp[b, : int(mb["mask"][b].sum())].tolist())
+        self.model.train(was)
+        return out
+
+    def train_step(self, items: list[TrainItem]) -> dict[str, float]:
+        """One GRPO update on `items` (a whole step's samples). Returns float metrics."""
+        t0 = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        full_mask = _length_mask([len(it.completion_ids) for it in items])
+        opts = dict(self.loss_opts)
+        totals: dict[str, float] = {}
+        weight_sum = 0.0
+        loss_total = 0.0
+        for s, mb in self._micro_batches(items):
+            logp, entropy = self._logprobs(self.model, mb)
+            adv = torch.tensor([it.advantage for it in items[s:s + self.micro_batch_size]], dtype=logp.dtype)
+            has_rollout = all(it.rollout_logprobs for it in items[s:s + self.micro_batch_size])
+            loss, metrics = self.loss_fn(logp, logp.detach(), adv, mb["mask"],
+                                         rollout_logprobs=mb["rollout_logprobs"] if has_rollout else None, **opts)
+            if self.ref_model is not None:
+                with torch.no_grad():
+                    ref_logp, _ = self._logprobs(self.ref_model, mb)
+                kl = aggregate(self.kl_fn(logp, ref_logp), mb["mask"], self.aggregation,
+                               norm_length=opts.get("norm_length"))
+                loss = loss + self.kl_coef * kl
+                metrics["kl"] = float(kl.detach())
+            scale = _aggregation_scale(full_mask, s, mb["mask"], self.aggregation, opts.get("norm_length"))
+            (loss * scale).backward()
+            loss_total += float(loss.detach()) * scale
+            w = float(mb["mask"].sum())
+            weight_sum += w
+            metrics["entropy"] = float((entropy * mb["mask"]).sum() / mb["mask"].sum().clamp(min=1))
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + float(v) * w
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            params, self.max_grad_norm if self.max_grad_norm > 0 else float("inf")
+        )
+        finite = math.isfinite(loss_total) and bool(torch.isfinite(grad_norm))
+        if finite:
+            self.optimizer.step()
+        else:  # never let a NaN/inf reach the weights (or, through the sync, the rollout engine)
+            self.skipped_updates += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        out = {f"train/{k}": v / max(weight_sum, 1.0) for k, v in totals.items()}
+        out.update({
+            "train/loss": loss_total,
+            "train/grad_norm": float(grad_norm),
+            "train/skipped_updates": float(self.skipped_updates),
+            "train/update_skipped": 0.0 if finite else 1.0,
+            "train/tokens": float(full_mask.sum()),
+            "time/update_compute_s": time.perf_counter() - t0,
+        })
+        return out
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Detached CPU weights under transformers' names (what the rollout engines load).
+
+        No copy is made for a model already on the CPU: the tensors share storage with the live parameters
+        (Ray serialises them when they cross to the engine actor).
+        """
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+    def trainable_counts(self) -> dict[str, int]:
+        return dict(self.trainable)
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def save(self, directory: str) -> None:
+        """Model + processor (loadable by from_pretrained) and the optimizer/RNG state needed to resume."""
+        d = pathlib.Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(d)
+        self.processor.save_pretrained(d)
+        torch.save({"optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                    "step": self.step, "skipped_updates": self.skipped_updates}, d / TRAINER_STATE)
+
+    def load_trainer_state(self, directory: str) -> None:
+        state = torch.load(pathlib.Path(directory) / TRAINER_STATE, weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = state["step"]
+        self.skipped_updates = state.get("skipped_updates", 0)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def _length_mask(lengths: list[int]) -> torch.Tensor:
+    T = max(1, max(lengths) if lengths else 1)
+    return (torch.arange(T).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)).float()
+
+
+def _weights(mask: torch.Tensor, mode: str, norm_length) -> torch.Tensor:
+    """d aggregate / d values: the weight each token has in the aggregated scalar (all aggregations are linear)."""
+    v = torch.zeros_like(mask, requires_grad=True)
+    aggregate(v, mask, mode, norm_length=norm_length).backward()
+    return v.grad
+
+
+def _aggregation_scale(full_mask: torch.Tensor, start: int, micro_mask: torch.Tensor, mode: str, norm_length) -> float:
+    """Factor that turns a micro-batch's own aggregate into its share of the whole batch's aggregate.
+
+    Every registered aggregation is a weighted sum of token values whose weights, restricted to a subset of
+    rows, are proportional to the weights the subset gets on its own; the factor is the ratio of the two
+    weight totals. No branch on the aggregation's name.
+    """
+    B, T = micro_mask.shape
+    full_w = _weights(full_mask, mode, norm_length)[start:start + B].sum()
+    own_w = _weights(micro_mask, mode, norm_length).sum()
+    return float(full_w / own_w) if float(own_w) > 0 else 0.0

@@ -1,0 +1,106 @@
+"""Records and the engine interface shared by every rollout backend.
+
+Why so small: a rollout engine has one job in RL post-training, "sample n completions per prompt and say
+how likely each sampled token was under the policy that sampled it", plus "take the trainer's new weights".
+Everything else (chat templates, rewards, advantages) lives elsewhere. Keeping the records plain dataclasses
+(no vLLM or transformers types) lets the trainer, the reward code and the tests handle outputs from either
+backend (`VLLMEngine` for speed, `HFEngine` as the reference) without knowing which produced them.
+
+Conventions (as in verl / TRL):
+- prompts arrive already rendered with the chat template (`rlkit.models.chat_template`); the engine only
+  tokenises them (and expands image placeholders through the model's processor);
+- `Completion.logprobs[i]` is log p(token_ids[i] | prompt, token_ids[:i]) under the *raw* model
+  distribution, i.e. log_softmax of the unprocessed logits (no temperature, top-p or penalties applied).
+  That is vLLM's default `logprobs_mode="raw_logprobs"`, and it is what an importance ratio against the
+  trainer's own forward pass needs.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
+
+if TYPE_CHECKING:  # keep `import rollout` free of torch / PIL at import time
+    import torch
+    from PIL.Image import Image
+
+
+@dataclasses.dataclass
+class SamplingConfig:
+    """How to sample. The same object means the same thing to every engine.
+
+    temperature: 0 means greedy (argmax); otherwise logits are divided by it before sampling.
+    top_p: nucleus sampling mass in (0, 1]; 1 disables it.
+    max_tokens: most new tokens per completion (finish_reason 'length' when reached).
+    n: completions per request (a request's own `n` overrides it); GRPO's group size.
+    seed: makes sampling reproducible for a given engine (None: not seeded).
+    stop_token_ids: extra ids that end a completion besides the model's EOS (the stop id is kept in
+        `token_ids`, as vLLM does for EOS).
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 64
+    n: int = 1
+    seed: int | None = None
+    stop_token_ids: list[int] | None = None
+
+
+@dataclasses.dataclass
+class RolloutRequest:
+    """One prompt to complete.
+
+    prompt: text already rendered with the chat template (image placeholders included, one per image).
+    images: PIL images, in the order their placeholders appear in `prompt`; empty for text-only prompts.
+    n: completions for this request; None means `SamplingConfig.n`.
+    request_id: the caller's index / key, carried through untouched so results can be joined back.
+    """
+
+    prompt: str
+    images: list[Image] = dataclasses.field(default_factory=list)
+    n: int | None = None
+    request_id: Any = None
+
+
+@dataclasses.dataclass
+class Completion:
+    """One sampled completion.
+
+    text: the decoded completion (special tokens skipped, as the tokenizer's `decode` gives it).
+    token_ids: the sampled token ids, EOS / stop id included when the completion stopped on it.
+    logprobs: one float per entry of `token_ids`: the sampled token's log-probability under the raw
+        (untempered) distribution of the weights that sampled it.
+    prompt_token_ids: the prompt as the engine tokenised it (image placeholders expanded to one id per
+        image token), so the trainer can rebuild exactly the sequence that was sampled.
+    finish_reason: 'stop' (EOS or a stop id) or 'length' (max_tokens reached).
+    """
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    prompt_token_ids: list[int]
+    finish_reason: str
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What the trainer needs from a rollout backend."""
+
+    def generate(self, requests: Sequence[RolloutRequest], sampling: SamplingConfig) -> list[list[Completion]]:
+        """One list per request, in request order, holding that request's n completions."""
+        ...
+
+    def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Replace the policy weights in place (transformers parameter names, any subset of them)."""
+        ...
+
+    def close(self) -> None:
+        """Free the engine's memory / processes. The engine is unusable afterwards."""
+        ...
+
+
+def requests_n(requests: Sequence[RolloutRequest], sampling: SamplingConfig) -> list[int]:
+    """The number of completions each request asks for."""
+    out = [sampling.n if r.n is None else r.n for r in requests]
+    if any(k < 1 for k in out):
+        raise ValueError(f"every request needs n >= 1, got {out}")
+    return out

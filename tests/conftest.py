@@ -1,0 +1,36 @@
+"""Shared test set-up: one thread per process, offline, vLLM in-process; tiny models built once per session."""
+import os
+
+for _k, _v in (("OMP_NUM_THREADS", "1"), ("TOKENIZERS_PARALLELISM", "false"), ("HF_HUB_OFFLINE", "1"),
+               ("VLLM_ENABLE_V1_MULTIPROCESSING", "0"), ("VLLM_CPU_KVCACHE_SPACE", "1"), ("RAY_AUTH_MODE", "disabled"),
+               ("RAY_USAGE_STATS_ENABLED", "0")):
+    os.environ.setdefault(_k, _v)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def vqa_texts():
+    from rlkit.data.easy_vqa import load_easy_vqa
+
+    ds = load_easy_vqa("train", limit=2000, seed=0)
+    return list(ds["prompt"]) + list(ds["answer"])
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_path(tmp_path_factory, vqa_texts):
+    from rlkit.models.loading import build_tiny
+
+    return str(build_tiny("vlm", tmp_path_factory.mktemp("tiny_vlm"), texts=vqa_texts))
+
+
+@pytest.fixture(scope="session")
+def tiny_text_path(tmp_path_factory):
+    from rlkit.data.arithmetic import load_arithmetic
+    from rlkit.models.loading import build_tiny
+
+    ds = load_arithmetic("train", limit=500)
+    return str(build_tiny("text", tmp_path_factory.mktemp("tiny_text"), texts=list(ds["prompt"]) + list(ds["answer"])))

@@ -1,0 +1,54 @@
+"""Config loading: YAML + dotted overrides, validation messages that name the key."""
+import pytest
+
+from rlkit.config import ConfigError, GRPOConfig, RewardConfig, check_grpo, dump_config, load_config
+
+
+def test_defaults_and_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("max_steps: 3\ntrainer:\n  lr: 0.001\nrewards:\n  - name: exact_match\n    weight: 2\n")
+    cfg = load_config(GRPOConfig, f, ["trainer.lr=3e-4", "rollout.n=4", "model.freeze=[vision]"])
+    assert cfg.max_steps == 3
+    assert cfg.trainer.lr == pytest.approx(3e-4)  # override wins over the file
+    assert cfg.rollout.n == 4
+    assert cfg.model.freeze == ["vision"]
+    assert cfg.rewards == [RewardConfig(name="exact_match", weight=2.0)]
+    assert cfg.data.source == "easy_vqa"  # untouched default
+
+
+def test_round_trip(tmp_path):
+    cfg = load_config(GRPOConfig, None, ["seed=7", "data.columns={prompt: question}"])
+    dump_config(cfg, tmp_path / "config.yaml")
+    again = load_config(GRPOConfig, tmp_path / "config.yaml")
+    assert again == cfg
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("trainer.lrr=1", "unknown config key 'trainer.lrr' (did you mean 'trainer.lr'?)"),
+        ("trainer.lr=fast", "config key 'trainer.lr': expected float"),
+        ("rollout.n=2.5", "config key 'rollout.n': expected int"),
+        ("rollout.engine=sglang", "config key 'rollout.engine': 'sglang' is not one of vllm, hf"),
+        ("rewards=[{nam: x}]", "unknown config key 'rewards[0].nam'"),
+        ("model=3", "config key 'model': expected a mapping"),
+    ],
+)
+def test_bad_keys_are_named(override, fragment):
+    with pytest.raises(ConfigError) as e:
+        load_config(GRPOConfig, None, [override])
+    assert fragment in str(e.value)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        load_config(GRPOConfig, tmp_path / "nope.yaml")
+
+
+def test_cross_field_checks():
+    with pytest.raises(ConfigError, match="rewards\\[0\\]"):
+        check_grpo(load_config(GRPOConfig, None, ["rewards=[{name: a, path: b.py:f}]"]))
+    with pytest.raises(ConfigError, match="model.freeze"):
+        check_grpo(load_config(GRPOConfig, None, ["model.freeze=[eyes]"]))
+    with pytest.raises(ConfigError, match="modes.deep_ratio"):
+        check_grpo(load_config(GRPOConfig, None, ["modes.deep_ratio=1.5"]))
