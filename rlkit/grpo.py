@@ -16,7 +16,7 @@ import torch
 from rewards import RewardScorer, RewardSpec
 from rlkit import checkpoint as ckpt
 from rlkit.algorithms import get_advantage_fn
-from rlkit.config import GRPOConfig, check_grpo, dump_config
+from rlkit.config import ConfigError, GRPOConfig, check_grpo, dump_config
 from rlkit.data import DataError, PromptStream, load_source, map_columns, open_image, to_row
 from rlkit.models.loading import build_tiny, check_model_path, load_processor
 from rlkit.modes import assign_modes, render_prompt
@@ -42,7 +42,11 @@ def reward_specs(cfg: GRPOConfig) -> list[RewardSpec]:
 
 def load_prompt_data(cfg: GRPOConfig):
     ds = load_source(cfg.data.source, cfg.data.split, limit=cfg.data.limit, seed=cfg.seed, **cfg.data.source_kwargs)
-    return map_columns(ds, dict(cfg.data.columns))
+    ds = map_columns(ds, dict(cfg.data.columns))
+    if "answer" not in ds.column_names:
+        raise DataError(f"the data set has no 'answer' column (has {', '.join(ds.column_names)}); "
+                        "map one with data.columns.answer")
+    return ds
 
 
 def resolve_model(cfg: GRPOConfig, ds, out: pathlib.Path) -> str:
@@ -68,7 +72,10 @@ def prepare(cfg: GRPOConfig, resume: bool = False) -> Prepared:
     check_grpo(cfg)
     out = pathlib.Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    scorer = RewardScorer(reward_specs(cfg), timeout_s=cfg.reward_timeout_s, strict=cfg.strict_rewards)
+    try:
+        scorer = RewardScorer(reward_specs(cfg), timeout_s=cfg.reward_timeout_s, strict=cfg.strict_rewards)
+    except (ValueError, ImportError, FileNotFoundError) as e:
+        raise ConfigError(f"config key 'rewards': {e}") from e
     ds = load_prompt_data(cfg)
     base = resolve_model(cfg, ds, out)
     last = ckpt.latest(out) if resume else None
@@ -119,8 +126,8 @@ class StepRows:
                 try:
                     row = to_row(idx, raw, self.cfg.modes.mode_column)
                     row.images = [open_image(im, idx) for im in row.images]
-                    if row.answer is None and "answer" not in raw:
-                        raise DataError(f"row {idx}: no 'answer' column (map one with data.columns.answer)")
+                    if row.answer is None:
+                        raise DataError(f"row {idx}: 'answer' is missing or empty")
                     rows.append(row)
                 except DataError as e:
                     if self.cfg.data.on_bad_row == "error":

@@ -52,3 +52,27 @@ def test_cross_field_checks():
         check_grpo(load_config(GRPOConfig, None, ["model.freeze=[eyes]"]))
     with pytest.raises(ConfigError, match="modes.deep_ratio"):
         check_grpo(load_config(GRPOConfig, None, ["modes.deep_ratio=1.5"]))
+
+
+def test_config_reference_is_current():
+    """docs/config.md is generated from the field comments; regenerate with `python -m rlkit.config_docs`."""
+    import pathlib
+
+    from rlkit.config_docs import render
+
+    doc = pathlib.Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert doc.read_text() == render(), "docs/config.md is stale: run `python -m rlkit.config_docs > docs/config.md`"
+
+
+def test_every_field_is_documented():
+    import dataclasses
+
+    from rlkit import config as C
+    from rlkit.config_docs import _comments
+
+    for cls in (C.GRPOConfig, C.ModelConfig, C.DataConfig, C.ModesConfig, C.RolloutConfig, C.AlgorithmConfig,
+                C.TrainerConfig, C.RewardConfig, C.LoggingConfig, C.RayConfig):
+        hints = C._hints(cls)
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.name not in _comments(cls) and not dataclasses.is_dataclass(hints[f.name])]
+        assert not missing, f"{cls.__name__} fields without a comment: {missing}"
