@@ -86,16 +86,15 @@ def prepare(cfg: GRPOConfig, resume: bool = False) -> Prepared:
 
 
 def _engine(cfg: GRPOConfig, model_path: str):
-    from rlkit.orchestration import spawn
-    from rollout import make_engine
+    from rlkit.orchestration import EngineActor, spawn
 
     r = cfg.rollout
     if r.engine == "vllm":
         kw = dict(max_model_len=r.max_model_len, seed=cfg.seed, kv_cache_gib=r.kv_cache_gib,
                   gpu_memory_utilization=r.gpu_memory_utilization)
     else:
-        kw = dict(seed=cfg.seed)
-    return spawn(make_engine, r.engine, model_path, num_cpus=r.num_cpus,
+        kw = {}
+    return spawn(EngineActor, r.engine, model_path=model_path, num_cpus=r.num_cpus,
                  env={"VLLM_CPU_KVCACHE_SPACE": str(max(1, int(r.kv_cache_gib)))}, **kw)
 
 

@@ -60,3 +60,24 @@ def shutdown() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+class EngineActor:
+    """A rollout engine (`rollout.make_engine(kind, ...)`) as the body of a Ray actor."""
+
+    def __init__(self, kind: str, **kwargs):
+        import torch
+
+        from rollout import make_engine
+
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        self.engine = make_engine(kind, **kwargs)
+
+    def generate(self, requests, sampling):
+        return self.engine.generate(requests, sampling)
+
+    def update_weights(self, state_dict) -> None:
+        self.engine.update_weights(state_dict)
+
+    def close(self) -> None:
+        self.engine.close()

@@ -35,6 +35,10 @@ class SamplingConfig:
     seed: makes sampling reproducible for a given engine (None: not seeded).
     stop_token_ids: extra ids that end a completion besides the model's EOS (the stop id is kept in
         `token_ids`, as vLLM does for EOS).
+    banned_token_ids: ids never sampled (logit set to -inf before sampling; reported logprobs stay raw).
+        Engines for vision-language models always add the vision placeholder ids (`<|image_pad|>`,
+        `<|vision_start|>`, ...): they are input-only, and a completion holding one would make the
+        trainer's forward pass look for an image that is not there (random tiny models do sample them).
     """
 
     temperature: float = 1.0
@@ -43,6 +47,7 @@ class SamplingConfig:
     n: int = 1
     seed: int | None = None
     stop_token_ids: list[int] | None = None
+    banned_token_ids: list[int] | None = None
 
 
 @dataclasses.dataclass
@@ -96,6 +101,23 @@ class Engine(Protocol):
     def close(self) -> None:
         """Free the engine's memory / processes. The engine is unusable afterwards."""
         ...
+
+
+# Config fields naming the vision placeholder tokens of Qwen2-VL / Qwen2.5-VL / Qwen3-VL-style models.
+_PLACEHOLDER_FIELDS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+
+
+def placeholder_token_ids(config: dict[str, Any]) -> list[int]:
+    """Vision placeholder ids named by a model config (as a dict, top level or `text_config`)."""
+    ids = []
+    for cfg in (config, config.get("text_config") or {}):
+        ids += [cfg[f] for f in _PLACEHOLDER_FIELDS if isinstance(cfg.get(f), int)]
+    return sorted(set(ids))
+
+
+def banned_ids(sampling: SamplingConfig, always: Sequence[int]) -> list[int]:
+    """`sampling.banned_token_ids` plus the engine's own always-banned ids."""
+    return sorted(set(sampling.banned_token_ids or []) | set(always))
 
 
 def requests_n(requests: Sequence[RolloutRequest], sampling: SamplingConfig) -> list[int]:

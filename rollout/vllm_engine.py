@@ -9,18 +9,20 @@ No restart, no checkpoint on disk: `update_weights` streams transformers-named t
 `process_weights_after_loading` (oneDNN / sgl repacking on CPU) into the original storage.
 
 Three things that are not automatic and that this module does after every sync:
-1. tied output head: with `tie_word_embeddings`, `lm_head.weight` *is* `embed_tokens.weight`; vLLM
-   loads it once (under the embedding's name), so the `ParallelLMHead` layer is never "completed" by the
-   layerwise reloader and its CPU GEMM closure (`layer.cpu_linear`, built by `dispatch_cpu_unquantized_gemm`
-   from a packed *copy* of the weight) keeps the old head: logits silently stay stale. We call
-   `lm_head.quant_method.process_weights_after_loading(lm_head)` again (a no-op on GPU).
-2. caches: the prefix cache holds KV computed with old weights (`llm.reset_prefix_cache()`); for
-   vision-language models the scheduler still believes old image embeddings are cached while the worker
-   has dropped them, so the next image request dies with "Encoder cache miss" unless
-   `llm.llm_engine.reset_encoder_cache()` is called.
-3. transport: in-process, tensors are handed over as they are (zero copy). Across processes
-   (multiprocessing executor, GPU workers) `collective_rpc` cannot pickle tensors, so they travel as one
-   safetensors byte blob (one extra copy of the state dict in host memory).
+1. tied output head (CPU): with `tie_word_embeddings`, `lm_head.weight` *is* `embed_tokens.weight`, so
+   vLLM loads it once, under the embedding's name; the `ParallelLMHead` layer gets no weights of its own,
+   is never re-processed by the layerwise reloader, and its CPU GEMM closure (`layer.cpu_linear`, built by
+   `dispatch_cpu_unquantized_gemm` from a packed *copy* of the weight) keeps computing the old head:
+   logprobs silently stay wrong (error ~1.3 nats in the tests). We re-run
+   `UnquantizedEmbeddingMethod.process_weights_after_loading(lm_head)` (a no-op on GPU).
+2. caches: the prefix cache holds KV computed with old weights (`llm.reset_prefix_cache()`). For
+   vision-language models, `reload_weights` clears the worker's encoder cache but the scheduler still
+   believes the old image embeddings are there, so the next image request dies with "Encoder cache
+   miss" unless `llm.llm_engine.reset_encoder_cache()` resets both.
+3. transport: the worker side is `WeightSyncExtension.rlkit_reload_weights`, mixed into vLLM's worker
+   (`worker_extension_cls`) and called by name through `collective_rpc`. In-process the tensors are handed
+   over as they are (no copy); across processes (multiprocessing engine, GPU workers) tensors do not
+   pickle through `collective_rpc`, so they travel as one safetensors byte blob (one extra host copy).
 
 Cost of a sync: one copy of each weight into the engine plus repacking; about 0.01-0.05 s for the tiny
 models, roughly proportional to parameter bytes for real ones (plus a blob copy across processes).
@@ -30,6 +32,7 @@ loaded fused layer would be processed with uninitialised memory); this is checke
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -37,7 +40,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from rollout.base import Completion, RolloutRequest, SamplingConfig, requests_n
+from rollout.base import Completion, RolloutRequest, SamplingConfig, banned_ids, placeholder_token_ids, requests_n
 
 # Checkpoint names that vLLM fuses into one layer: a chunk must contain all members of a group or none.
 _FUSED_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
@@ -76,27 +79,64 @@ def _dedupe(state_dict: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor
 
 
 def _refresh_output_heads(model: torch.nn.Module) -> int:
-    """Re-run weight processing of every output head (see module docstring, point 1). Returns how many."""
-    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
+    """Re-run weight processing of every unquantized output head (module docstring, point 1). Returns how many.
+
+    Only unquantized heads: their processing (CPU repacking) starts from `weight` and is safe to repeat;
+    a quantized method could transform already-processed weights a second time."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, UnquantizedEmbeddingMethod
 
     n = 0
     for module in model.modules():
-        if isinstance(module, ParallelLMHead) and getattr(module, "quant_method", None) is not None:
+        if isinstance(module, ParallelLMHead) and isinstance(getattr(module, "quant_method", None),
+                                                             UnquantizedEmbeddingMethod):
             if not module.weight.is_meta:
                 module.quant_method.process_weights_after_loading(module)
                 n += 1
     return n
 
 
-def _reload_on_worker(worker: Any, payload: Any) -> int:
-    """Runs inside each vLLM worker: load `payload` (safetensors bytes or a list of (name, tensor))."""
-    if isinstance(payload, (bytes, bytearray)):
-        import safetensors.torch
+@contextlib.contextmanager
+def _quiet_partial_load_warnings():
+    """vLLM warns about every weight absent from a reload ("not loaded from checkpoint", "Failed to load
+    weights"): expected for chunked syncs and for buffers such as rotary caches. Unknown names still raise."""
+    import logging
 
-        payload = list(safetensors.torch.load(bytes(payload)).items())
-    runner = worker.model_runner
-    runner.reload_weights(weights_iterator=iter(payload))
-    return _refresh_output_heads(runner.get_model())
+    names = ("vllm.model_executor.model_loader.reload.inplace", "vllm.model_executor.model_loader.reload.layerwise")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+class WeightSyncExtension:
+    """Mixed into vLLM's worker class (`worker_extension_cls`), so `collective_rpc("rlkit_reload_weights")`
+    works by name: a callable would need `VLLM_ALLOW_INSECURE_SERIALIZATION=1` with the multiprocessing
+    engine, and tensors do not pickle through it (bytes do)."""
+
+    def rlkit_reload_weights(self, payload: Any) -> int:
+        """Load `payload` (safetensors bytes, or a list of (name, tensor) in-process) in place."""
+        if isinstance(payload, (bytes, bytearray)):
+            import safetensors.torch
+
+            payload = list(safetensors.torch.load(bytes(payload)).items())
+        runner = self.model_runner  # type: ignore[attr-defined]
+        try:
+            with _quiet_partial_load_warnings():
+                runner.reload_weights(weights_iterator=iter(payload))
+        except Exception:
+            # A bad name raises halfway, with every layer swapped out to meta tensors: put the old (kernel)
+            # tensors back so the engine keeps serving the previous weights instead of dying on the next step.
+            from vllm.model_executor.model_loader.reload.layerwise import finalize_layerwise_reload
+
+            finalize_layerwise_reload(runner.get_model(), runner.model_config)
+            _refresh_output_heads(runner.get_model())
+            raise
+        return _refresh_output_heads(runner.get_model())
 
 
 def _on_cpu() -> bool:
@@ -117,7 +157,8 @@ class VLLMEngine:
     gpu_memory_utilization: fraction of GPU memory for weights + KV cache (GPU only).
     enforce_eager: None means True on CPU (no graph capture there) and False on GPU.
     weight_transport: 'auto' (tensors in-process, safetensors bytes otherwise), 'tensors' or 'bytes'.
-    engine_kwargs: passed to `vllm.LLM` as they are (e.g. tensor_parallel_size, max_num_seqs).
+    engine_kwargs: passed to `vllm.LLM` as they are (e.g. tensor_parallel_size, max_num_seqs); except
+        `worker_extension_cls`, which is ours (`WeightSyncExtension`, the worker side of `update_weights`).
     """
 
     def __init__(
@@ -141,6 +182,7 @@ class VLLMEngine:
         self.model_path = str(model_path)
         cfg = json.loads((pathlib.Path(self.model_path) / "config.json").read_text())
         self.is_multimodal = "vision_config" in cfg
+        self.placeholder_ids = placeholder_token_ids(cfg) if self.is_multimodal else []
         on_cpu = _on_cpu()
         kwargs: dict[str, Any] = dict(
             model=self.model_path,
@@ -156,7 +198,16 @@ class VLLMEngine:
         if self.is_multimodal:
             kwargs["limit_mm_per_prompt"] = {"image": limit_images_per_prompt, "video": 0}
         kwargs.update(engine_kwargs)
+        ext = kwargs.setdefault("worker_extension_cls", f"{__name__}.WeightSyncExtension")
+        if ext != f"{__name__}.WeightSyncExtension":
+            raise ValueError("worker_extension_cls is taken by rollout's weight sync; subclass WeightSyncExtension")
+        set_num_threads = torch.set_num_threads
         self.llm = LLM(**kwargs)
+        if self._in_process():
+            # vLLM's CPU worker replaces `torch.set_num_threads` with a no-op, process-wide, because it pins
+            # OpenMP threads in its own worker processes; in-process nothing was pinned, so give it back to
+            # the trainer sharing this process.
+            torch.set_num_threads = set_num_threads
         self.tokenizer = self.llm.get_tokenizer()
         self.weight_transport = weight_transport
         self.weight_version = 0
@@ -166,6 +217,7 @@ class VLLMEngine:
         from vllm import SamplingParams
 
         ns = requests_n(requests, sampling)
+        bias = {t: float("-inf") for t in banned_ids(sampling, self.placeholder_ids)}
         prompts, params, offset = [], [], 0
         for req, n in zip(requests, ns):
             prompt: dict[str, Any] = {"prompt": req.prompt}
@@ -181,8 +233,12 @@ class VLLMEngine:
                     # vLLM seeds the n children seed, seed+1, ...: offset so requests never share a stream.
                     seed=None if sampling.seed is None else sampling.seed + offset,
                     stop_token_ids=list(sampling.stop_token_ids or []),
+                    logit_bias=bias or None,  # applied after the raw logprobs are taken
                     logprobs=0,  # 0 = only the sampled token's logprob
                     flat_logprobs=True,
+                    # We decode once at the end (below): vLLM's incremental detokenizer holds back a trailing
+                    # partial UTF-8 sequence, so its text could differ from `decode(token_ids)`.
+                    detokenize=False,
                 )
             )
             offset += n
@@ -197,7 +253,7 @@ class VLLMEngine:
                 ids = list(c.token_ids)
                 group.append(
                     Completion(
-                        text=c.text,
+                        text=self.tokenizer.decode(ids, skip_special_tokens=True),
                         token_ids=ids,
                         logprobs=_sampled_logprobs(c.logprobs, ids),
                         prompt_token_ids=prompt_ids,
@@ -221,7 +277,7 @@ class VLLMEngine:
             payload: Any = safetensors.torch.save({name: t.cpu() for name, t in items})
         else:
             payload = items
-        self.llm.collective_rpc(_reload_on_worker, args=(payload,))
+        self.llm.collective_rpc("rlkit_reload_weights", args=(payload,))
         self.llm.reset_prefix_cache()
         if self.is_multimodal:
             self.llm.llm_engine.reset_encoder_cache()

