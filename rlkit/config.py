@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import pathlib
+import re
 import types
 import typing
 from typing import Any
@@ -96,6 +97,7 @@ class RewardConfig:
     path: str = ""  # a callable by path: "my_rewards.py:score" or "package.module:score"
     weight: float = 1.0  # weight in the summed reward used for advantages
     kwargs: dict = dataclasses.field(default_factory=dict)  # keyword arguments bound to the reward
+    completion_format: str = "text"  # what the reward receives: "text" (plain strings) or "messages" (TRL's conversational form)
 
 
 @dataclasses.dataclass
@@ -140,6 +142,7 @@ CHOICES = {
     "data.on_bad_row": ("error", "skip"),
     "modes.per": ("prompt", "sample"),
     "rollout.engine": ("vllm", "hf"),
+    "rewards.completion_format": ("text", "messages"),
 }
 
 
@@ -197,7 +200,7 @@ def _build(cls, data: Any, prefix: str):
             kwargs[key] = [_build(item_cls, v, f"{full}[{i}].") for i, v in enumerate(value)]
         else:
             kwargs[key] = _coerce(full, value, typ)
-        choices = CHOICES.get(full.split("[")[0])
+        choices = CHOICES.get(re.sub(r"\[\d+\]", "", full))
         if choices and kwargs[key] not in choices:
             raise ConfigError(f"config key '{full}': {kwargs[key]!r} is not one of {', '.join(choices)}")
     return cls(**kwargs)

@@ -37,7 +37,8 @@ class Prepared:
 
 
 def reward_specs(cfg: GRPOConfig) -> list[RewardSpec]:
-    return [RewardSpec(name=r.name or None, path=r.path or None, weight=r.weight, kwargs=dict(r.kwargs)) for r in cfg.rewards]
+    return [RewardSpec(name=r.name or None, path=r.path or None, weight=r.weight, kwargs=dict(r.kwargs),
+                       completion_format=r.completion_format) for r in cfg.rewards]
 
 
 def load_prompt_data(cfg: GRPOConfig):
@@ -162,6 +163,7 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     policy = _policy(cfg, p.start_model, p.base_model)
     engine = _engine(cfg, p.start_model)
+    p.scorer.start()  # reward worker processes warm up while the engine starts
     if p.resume_from:
         ray.get(policy.load_trainer_state.remote(str(p.resume_from)))
     last: dict = {}
@@ -245,6 +247,7 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
     finally:
         bar.close()
         log.close()
+        p.scorer.close()
         for actor in (engine, policy):
             try:
                 ray.kill(actor)

@@ -32,6 +32,7 @@ def test_round_trip(tmp_path):
         ("rollout.engine=sglang", "config key 'rollout.engine': 'sglang' is not one of vllm, hf"),
         ("rewards=[{nam: x}]", "unknown config key 'rewards[0].nam'"),
         ("model=3", "config key 'model': expected a mapping"),
+        ("rewards=[{name: x, completion_format: xml}]", "'rewards[0].completion_format': 'xml' is not one of"),
     ],
 )
 def test_bad_keys_are_named(override, fragment):

@@ -39,10 +39,13 @@ def test_grpo_text_model_vllm(tmp_path):
     assert len(samples) == 2 * 2 * 4
     assert {"step", "prompt", "completion", "mode", "rewards", "reward", "advantage"} <= set(samples[0])
     assert all(s["mode"] == "fast" for s in samples)
-    # rewards are consistent with the completions they score
-    for s in samples:
-        done = s["completion"].strip().lower() == s["answer"].lower()
-        assert s["rewards"]["exact_match"] == (1.0 if done else 0.0)
+    # the logged rewards are those of the completions logged beside them
+    from rewards import exact_match
+
+    expected = exact_match([s["prompt"] for s in samples], [s["completion"] for s in samples],
+                           answer=[s["answer"] for s in samples])
+    assert [s["rewards"]["exact_match"] for s in samples] == expected
+    assert [s["reward"] for s in samples] == expected  # one reward of weight 1: the total is that reward
     ck = pathlib.Path(summary["checkpoint"])
     assert ck.name == "step_2" and (out / "config.yaml").exists()
     AutoModelForCausalLM.from_pretrained(ck)
