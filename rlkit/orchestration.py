@@ -19,6 +19,8 @@ def actor_env(num_cpus: float, extra: dict | None = None) -> dict:
         "VLLM_ENABLE_V1_MULTIPROCESSING": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0"),
         "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
         "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
+        "TRANSFORMERS_VERBOSITY": os.environ.get("TRANSFORMERS_VERBOSITY", "error"),
+        "HF_HUB_DISABLE_PROGRESS_BARS": os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
     })
     env.update(extra or {})
     return env
