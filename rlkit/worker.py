@@ -93,6 +93,8 @@ class PolicyWorker:
                                          add_special_tokens=False)
                     cache[key] = {"ids": enc["input_ids"][0], "pixel_values": enc["pixel_values"],
                                   "image_grid_thw": enc["image_grid_thw"]}
+                    if "mm_token_type_ids" in enc:  # transformers 5: which prompt tokens are image tokens (mrope)
+                        cache[key]["mm_types"] = torch.as_tensor(enc["mm_token_type_ids"][0])
                 else:
                     ids = self.tokenizer(it.prompt_text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
                     cache[key] = {"ids": ids}
@@ -109,9 +111,12 @@ class PolicyWorker:
         comp = torch.full((B, Tc), pad, dtype=torch.long)
         mask = torch.zeros((B, Tc), dtype=torch.float32)
         rollout = torch.zeros((B, Tc), dtype=torch.float32)
+        mm_types = torch.zeros((B, P + Tc), dtype=torch.long) if any("mm_types" in p for p in prompts) else None
         for b, (it, p) in enumerate(zip(items, prompts)):
             n = len(p["ids"])
             ids[b, P - n:P] = p["ids"]
+            if mm_types is not None and "mm_types" in p:
+                mm_types[b, P - n:P] = p["mm_types"]
             attn[b, P - n:P] = 1
             c = torch.tensor(it.completion_ids, dtype=torch.long)
             ids[b, P:P + len(c)] = c
@@ -122,6 +127,8 @@ class PolicyWorker:
                 rollout[b, :len(it.rollout_logprobs)] = torch.tensor(it.rollout_logprobs[:Tc], dtype=torch.float32)
         batch = {"input_ids": ids, "attention_mask": attn, "completion_ids": comp, "mask": mask,
                  "rollout_logprobs": rollout, "Tc": Tc}
+        if mm_types is not None:
+            batch["mm_token_type_ids"] = mm_types
         imgs = [p for p in prompts if "pixel_values" in p]
         if imgs:
             # one entry per sequence, in order (shared prompts repeat their tensors, as the model expects)
@@ -131,7 +138,7 @@ class PolicyWorker:
 
     def _logprobs(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, Tc) logprobs of the completion tokens and (B, Tc) entropy (detached)."""
-        kwargs = {k: batch[k] for k in ("pixel_values", "image_grid_thw") if k in batch}
+        kwargs = {k: batch[k] for k in ("pixel_values", "image_grid_thw", "mm_token_type_ids") if k in batch}
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                     logits_to_keep=batch["Tc"] + 1, use_cache=False, **kwargs)
         logits = out.logits[:, :-1].float()

@@ -34,6 +34,7 @@ def test_grpo_text_model_vllm(tmp_path):
     assert [m["step"] for m in metrics] == [1, 2]
     for key in REQUIRED:
         assert key in metrics[-1], key
+    assert all(m["train/mismatch_abs_logprob_diff"] < 1e-4 for m in metrics)  # vLLM vs trainer, after a sync
     assert metrics[1]["tokens/sampled_total"] == metrics[0]["tokens/sampled"] + metrics[1]["tokens/sampled"]
     samples = read_jsonl(out / "samples.jsonl")
     assert len(samples) == 2 * 2 * 4
@@ -65,6 +66,8 @@ def test_grpo_vlm_vllm_with_resume(tmp_path):
     summary = run_grpo(config(tmp_path, *common, "max_steps=3"), resume=True)
     metrics = read_jsonl(out / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2, 3]
+    # the trainer scores the sampled tokens as vLLM did (images, mrope positions, synced weights included)
+    assert all(m["train/mismatch_abs_logprob_diff"] < 1e-4 for m in metrics)
     state3 = json.loads((out / "checkpoints/step_3/run_state.json").read_text())
     assert state3["data_position"] == 6
     assert state3["tokens_sampled_total"] == metrics[-1]["tokens/sampled_total"]

@@ -31,21 +31,11 @@ def vqa_items(worker, k=3, per=2):
 
 
 def reference_logprobs(worker, item):
-    """Direct computation: one unpadded sequence, full logits, log_softmax, gather."""
-    m = worker.model
-    if item.images:
-        enc = worker.processor(text=[item.prompt_text], images=item.images, return_tensors="pt")
-        extra = {"pixel_values": enc["pixel_values"], "image_grid_thw": enc["image_grid_thw"]}
-        prompt = enc["input_ids"][0]
-    else:
-        prompt = worker.tokenizer(item.prompt_text, return_tensors="pt")["input_ids"][0]
-        extra = {}
-    c = torch.tensor(item.completion_ids)
-    ids = torch.cat([prompt, c])[None]
-    with torch.no_grad():
-        logits = m(input_ids=ids, **extra).logits[0].float()
-    lp = torch.log_softmax(logits[len(prompt) - 1:-1], -1)
-    return lp.gather(-1, c[:, None])[:, 0].tolist()
+    """Direct computation: one unpadded sequence through the processor, full logits, log_softmax, gather."""
+    from rollout.testing import reference_logprobs as direct
+
+    proc = worker.processor if item.images else worker.tokenizer
+    return direct(worker.model, proc, item.prompt_text, item.images, item.completion_ids)[1]
 
 
 def test_vlm_logprobs_match_direct_computation(tiny_vlm_path):
