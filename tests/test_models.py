@@ -70,3 +70,17 @@ def test_build_tiny_command(tmp_path):
                         "--data", "arithmetic"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "m" / "config.json").exists() and (tmp_path / "m" / "tokenizer.json").exists()
+
+
+@pytest.mark.parametrize("make", [lambda: train_small_tokenizer(["what color is it?"], 400), qwen_tokenizer])
+def test_think_tags_survive_decoding_but_specials_do_not(make, tmp_path):
+    """As in Qwen3: <think>/</think> are added tokens but not special, so completion text keeps them."""
+    from transformers import AutoTokenizer
+
+    for tok in (make(), None):
+        if tok is None:
+            make().save_pretrained(tmp_path / "t")
+            tok = AutoTokenizer.from_pretrained(tmp_path / "t")
+        ids = tok("<think>hm</think> red<|im_end|>")["input_ids"]
+        assert tok.convert_ids_to_tokens(ids)[0] == "<think>"  # one token
+        assert tok.decode(ids, skip_special_tokens=True) == "<think>hm</think> red"

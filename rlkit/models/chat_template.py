@@ -36,8 +36,10 @@ CHAT_TEMPLATE = (
     "{%- endif -%}"
 )
 
-# Special tokens, in Qwen's order. The first 14 are Qwen2-VL's (ids 151643..151656 in the real vocabulary);
-# the rest follow Qwen3's layout up to `<think>`/`</think>` (151667, 151668).
+# Added tokens, in Qwen's order. The first 14 are Qwen2-VL's special tokens (ids 151643..151656 in the real
+# vocabulary); the rest follow Qwen3's layout up to `<think>`/`</think>` (151667, 151668). As in Qwen3's own
+# tokenizer, only the first 14 are *special* (dropped by `decode(..., skip_special_tokens=True)`): the think
+# and tool tags stay in decoded text, where the format and RLPR rewards look for them.
 QWEN_SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
     "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -45,3 +47,4 @@ QWEN_SPECIAL_TOKENS = [
     "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
     "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>", THINK_OPEN, THINK_CLOSE,
 ]
+N_SPECIAL = 14  # QWEN_SPECIAL_TOKENS[:N_SPECIAL] are special; the rest are plain added tokens

