@@ -78,6 +78,9 @@ class AlgorithmConfig:
     loss_opts: dict = dataclasses.field(default_factory=dict)  # keyword arguments of the policy loss (clip_low, clip_high, aggregation, ...)
     kl_coef: float = 0.0  # weight of the KL penalty to the reference policy in the loss (0: no reference model is loaded)
     kl_estimator: str = "k3"  # KL estimator by registered name: k1, k2, k3
+    group_filter: str = "none"  # drop uninformative prompt groups before the update and refill the batch: none, all_equal or std_ema (rlkit/filters.py)
+    group_filter_opts: dict = dataclasses.field(default_factory=dict)  # keyword arguments of the group filter (std_ema: beta, ema, ema_start_step, filter_start_step)
+    refill_rounds: int = 3  # after filtering, at most this many extra rollout rounds of fresh prompts to fill the batch (0: train on what is kept)
 
 
 @dataclasses.dataclass
@@ -280,3 +283,15 @@ def check_grpo(cfg: GRPOConfig) -> None:
     for i, r in enumerate(cfg.rewards):
         if bool(r.name) == bool(r.path):
             raise ConfigError(f"config key 'rewards[{i}]': give exactly one of 'name' or 'path'")
+    if cfg.algorithm.refill_rounds < 0:
+        raise ConfigError("config key 'algorithm.refill_rounds': must be >= 0")
+    from rlkit.filters import FILTERS
+
+    try:
+        filter_cls = FILTERS.get(cfg.algorithm.group_filter)
+    except ValueError as e:
+        raise ConfigError(f"config key 'algorithm.group_filter': {e}") from e
+    try:
+        filter_cls(**cfg.algorithm.group_filter_opts)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config key 'algorithm.group_filter_opts': {e}") from e

@@ -7,22 +7,48 @@ worker and the rollout engine in actors and `run_grpo` loops. See docs/ARCHITECT
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 import random
 import time
 
 import torch
 
-from rewards import RewardScorer, RewardSpec
+from rewards import RewardScorer, RewardSpec, ScoreResult
 from rlkit import checkpoint as ckpt
 from rlkit.algorithms import get_advantage_fn
 from rlkit.config import ConfigError, GRPOConfig, check_grpo, dump_config
 from rlkit.data import DataError, PromptStream, load_source, map_columns, open_image, to_row
-from rlkit.models.loading import build_tiny, check_model_path, load_processor
+from rlkit.filters import get_filter
+from rlkit.models.loading import build_tiny, check_model_path, load_processor, tokenizer_of
 from rlkit.modes import assign_modes, render_prompt
 from rlkit.records import MODES, Sample, TrainItem
 from rlkit.runlog import RunLog
 from rollout import RolloutRequest, SamplingConfig
+
+REWARD_STATE = "reward_state.json"
+
+
+class PolicyLogprobs:
+    """`rewards.rlpr.PolicyAccess` over the policy actor: completion logprobs from the weights that sampled this
+    step (rewards are scored after the rollout and before the update), batched in the worker; no second copy."""
+
+    def __init__(self, actor, tokenizer):
+        self.actor, self.tokenizer = actor, tokenizer
+
+    def completion_logprobs(self, prompt_texts, images, completion_ids):
+        import ray
+
+        items = [TrainItem(p, list(im or []), list(ids), 0.0, [])
+                 for p, im, ids in zip(prompt_texts, images, completion_ids)]
+        return ray.get(self.actor.compute_logprobs.remote(items))
+
+
+@dataclasses.dataclass
+class RewardResources:
+    """What rewards declaring `needs` receive as `resources`; `policy` is set once the policy actor exists."""
+
+    policy: PolicyLogprobs | None = None
 
 
 @dataclasses.dataclass
@@ -34,6 +60,7 @@ class Prepared:
     base_model: str  # the initial policy (reference model for KL)
     start_model: str  # what the workers load (base model, or the checkpoint being resumed)
     resume_from: pathlib.Path | None
+    resources: RewardResources
 
 
 def reward_specs(cfg: GRPOConfig) -> list[RewardSpec]:
@@ -74,7 +101,9 @@ def prepare(cfg: GRPOConfig, resume: bool = False) -> Prepared:
     out = pathlib.Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        scorer = RewardScorer(reward_specs(cfg), timeout_s=cfg.reward_timeout_s, strict=cfg.strict_rewards)
+        resources = RewardResources()
+        scorer = RewardScorer(reward_specs(cfg), timeout_s=cfg.reward_timeout_s, strict=cfg.strict_rewards,
+                              resources=resources)
     except (ValueError, ImportError, FileNotFoundError) as e:
         raise ConfigError(f"config key 'rewards': {e}") from e
     ds = load_prompt_data(cfg)
@@ -83,7 +112,7 @@ def prepare(cfg: GRPOConfig, resume: bool = False) -> Prepared:
     if resume and last is None:
         print(f"rlkit: --resume given but {out}/checkpoints has no complete checkpoint; starting from step 0")
     dump_config(cfg, out / "config.yaml")
-    return Prepared(cfg, out, ds, scorer, base, str(last) if last else base, last)
+    return Prepared(cfg, out, ds, scorer, base, str(last) if last else base, last, resources)
 
 
 def _engine(cfg: GRPOConfig, model_path: str):
@@ -157,12 +186,16 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
     tokens_total = state.get("tokens_sampled_total", 0)
     processor = load_processor(p.start_model)
     adv_fn = get_advantage_fn(cfg.algorithm.advantage)
+    group_filter = get_filter(cfg.algorithm.group_filter, **cfg.algorithm.group_filter_opts)
+    group_filter.load_state_dict(state.get("group_filter", {}))
+    states = reward_states(p.scorer, p.resume_from)
     log = RunLog(p.out, tensorboard=cfg.logging.tensorboard, log_samples=cfg.logging.log_samples,
                  resume_step=start if p.resume_from else None)
 
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     policy = _policy(cfg, p.start_model, p.base_model)
     engine = _engine(cfg, p.start_model)
+    p.resources.policy = PolicyLogprobs(policy, tokenizer_of(processor))
     p.scorer.start()  # reward worker processes warm up while the engine starts
     if p.resume_from:
         ray.get(policy.load_trainer_state.remote(str(p.resume_from)))
@@ -170,61 +203,56 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
     bar = tqdm(total=cfg.max_steps, initial=start, disable=not cfg.logging.progress, desc="grpo", unit="step")
     try:
         for step in range(start + 1, cfg.max_steps + 1):
-            # ---- rollout: each prompt's n samples, grouped by mode into engine requests
-            t0 = time.perf_counter()
-            rows = rows_src.take(cfg.trainer.prompts_per_step)
-            modes = assign_modes(rows, cfg.rollout.n, cfg.modes.deep_ratio, cfg.modes.per, rng)
-            requests, owners = [], []
-            for g, (row, row_modes) in enumerate(zip(rows, modes)):
-                for mode in MODES:
-                    k = row_modes.count(mode)
-                    if k:
-                        text = render_prompt(processor, row, mode, cfg.data.system_prompt)
-                        requests.append(RolloutRequest(prompt=text, images=row.images, n=k, request_id=(g, mode)))
-                        owners.append((g, mode, text))
-            sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                      max_tokens=cfg.rollout.max_tokens, n=cfg.rollout.n, seed=cfg.seed * 100003 + step)
-            outs = ray.get(engine.generate.remote(requests, sampling))
-            samples = [Sample(step, g, rows[g], mode, text, c.text, list(c.token_ids), list(c.logprobs), c.finish_reason)
-                       for (g, mode, text), group in zip(owners, outs) for c in group]
-            t_rollout = time.perf_counter() - t0
-
-            # ---- rewards
-            t0 = time.perf_counter()
-            result = p.scorer([s.row.prompt for s in samples], [s.completion for s in samples], _columns(samples))
-            for i, s in enumerate(samples):
-                s.rewards = {name: vals[i] for name, vals in result.per_reward.items()}
-                s.reward = float(result.total[i])
-            for f in result.failures:
-                print(f"rlkit: reward {f.reward!r} failed on sample {f.index} (row {samples[f.index].row.index}): {f.error}")
-            t_reward = time.perf_counter() - t0
+            # ---- rollout + rewards; the group filter drops uninformative groups, fresh prompts refill the batch
+            want, kept, results, everything, seen, rounds = cfg.trainer.prompts_per_step, [], [], [], 0, 0
+            t_rollout = t_reward = 0.0
+            while True:
+                t0 = time.perf_counter()
+                batch = _rollout(cfg, engine, processor, rows_src.take(want - len(kept)), rng, step, rounds)
+                t1 = time.perf_counter()
+                results.append(_score(p.scorer, batch))
+                everything += batch
+                t_rollout, t_reward = t_rollout + t1 - t0, t_reward + time.perf_counter() - t1
+                groups = [[s for s in batch if s.group == g] for g in sorted({s.group for s in batch})]
+                keep = group_filter.update_and_mask([[s.reward for s in g] for g in groups], step)
+                seen += len(groups)
+                kept += [g for g, k in zip(groups, keep) if k]
+                if len(kept) >= want or rounds >= cfg.algorithm.refill_rounds:
+                    break
+                rounds += 1
+            samples = [dataclasses.replace(s, group=g) for g, group in enumerate(kept) for s in group]
+            result = _merge_results(results)
 
             # ---- advantages (groups = prompts)
-            rewards_t = torch.tensor([s.reward for s in samples], dtype=torch.float32)
-            groups_t = torch.tensor([s.group for s in samples], dtype=torch.long)
-            adv = adv_fn(rewards_t, groups_t, **cfg.algorithm.advantage_opts)
-            for s, a in zip(samples, adv.tolist()):
-                s.advantage = a
+            if samples:
+                rewards_t = torch.tensor([s.reward for s in samples], dtype=torch.float32)
+                groups_t = torch.tensor([s.group for s in samples], dtype=torch.long)
+                for s, a in zip(samples, adv_fn(rewards_t, groups_t, **cfg.algorithm.advantage_opts).tolist()):
+                    s.advantage = a
 
-            # ---- update
+            # ---- update (skipped when the filter left nothing to train on)
             t0 = time.perf_counter()
             use_rollout_lp = cfg.rollout.temperature == 1.0  # engine logprobs are untempered
             items = [TrainItem(s.prompt_text, s.row.images, s.completion_ids, s.advantage,
                                s.rollout_logprobs if use_rollout_lp else []) for s in samples]
-            train_metrics = ray.get(policy.train_step.remote(items))
+            train_metrics = ray.get(policy.train_step.remote(items)) if items else {"train/update_skipped": 1.0}
             t_update = time.perf_counter() - t0
 
             # ---- sync: weights go policy actor -> object store -> engine actor (never through the driver)
             t0 = time.perf_counter()
-            ray.get(engine.update_weights.remote(policy.state_dict.remote()))
+            if items:
+                ray.get(engine.update_weights.remote(policy.state_dict.remote()))
             t_sync = time.perf_counter() - t0
 
             # ---- log
-            sampled = sum(len(s.completion_ids) for s in samples)
+            sampled, n_all = sum(len(s.completion_ids) for s in everything), max(1, len(everything))
             tokens_total += sampled
             metrics = {**result.stats(), **train_metrics, **_mode_stats(samples),
-                       "completion/tokens_mean": sampled / max(1, len(samples)),
-                       "completion/truncated_frac": sum(s.finish_reason == "length" for s in samples) / max(1, len(samples)),
+                       **{k: v for st in states.values() if hasattr(st, "metrics") for k, v in st.metrics().items()},
+                       **group_filter.metrics(), "filter/groups_seen": seen, "filter/groups_kept": len(kept),
+                       "filter/filtered_frac": 1 - len(kept) / max(1, seen), "filter/refill_rounds": rounds,
+                       "completion/tokens_mean": sampled / n_all,
+                       "completion/truncated_frac": sum(s.finish_reason == "length" for s in everything) / n_all,
                        "tokens/sampled": sampled, "tokens/sampled_total": tokens_total,
                        "data/skipped_rows": rows_src.skipped, "reward/failures": len(result.failures),
                        "time/rollout_s": t_rollout, "time/reward_s": t_reward, "time/update_s": t_update,
@@ -239,9 +267,11 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
             if step == cfg.max_steps or (every and step % every == 0):
                 staging = ckpt.staging_dir(p.out, step)
                 ray.get(policy.save.remote(str(staging)))
+                (staging / REWARD_STATE).write_text(json.dumps({k: st.state_dict() for k, st in states.items()}))
                 final = ckpt.finalize(p.out, step, staging, {
                     "step": step, "data_position": stream.position, "rng": _jsonable_state(rng.getstate()),
                     "tokens_sampled_total": tokens_total, "base_model": p.base_model,
+                    "group_filter": group_filter.state_dict(),
                 }, keep=cfg.logging.keep_checkpoints)
                 last["checkpoint"] = str(final)
     finally:
@@ -256,6 +286,69 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
     return last
 
 
+def _rollout(cfg: GRPOConfig, engine, processor, rows, rng: random.Random, step: int, round_: int = 0) -> list[Sample]:
+    """Each row's n samples, grouped by mode into engine requests; group = the row's index in `rows`."""
+    import ray
+
+    modes = assign_modes(rows, cfg.rollout.n, cfg.modes.deep_ratio, cfg.modes.per, rng)
+    requests, owners = [], []
+    for g, (row, row_modes) in enumerate(zip(rows, modes)):
+        for mode in MODES:
+            k = row_modes.count(mode)
+            if k:
+                text = render_prompt(processor, row, mode, cfg.data.system_prompt)
+                requests.append(RolloutRequest(prompt=text, images=row.images, n=k, request_id=(g, mode)))
+                owners.append((g, mode, text))
+    r = cfg.rollout
+    sampling = SamplingConfig(temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens, n=r.n,
+                              seed=cfg.seed * 100003 + step + 1000003 * round_)  # a refill round gets new seeds
+    outs = ray.get(engine.generate.remote(requests, sampling))
+    return [Sample(step, g, rows[g], mode, text, c.text, list(c.token_ids), list(c.logprobs), c.finish_reason)
+            for (g, mode, text), group in zip(owners, outs) for c in group]
+
+
+def _score(scorer: RewardScorer, samples: list[Sample]) -> ScoreResult:
+    """Score `samples` in place (rewards by name, total used for advantages)."""
+    result = scorer([s.row.prompt for s in samples], [s.completion for s in samples], _columns(samples))
+    for i, s in enumerate(samples):
+        s.rewards = {name: vals[i] for name, vals in result.per_reward.items()}
+        s.reward = float(result.total[i])
+    for f in result.failures:
+        print(f"rlkit: reward {f.reward!r} failed on sample {f.index} (row {samples[f.index].row.index}): {f.error}")
+    return result
+
+
+def _merge_results(results: list[ScoreResult]) -> ScoreResult:
+    """One ScoreResult over every round of a step (stats cover filtered groups too)."""
+    if len(results) == 1:
+        return results[0]
+    per = {k: [v for r in results for v in r.per_reward[k]] for k in results[0].per_reward}
+    failures, offset = [], 0
+    for r in results:
+        failures += [dataclasses.replace(f, index=f.index + offset) for f in r.failures]
+        offset += len(r.total)
+    return ScoreResult(per, [t for r in results for t in r.total], failures, results[0].weights)
+
+
+def reward_states(scorer: RewardScorer, resume_from: pathlib.Path | None) -> dict:
+    """Reward-side state (`fn.state`: RLPR's baseline cache), by reward name: reset, then restored on resume."""
+    saved = {}
+    if resume_from is not None and (resume_from / REWARD_STATE).exists():
+        saved = json.loads((resume_from / REWARD_STATE).read_text())
+    out, seen = {}, set()
+    for plan in scorer.plans:
+        st = getattr(plan.fn, "state", None)
+        if st is None or not hasattr(st, "state_dict") or id(st) in seen:
+            continue
+        seen.add(id(st))
+        if hasattr(st, "reset"):
+            st.reset()  # a module-level state may hold a previous run's cache (another model)
+        if plan.name in saved:
+            st.load_state_dict(saved[plan.name])
+        out[plan.name] = st
+    return out
+
+
 def _columns(samples: list[Sample]) -> dict[str, list]:
     """The keyword columns every reward receives: the rows' columns plus mode, completion ids and images."""
     keys = sorted({k for s in samples for k in s.row.columns})
@@ -264,6 +357,7 @@ def _columns(samples: list[Sample]) -> dict[str, list]:
     cols["mode"] = [s.mode for s in samples]
     cols["completion_ids"] = [s.completion_ids for s in samples]
     cols["images"] = [s.row.images for s in samples]
+    cols["prompt_text"] = [s.prompt_text for s in samples]  # the rendered prompt the engine saw (RLPR scores after it)
     return cols
 
 
