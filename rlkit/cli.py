@@ -1,6 +1,8 @@
 """The `rlkit` command.
 
     rlkit grpo --config FILE [key.sub=value ...] [--resume]
+    rlkit dpo --config FILE [key.sub=value ...] [--resume]
+    rlkit rlaifv --config FILE [key.sub=value ...]
     rlkit build-tiny --kind vlm|text --out DIR [--tokenizer small|qwen] [--data easy_vqa]
 
 Config errors are printed as one line naming the key, with exit status 2, before anything starts.
@@ -25,6 +27,27 @@ def cmd_grpo(args) -> int:
     cfg = load_config(GRPOConfig, args.config, args.overrides)
     summary = run_grpo(cfg, resume=args.resume)
     print({k: summary[k] for k in ("step", "reward/mean", "checkpoint") if k in summary})
+    return 0
+
+
+def cmd_dpo(args) -> int:
+    from rlkit.config import load_config
+    from rlkit.dpo import DPOConfig, run_dpo
+
+    cfg = load_config(DPOConfig, args.config, args.overrides)
+    summary = run_dpo(cfg, resume=args.resume)
+    print({k: summary[k] for k in ("step", "eval/loss", "eval/rewards/accuracies", "eval/rewards/margins", "checkpoint")
+           if k in summary})
+    return 0
+
+
+def cmd_rlaifv(args) -> int:
+    from rlkit.config import load_config
+    from rlkit.rlaifv import RLAIFVConfig, run_rlaifv
+
+    cfg = load_config(RLAIFVConfig, args.config, args.overrides)
+    summary = run_rlaifv(cfg)
+    print({k: summary[k] for k in ("round", "pairs/kept", "dpo/rewards/accuracies", "model") if k in summary})
     return 0
 
 
@@ -55,6 +78,17 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.lr=3e-4 max_steps=20")
     g.set_defaults(fn=cmd_grpo)
 
+    d = sub.add_parser("dpo", help="train with DPO on a preference data set (TRL columns)")
+    d.add_argument("--config", required=False, help="YAML config file")
+    d.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in output_dir")
+    d.add_argument("overrides", nargs="*", help="dotted overrides, e.g. dpo.beta=0.1 data.path=pairs/")
+    d.set_defaults(fn=cmd_dpo)
+
+    r = sub.add_parser("rlaifv", help="iterative RLAIF-V: sample, score claims, build pairs, DPO; complete rounds are skipped")
+    r.add_argument("--config", required=False, help="YAML config file")
+    r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rounds=3 labeler.path=policy")
+    r.set_defaults(fn=cmd_rlaifv)
+
     b = sub.add_parser("build-tiny", help="write a tiny deterministic policy (model + tokenizer/processor)")
     b.add_argument("--kind", choices=("text", "vlm"), required=True)
     b.add_argument("--out", required=True)
@@ -68,10 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     from rlkit.config import ConfigError
     from rlkit.data import DataError
     from rlkit.models.loading import ModelLoadError
+    from preference import PreferenceDataError
 
     try:
         return args.fn(args)
-    except (ConfigError, DataError, ModelLoadError) as e:
+    except (ConfigError, DataError, ModelLoadError, PreferenceDataError) as e:
         print(f"rlkit: error: {e}", file=sys.stderr)
         return 2
 

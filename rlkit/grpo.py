@@ -46,9 +46,12 @@ class PolicyLogprobs:
 
 @dataclasses.dataclass
 class RewardResources:
-    """What rewards declaring `needs` receive as `resources`; `policy` is set once the policy actor exists."""
+    """What rewards declaring `needs` receive as `resources`; `policy` is set once the policy actor exists,
+    `labeler` (and `claim_lm` for LM claim splitting) when a reward needs a labeler (rlaifv)."""
 
     policy: PolicyLogprobs | None = None
+    labeler: object = None  # rewards.rlaifv.Labeler
+    claim_lm: object = None  # rewards.rlaifv.TextLM over a rollout engine (closed at the end of the run)
 
 
 @dataclasses.dataclass
@@ -106,8 +109,16 @@ def prepare(cfg: GRPOConfig, resume: bool = False) -> Prepared:
                               resources=resources)
     except (ValueError, ImportError, FileNotFoundError) as e:
         raise ConfigError(f"config key 'rewards': {e}") from e
+    needs_labeler = any("labeler" in plan.needs for plan in scorer.plans)
+    if needs_labeler:
+        from rlkit.rlaifv import labeler_config, labeler_resources
+
+        labeler_config(cfg.labeler)  # a bad `labeler:` key fails now, naming itself
     ds = load_prompt_data(cfg)
     base = resolve_model(cfg, ds, out)
+    if needs_labeler:  # path: policy = a frozen copy of the initial policy, in this process
+        lab = labeler_resources(cfg.labeler, policy_path=base)
+        resources.labeler, resources.claim_lm = lab.labeler, lab.claim_lm
     last = ckpt.latest(out) if resume else None
     if resume and last is None:
         print(f"rlkit: --resume given but {out}/checkpoints has no complete checkpoint; starting from step 0")
@@ -278,6 +289,8 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
         bar.close()
         log.close()
         p.scorer.close()
+        if p.resources.claim_lm is not None:
+            p.resources.claim_lm.engine.close()
         for actor in (engine, policy):
             try:
                 ray.kill(actor)

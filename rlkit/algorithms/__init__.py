@@ -12,10 +12,12 @@ from typing import Callable
 
 from . import advantages as _advantages  # noqa: F401  (registers)
 from . import aggregation as _aggregation  # noqa: F401  (registers)
+from . import dpo as _dpo  # noqa: F401  (registers)
 from . import kl as _kl  # noqa: F401  (registers)
 from . import losses as _losses  # noqa: F401  (registers)
 from .advantages import combine_group_ids, group_index, group_std, informative_groups
 from .aggregation import aggregate, masked_mean
+from .dpo import DPO_LOSSES, get_dpo_loss
 from .registry import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, Registry
 
 
@@ -42,6 +44,7 @@ def get_aggregation(name: str) -> Callable:
 __all__ = [
     "ADVANTAGES",
     "AGGREGATIONS",
+    "DPO_LOSSES",
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
     "Registry",
@@ -49,6 +52,7 @@ __all__ = [
     "combine_group_ids",
     "get_advantage_fn",
     "get_aggregation",
+    "get_dpo_loss",
     "get_kl_estimator",
     "get_policy_loss",
     "group_index",
