@@ -34,6 +34,7 @@ class ModelConfig:
     hidden_size: int = 128  # tiny models only: width of the language model
     num_layers: int = 2  # tiny models only: depth of the language model
     vision_depth: int = 2  # tiny:vlm only: depth of the vision tower
+    vision_init_std: float = 0.0  # tiny:vlm only: std of the vision tower's weight matrices (0: transformers' default)
     vocab_size: int = 512  # tiny models with tokenizer "small": the BPE's target vocabulary size
     seed: int = 0  # tiny models only: the weight-initialisation seed
 

@@ -91,7 +91,8 @@ def resolve_model(cfg: GRPOConfig, ds, out: pathlib.Path) -> str:
         if not (target / "config.json").exists():
             texts = list(ds["prompt"]) + [str(a) for a in (ds["answer"] if "answer" in ds.column_names else [])]
             m = cfg.model
-            extra = {"image_size": m.image_size, "vision_depth": m.vision_depth} if kind == "vlm" else {}
+            extra = {"image_size": m.image_size, "vision_depth": m.vision_depth,
+                     "vision_init_std": m.vision_init_std or None} if kind == "vlm" else {}
             build_tiny(kind, target, texts=texts, tokenizer=m.tokenizer, vocab_size=m.vocab_size, seed=m.seed,
                        hidden_size=m.hidden_size, num_layers=m.num_layers, **extra)
         return str(target)

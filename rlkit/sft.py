@@ -58,27 +58,19 @@ class SFTResult:
 
 
 def render_prompt(processor, question: str, has_image: bool, enable_thinking: bool = False) -> str:
-    """The generation prompt for one question, rendered with the processor's chat template."""
-    content: list[dict] = [{"type": "image"}] if has_image else []
-    content.append({"type": "text", "text": question})
-    return processor.apply_chat_template(
-        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False, enable_thinking=enable_thinking
-    )
+    """The generation prompt for one question: `rlkit.modes.render_prompt`, the one the GRPO loop uses."""
+    from rlkit.modes import render_prompt as render
+    from rlkit.records import DEEP, FAST, PromptRow
+
+    row = PromptRow(0, question, [None] if has_image else [], None, {})
+    return render(processor, row, DEEP if enable_thinking else FAST)
 
 
 def load_image(image: Any):
-    """A PIL RGB image from a path or a PIL image; a clear error names the path that does not decode."""
-    from PIL import Image
+    """A PIL RGB image from a path or a PIL image (None stays None); `rlkit.data.open_image` names bad files."""
+    from rlkit.data import open_image
 
-    if image is None:
-        return None
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    try:
-        with Image.open(image) as im:
-            return im.convert("RGB")
-    except Exception as e:  # noqa: BLE001 - re-raised with the path
-        raise ValueError(f"image {image!r} does not decode: {e}") from e
+    return None if image is None else open_image(image)
 
 
 def build_sft_batch(

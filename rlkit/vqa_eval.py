@@ -5,33 +5,33 @@ dict `{"prompt": question, "image": path-or-PIL-or-None}` and the answer is gree
 one backed by vLLM; `make_hf_generate_fn` gives one backed by transformers `generate` (the reference, used
 by tests and the research scripts).
 
-Grading (`normalize_answer`): take the text after the last `</think>` if there is one, lowercase, turn
-punctuation into spaces, collapse whitespace. A prediction is right when its normalised text equals the
-normalised answer ("Red." == "red", "<think>..</think> yes" == "yes").
+Grading (`exact_match`) is the `exact_match` training reward's: the answer part after a closed think block,
+case, surrounding whitespace and punctuation ignored ("Red." == "red", "<think>..</think> yes" == "yes").
 """
 from __future__ import annotations
 
-import re
-import string
 from collections import defaultdict
 from typing import Any, Callable, Sequence
 
-THINK_CLOSE = "</think>"
-_PUNCT = re.compile("[" + re.escape(string.punctuation) + "]")
 
 
-def normalize_answer(text: str) -> str:
-    """Lowercase, text after the last `</think>`, punctuation to spaces, whitespace collapsed and stripped."""
-    if text is None:
-        return ""
-    if THINK_CLOSE in text:
-        text = text.rsplit(THINK_CLOSE, 1)[1]
-    text = _PUNCT.sub(" ", text.lower())
-    return " ".join(text.split())
+# Multimodal placeholder tokens: a sampled one inside a completion would be taken for an image slot when the
+# sequence is fed back (teacher-forced logprobs fail with "Image features and image tokens do not match").
+PLACEHOLDER_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
+
+
+def placeholder_ids(tokenizer) -> list[int]:
+    """Ids of the multimodal placeholder tokens the tokenizer has: never to be sampled in a completion."""
+    ids = tokenizer.convert_tokens_to_ids(list(PLACEHOLDER_TOKENS))
+    return [i for i in ids if i is not None and i != tokenizer.unk_token_id]
 
 
 def exact_match(prediction: str, answer: str) -> bool:
-    return normalize_answer(prediction) == normalize_answer(answer)
+    """Graded exactly as the `exact_match` training reward grades (rewards.basic): held-out accuracy and
+    training reward never disagree about what a right answer is."""
+    from rewards import exact_match as reward
+
+    return reward([""], [prediction], answer=[answer]) == [1.0]
 
 
 def evaluate_vqa(
@@ -128,7 +128,9 @@ def make_hf_generate_fn(
                 enc = processor(text=texts, padding=True, return_tensors="pt", **kw)
             finally:
                 tok.padding_side = side
-            gen_kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample)
+            gen_kw: dict[str, Any] = dict(
+                max_new_tokens=max_new_tokens, do_sample=do_sample, suppress_tokens=placeholder_ids(tok)
+            )
             if do_sample:
                 gen_kw.update(temperature=temperature, top_k=0, top_p=1.0)
             was_training = model.training

@@ -6,9 +6,9 @@
 Per seed:
 1. build a tiny Qwen2.5-VL-style policy (2-layer vision tower, projector, 2-layer language model) with a
    BPE vocabulary trained on the easy-VQA text;
-2. cold start (supervised, a few dozen steps) that teaches only the answer FORMAT: every training answer is
-   replaced by a random answer of the question's type, so the policy learns to answer "red"/"circle"/"yes"
-   with one word but stays at chance within each type;
+2. cold start (150 supervised steps) on colour and shape questions with their real labels and on yes/no
+   questions with coin-flip labels: it teaches the answer format of every type and what colour the shape
+   is, and leaves the policy at chance on yes/no questions;
 3. held-out accuracy (1,000 fixed test questions, greedy, vLLM), also with blank images (a control: what
    can be answered without looking);
 4. GRPO with the exact-match reward (rlkit's loop: vLLM rollout actor, policy actor, in-place weight sync);
@@ -54,18 +54,20 @@ def evaluate(model_dir: str, rows: list[dict], max_tokens: int) -> dict:
     return {"real": real, "blind": blind}
 
 
-def cold_start(base: str, out: str, rows: list[dict], steps: int, lr: float, seed: int) -> str:
-    """Format-only supervised cold start: answers replaced by random answers of the same type."""
+def cold_start(base: str, out: str, steps: int, lr: float, seed: int) -> str:
+    """Supervised cold start on the demo split (`load_easy_vqa_cold_start`): real labels for colour and shape,
+    coin-flip labels for yes/no questions (format only)."""
     import torch
 
-    from rlkit.data.easy_vqa import ANSWERS_BY_TYPE
+    from rlkit.data.easy_vqa import load_easy_vqa_cold_start
     from rlkit.models.loading import load_policy
     from rlkit.sft import SFTConfig, sft
 
     model, processor, _ = load_policy(base)
     torch.manual_seed(seed)
+    rows = [dict(r) for r in load_easy_vqa_cold_start(seed=seed)]
     sft(model, processor, rows, SFTConfig(lr=lr, batch_size=32, max_steps=steps, seed=seed, warmup_steps=10),
-        output_dir=out, label_fn=lambda row, rng: rng.choice(ANSWERS_BY_TYPE[row["type"]]))
+        output_dir=out)
     return out
 
 
@@ -86,12 +88,12 @@ def run_seed(seed: int, args) -> dict:
     t = time.perf_counter()
     train = load_easy_vqa("train", seed=seed)
     test_rows = [dict(r) for r in load_easy_vqa("test", limit=args.eval_size, seed=0)]  # same questions every seed
-    base = build_tiny("vlm", out / "base_model", texts=list(train["prompt"]) + list(train["answer"]), seed=seed)
+    base = build_tiny("vlm", out / "base_model", texts=list(train["prompt"]) + list(train["answer"]), seed=seed,
+                      vision_init_std=args.vision_init_std)
     T["build"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    cold_rows = [dict(r) for r in train.select(range(min(len(train), 4000)))]
-    cold = cold_start(str(base), str(out / "cold_start"), cold_rows, args.cold_steps, args.cold_lr, seed)
+    cold = cold_start(str(base), str(out / "cold_start"), args.cold_steps, args.cold_lr, seed)
     T["cold_start"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -117,9 +119,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--output-dir", default="runs/easy_vqa_demo")
-    ap.add_argument("--cold-steps", type=int, default=80, help="supervised format-only steps (batch 32)")
+    ap.add_argument("--cold-steps", type=int, default=150, help="supervised cold-start steps (batch 32)")
+    ap.add_argument("--vision-init-std", type=float, default=0.2, help="std of the tiny vision tower's weights")
     ap.add_argument("--cold-lr", type=float, default=1e-3)
-    ap.add_argument("--grpo-steps", type=int, default=300)
+    ap.add_argument("--grpo-steps", type=int, default=250)
     ap.add_argument("--max-tokens", type=int, default=4)
     ap.add_argument("--eval-size", type=int, default=1000, help="held-out questions (fixed sample of the test split)")
     ap.add_argument("overrides", nargs="*", help="GRPO config overrides, e.g. trainer.lr=1e-4")
@@ -131,7 +134,7 @@ def main() -> int:
     print(f"{'seed':<6}{'stage':<28}{'overall':<10}per type")
     for r in results:
         for stage in ("before", "after"):
-            label = "after cold start (format)" if stage == "before" else f"after GRPO ({args.grpo_steps} steps)"
+            label = "after cold start" if stage == "before" else f"after GRPO ({args.grpo_steps} steps)"
             print(f"{r['seed']:<6}{label:<28}{fmt(r[stage]['real'])}")
             print(f"{'':<6}{'  same, blank images':<28}{fmt(r[stage]['blind'])}")
         gain = r["after"]["real"]["accuracy"] - r["before"]["real"]["accuracy"]

@@ -99,3 +99,46 @@ def load_easy_vqa(
             raise ValueError(f"limit must be >= 0, got {limit}")
         idx = idx[:limit]
     return Dataset.from_dict({k: [v[i] for i in idx] for k, v in cols.items()})
+
+
+# The cold-start split of the CPU demo (examples/easy_vqa/research/NOTES.md has the measurements behind it).
+DEMO_COLD_START_COUNTS = {"color": None, "shape": 2000, "yesno": 2000}
+DEMO_RANDOM_LABEL_TYPES = ("yesno",)
+
+
+def load_easy_vqa_cold_start(
+    *,
+    seed: int = 0,
+    counts: dict[str, int | None] | None = None,
+    random_label_types: Iterable[str] = DEMO_RANDOM_LABEL_TYPES,
+):
+    """The supervised cold-start set of the easy-VQA demo: real labels for some question types, and for the
+    types in `random_label_types` labels drawn uniformly (seeded) from that type's answers.
+
+    The random-label rows teach only the answer format and vocabulary of their type: after the cold start
+    the policy answers them at chance, so what it learns about them later comes from the reward alone.
+    `counts[type]` caps the rows taken of each type from the seeded train permutation (None: all; a type
+    missing from `counts` is left out). Columns: those of `load_easy_vqa` plus `true_answer` (the real label)
+    and `label` (``"true"`` or ``"random"``). Rows are shuffled with `seed`.
+    """
+    from datasets import Dataset
+
+    counts = dict(DEMO_COLD_START_COUNTS if counts is None else counts)
+    rand_types = {random_label_types} if isinstance(random_label_types, str) else set(random_label_types)
+    bad = sorted((set(counts) | rand_types) - set(TYPES))
+    if bad:
+        raise ValueError(f"unknown easy-VQA question types {bad}; known: {list(TYPES)}")
+    cols = load_easy_vqa("train", seed=seed).to_dict()
+    rows: list[dict] = []
+    taken = {t: 0 for t in counts}
+    rng = random.Random(f"easy-vqa-cold-start-{seed}")
+    for i, t in enumerate(cols["type"]):
+        if t not in counts or (counts[t] is not None and taken[t] >= counts[t]):
+            continue
+        taken[t] += 1
+        r = {k: v[i] for k, v in cols.items()}
+        random_label = t in rand_types
+        answer = rng.choice(ANSWERS_BY_TYPE[t]) if random_label else r["answer"]
+        rows.append({**r, "answer": answer, "true_answer": r["answer"], "label": "random" if random_label else "true"})
+    random.Random(seed + 1).shuffle(rows)
+    return Dataset.from_list(rows)

@@ -33,6 +33,10 @@ class TinySpec:
     image_size: int = 84  # pixels per side after resizing; 84 = 3 x 28 gives a 6x6 patch grid, 9 image tokens
     max_position_embeddings: int = 4096
     tie_word_embeddings: bool = True
+    # std of the vision tower's weight matrices (None: transformers' default, 0.02). With 0.02 the merged image
+    # tokens of a random tiny tower barely differ between images; 0.2 made easy-VQA colours learnable in
+    # a hundred supervised steps (examples/easy_vqa/research/NOTES.md).
+    vision_init_std: float | None = None
 
 
 def _ids(tok: PreTrainedTokenizerFast, *names: str) -> list[int]:
@@ -113,9 +117,21 @@ def build_vlm_model(tok: PreTrainedTokenizerFast, spec: TinySpec = TinySpec(), s
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(cfg)
+    if spec.vision_init_std:
+        reinit_vision(model, spec.vision_init_std, seed)
     model.generation_config.eos_token_id = eos
     model.generation_config.pad_token_id = pad
     return model
+
+
+def reinit_vision(model, std: float, seed: int = 0) -> None:
+    """Redraw the vision tower's weight matrices (patch embedding, blocks, merger) from N(0, std^2), seeded;
+    norms and biases keep their defaults."""
+    g = torch.Generator().manual_seed(seed + 12345)
+    with torch.no_grad():
+        for _, p in model.model.visual.named_parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
 def make_vlm_processor(tok: PreTrainedTokenizerFast, image_size: int = 84):

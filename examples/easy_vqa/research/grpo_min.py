@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from rlkit.sft import load_image, render_prompt
+from rlkit.vqa_eval import placeholder_ids
 from rlkit.vqa_eval import exact_match
 
 
@@ -42,7 +43,8 @@ def grpo_step(model, processor, opt, rows: Sequence[dict[str, Any]], s: GRPOSett
     model.eval()
     with torch.no_grad():
         seqs = model.generate(
-            **enc, do_sample=True, temperature=s.temperature, top_k=0, top_p=1.0, max_new_tokens=s.max_new_tokens
+            **enc, do_sample=True, temperature=s.temperature, top_k=0, top_p=1.0, max_new_tokens=s.max_new_tokens,
+            suppress_tokens=placeholder_ids(tok),
         )
     t1 = time.perf_counter()
     comp = seqs[:, P:]
@@ -74,7 +76,7 @@ def grpo_step(model, processor, opt, rows: Sequence[dict[str, Any]], s: GRPOSett
     logp = logp_all.gather(-1, comp.unsqueeze(-1)).squeeze(-1)
     m = cmask.float()
     loss = -(adv.unsqueeze(1) * logp * m).sum() / m.sum().clamp(min=1.0)
-    ent = -(logp_all.exp() * logp_all).sum(-1)
+    ent = -(logp_all.exp() * logp_all).sum(-1).detach()
     stats["entropy"] = float((ent * m).sum() / m.sum().clamp(min=1.0))
     stats["tokens"] = float(m.sum())
     opt.zero_grad(set_to_none=True)

@@ -2,12 +2,16 @@
 
     OMP_NUM_THREADS=1 python examples/easy_vqa/research/trial.py --seed 0 --cold format --grpo-steps 600
 
-Cold-start designs (`--cold`):
-  true          real labels on every type (the trial in ENVIRONMENT.md: GRPO had nothing to add)
-  format        every type, but each label drawn uniformly from the answers of the question's type:
-                teaches the answer format and vocabulary, leaves the policy at chance within each type
-  true:T1,T2    real labels for types T1,T2; random-within-type labels for the others
-  none          no cold start
+Cold-start designs (`--cold`, a comma list of TYPE=LABELS[@LIMIT]; LABELS is `true` or `random`):
+  color=true,shape=true,yesno=true    real labels on every type (the trial in ENVIRONMENT.md)
+  color=random,shape=random,yesno=random
+                every type, each label drawn uniformly from the answers of the question's type: teaches the
+                answer format and vocabulary, leaves the policy at chance within each type
+  color=true,shape=true,yesno=random@2000
+                open questions with real labels; 2,000 yes/no questions with coin-flip labels (format only)
+  shorthands: format (all random), true (all true), none (no cold start),
+  demo (rlkit.data.easy_vqa.load_easy_vqa_cold_start: all colour + 2,000 shape questions with real labels,
+  2,000 yes/no questions with coin-flip labels; the recommended design)
 Prints one JSON line per evaluation and a final summary line (also appended to --out).
 """
 from __future__ import annotations
@@ -54,6 +58,7 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=84)
     ap.add_argument("--vision-depth", type=int, default=2)
     ap.add_argument("--vision-hidden", type=int, default=64)
+    ap.add_argument("--vision-init-std", type=float, default=0.0)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--n-eval", type=int, default=1000)
@@ -66,7 +71,7 @@ def main() -> None:
 
     t = time.perf_counter()
     train = load_easy_vqa("train", seed=a.seed)
-    test = load_easy_vqa("test", seed=0, limit=a.n_eval)  # the same fixed 1,000 questions for every run
+    test = load_easy_vqa("test", seed=0, limit=a.n_eval or None)  # the same fixed 1,000 questions for every run
     cache: dict[str, object] = {}
 
     def rows_of(ds):
@@ -87,38 +92,66 @@ def main() -> None:
         vision_hidden_size=a.vision_hidden, image_size=a.image_size,
     )
     model = build_vlm_model(tok, spec, a.seed)
+    if a.vision_init_std:
+        from vision_init import reinit_vision
+
+        reinit_vision(model, a.vision_init_std, a.seed)
     proc = make_vlm_processor(tok, a.image_size)
     nparams = sum(p.numel() for p in model.parameters())
     T["build_s"] = time.perf_counter() - t
 
     gen = make_hf_generate_fn(model, proc, max_new_tokens=a.max_new)
 
-    def ev(tag):
+    from PIL import Image
+
+    blank = Image.new("RGB", (64, 64), (240, 235, 235))  # the background without a shape
+    blind_rows = [{**r, "image": blank} for r in test_rows]
+
+    def ev(tag, blind=False):
         t0 = time.perf_counter()
         res = evaluate_vqa(gen, test_rows)
         dt = time.perf_counter() - t0
         line = {"tag": tag, "acc": round(res["accuracy"], 4),
                 **{k: round(v["accuracy"], 4) for k, v in res["by_type"].items()}, "eval_s": round(dt, 1)}
+        if blind:
+            b = evaluate_vqa(gen, blind_rows)
+            res["blind"] = {"acc": b["accuracy"], **{k: v["accuracy"] for k, v in b["by_type"].items()}}
+            line["blind"] = {k: round(v, 4) for k, v in res["blind"].items()}
         print(json.dumps(line), flush=True)
         return res, dt
 
     # ---- cold start
-    kind, _, true_types = a.cold.partition(":")
-    real = set(true_types.split(",")) if kind == "true" and true_types else ({"color", "shape", "yesno"} if kind == "true" else set())
+    spec_s = {"format": "color=random,shape=random,yesno=random", "true": "color=true,shape=true,yesno=true",
+              "none": "", "demo": ""}.get(a.cold, a.cold)
+    labels: dict[str, str] = {}
+    cold_rows = []
+    for part in filter(None, spec_s.split(",")):
+        typ, _, rest = part.partition("=")
+        how, _, lim = rest.partition("@")
+        assert typ in ANSWERS_BY_TYPE and how in ("true", "random"), part
+        labels[typ] = how
+        rows_t = [r for r in train_rows if r["type"] == typ]
+        cold_rows += rows_t[: int(lim)] if lim else rows_t
+    random.Random(a.seed).shuffle(cold_rows)
+    if a.cold == "demo":
+        from rlkit.data.easy_vqa import load_easy_vqa_cold_start
+
+        labels = {"color": "true", "shape": "true", "yesno": "true"}  # answers already randomised where meant
+        cold_rows = rows_of(load_easy_vqa_cold_start(seed=a.seed))
 
     def label_fn(row, rng):
-        if row["type"] in real:
+        if labels[row["type"]] == "true":
             return row["answer"]
         return rng.choice(ANSWERS_BY_TYPE[row["type"]])
 
     t = time.perf_counter()
-    if kind != "none" and a.cold_steps > 0:
-        res_sft = sft(model, proc, train_rows, SFTConfig(lr=a.cold_lr, batch_size=a.cold_batch, max_steps=a.cold_steps,
+    if cold_rows and a.cold_steps > 0:
+        res_sft = sft(model, proc, cold_rows, SFTConfig(lr=a.cold_lr, batch_size=a.cold_batch, max_steps=a.cold_steps,
                                                          seed=a.seed, warmup_steps=10), label_fn=label_fn)
         print(json.dumps({"sft_steps": res_sft.steps, "sft_loss_first": res_sft.losses[0],
                           "sft_loss_last": sum(res_sft.losses[-10:]) / 10}), flush=True)
     T["cold_s"] = time.perf_counter() - t
-    before, T["eval_before_s"] = ev("before")
+    before, T["eval_before_s"] = ev("before", blind=True)
 
     # ---- GRPO
     s = GRPOSettings(prompts_per_step=a.B, group_size=a.G, temperature=a.temp, max_new_tokens=a.max_new,
@@ -152,12 +185,13 @@ def main() -> None:
             curve.append({"step": step, "grpo_s": round(grpo_s, 1), "acc": res["accuracy"],
                           **{k: v["accuracy"] for k, v in res["by_type"].items()}})
     T["grpo_s"] = grpo_s
-    after, T["eval_after_s"] = ev("after")
+    after, T["eval_after_s"] = ev("after", blind=True)
     summary = {
         "tag": a.tag, "args": vars(a), "params": nparams, "grpo_steps_done": step,
         "s_per_step": grpo_s / max(1, step),
         "before": {"acc": before["accuracy"], **{k: v["accuracy"] for k, v in before["by_type"].items()}},
         "after": {"acc": after["accuracy"], **{k: v["accuracy"] for k, v in after["by_type"].items()}},
+        "blind_before": before["blind"], "blind_after": after["blind"],
         "times": {k: round(v, 1) for k, v in T.items()}, "total_s": round(sum(T.values()), 1), "curve": curve,
     }
     print(json.dumps({k: summary[k] for k in ("before", "after", "times", "total_s", "s_per_step")}), flush=True)
