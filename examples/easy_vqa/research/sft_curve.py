@@ -35,7 +35,7 @@ spec = TinySpec(image_size=a.image_size, vision_depth=a.vision_depth, vision_hid
 model = build_vlm_model(tok, spec, a.seed)
 if a.vision_init_std:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from vision_init import reinit_vision
+    from rlkit.models.tiny import reinit_vision
     reinit_vision(model, a.vision_init_std, a.seed)
 proc = make_vlm_processor(tok, a.image_size)
 gen = make_hf_generate_fn(model, proc, max_new_tokens=4)

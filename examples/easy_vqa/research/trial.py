@@ -93,7 +93,7 @@ def main() -> None:
     )
     model = build_vlm_model(tok, spec, a.seed)
     if a.vision_init_std:
-        from vision_init import reinit_vision
+        from rlkit.models.tiny import reinit_vision
 
         reinit_vision(model, a.vision_init_std, a.seed)
     proc = make_vlm_processor(tok, a.image_size)
