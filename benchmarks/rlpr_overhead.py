@@ -11,7 +11,7 @@ default); every step brings new prompts, so each step also computes its 8 baseli
 
 Harnesses:
 - `driver`: `rlkit.grpo.run_grpo` twice (Ray actors; rlpr reaches the policy actor through
-  `resources.policy`). Needs the driver patch of examples/rlpr/PROPOSED_PATCHES.md.
+  `resources.policy`).
 - `local`: the same phases in this process (vLLM engine + PolicyWorker + RewardScorer, rlpr through
   `WorkerPolicyAccess`), alternating a step without and a step with RLPR on the same engine and worker,
   so both see the same machine load.
@@ -168,7 +168,7 @@ def main() -> int:
     if harness == "auto":
         harness = "driver" if driver_patched() else "local"
     if harness == "driver" and not driver_patched():
-        print("rlpr_overhead: the GRPO driver has no RLPR support yet (examples/rlpr/PROPOSED_PATCHES.md); "
+        print("rlpr_overhead: the GRPO driver has no RLPR support yet "
               "use --harness local", file=sys.stderr)
         return 2
     t0 = time.perf_counter()

@@ -34,8 +34,6 @@ def test_example_configs_load():
 def test_cli_subcommands(tmp_path, capsys):
     from rlkit import cli
 
-    if not hasattr(cli, "cmd_dpo"):
-        pytest.skip("the rlkit dpo / rlaifv subcommands are a proposed patch (examples/rlaifv/PROPOSED_PATCHES.md)")
     assert cli.main(["dpo", "--config", str(ROOT / "examples/rlaifv/dpo.yaml"), "dpo.betta=0.1"]) == 2
     assert "did you mean 'dpo.beta'" in capsys.readouterr().err
     assert cli.main(["dpo", "data.path=" + str(tmp_path / "missing")]) == 2

@@ -1,4 +1,4 @@
-"""RLPR in the GRPO loop (slow tier; needs the driver patch of examples/rlpr/PROPOSED_PATCHES.md): the example
+"""RLPR in the GRPO loop (slow tier): the example
 config runs, rlpr reaches the policy actor, the std filter drops groups and refills from fresh prompts, and a
 resumed run keeps the baseline cache and the filter's EMA."""
 import json
@@ -11,7 +11,6 @@ from rlkit.config import GRPOConfig, load_config
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not hasattr(rlkit.grpo, "PolicyLogprobs"), reason="GRPO driver patch for RLPR not applied"),
 ]
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
