@@ -84,3 +84,13 @@ def test_think_tags_survive_decoding_but_specials_do_not(make, tmp_path):
         ids = tok("<think>hm</think> red<|im_end|>")["input_ids"]
         assert tok.convert_ids_to_tokens(ids)[0] == "<think>"  # one token
         assert tok.decode(ids, skip_special_tokens=True) == "<think>hm</think> red"
+
+
+def test_vision_init_std_redraws_only_the_vision_tower(tmp_path):
+    a = build_tiny("vlm", tmp_path / "a", texts=["what color?"], seed=3)
+    b = build_tiny("vlm", tmp_path / "b", texts=["what color?"], seed=3, vision_init_std=0.2)
+    sa, sb = load_policy(str(a))[0].state_dict(), load_policy(str(b))[0].state_dict()
+    qkv = sb["model.visual.blocks.0.attn.qkv.weight"]
+    assert abs(float(qkv.std()) - 0.2) < 0.02  # 192 x 64 draws: sd of the estimate ~0.001
+    assert torch.equal(sa["model.visual.blocks.0.norm1.weight"], sb["model.visual.blocks.0.norm1.weight"])
+    assert all(torch.equal(sa[k], sb[k]) for k in sa if "visual" not in k)  # language model untouched
