@@ -63,3 +63,27 @@ def test_stream_is_seeded_and_resumable():
     assert sorted(first[:10]) == list(range(10)) and first[:10] != first[10:20]
     b = PromptStream(ds, seed=3, position=13)
     assert [i for i, _ in b.take(12)] == first[13:25]
+
+
+def test_bad_rows_stop_or_are_skipped_and_counted(tmp_path):
+    """data.on_bad_row: 'error' stops naming the row; 'skip' continues and counts (the GRPO driver's StepRows)."""
+    import datasets
+    from PIL import Image
+
+    from rlkit.config import GRPOConfig, load_config
+    from rlkit.grpo import StepRows
+
+    good = tmp_path / "good.png"
+    Image.new("RGB", (8, 8), "red").save(good)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG broken")
+    ds = datasets.Dataset.from_dict({"prompt": ["a", "b", "c", "d"], "image": [str(good), str(bad), str(good), str(good)],
+                                     "answer": ["x", "y", None, "w"]})
+    strict = StepRows(load_config(GRPOConfig, None, []), PromptStream(ds, shuffle=False))
+    strict.take(1)
+    with pytest.raises(DataError, match="row 1: image .*bad.png.* cannot be decoded"):
+        strict.take(1)
+    lenient = StepRows(load_config(GRPOConfig, None, ["data.on_bad_row=skip"]), PromptStream(ds, shuffle=False))
+    rows = lenient.take(2)
+    assert [r.index for r in rows] == [0, 3] and lenient.skipped == 2  # row 1: bad image, row 2: no answer
+    assert rows[0].images[0].size == (8, 8)
