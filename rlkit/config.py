@@ -37,6 +37,7 @@ class ModelConfig:
     vision_init_std: float = 0.0  # tiny:vlm only: std of the vision tower's weight matrices (0: transformers' default)
     vocab_size: int = 512  # tiny models with tokenizer "small": the BPE's target vocabulary size
     seed: int = 0  # tiny models only: the weight-initialisation seed
+    lora: dict = dataclasses.field(default_factory=dict)  # LoRA adapters (peft): {r, alpha, dropout, targets: [language, vision, projector]}; empty: full fine-tuning (rlkit/lora.py)
 
 
 @dataclasses.dataclass
@@ -77,8 +78,9 @@ class AlgorithmConfig:
     advantage_opts: dict = dataclasses.field(default_factory=dict)  # keyword arguments of the advantage estimator
     policy_loss: str = "ppo_clip"  # policy loss, by registered name
     loss_opts: dict = dataclasses.field(default_factory=dict)  # keyword arguments of the policy loss (clip_low, clip_high, aggregation, ...)
-    kl_coef: float = 0.0  # weight of the KL penalty to the reference policy in the loss (0: no reference model is loaded)
+    kl_coef: float = 0.0  # weight of the KL penalty to the reference policy, in the loss or (kl_in_reward) in the reward (0: no reference model is loaded)
     kl_estimator: str = "k3"  # KL estimator by registered name: k1, k2, k3
+    kl_in_reward: bool = False  # True: subtract kl_coef * sum_t k1 from each reward before advantages (no KL term in the loss)
     group_filter: str = "none"  # drop uninformative prompt groups before the update and refill the batch: none, all_equal or std_ema (rlkit/filters.py)
     group_filter_opts: dict = dataclasses.field(default_factory=dict)  # keyword arguments of the group filter (std_ema: beta, ema, ema_start_step, filter_start_step)
     refill_rounds: int = 3  # after filtering, at most this many extra rollout rounds of fresh prompts to fill the batch (0: train on what is kept)
@@ -92,6 +94,8 @@ class TrainerConfig:
     betas: list = dataclasses.field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
     max_grad_norm: float = 1.0  # gradient clipping by global norm (0: off)
     micro_batch_size: int = 64  # sequences per forward/backward pass (gradient accumulation above it)
+    mini_batch_size: int = 0  # sequences per optimizer step (0: the whole rollout batch, one step per epoch)
+    ppo_epochs: int = 1  # passes over the rollout batch; old logprobs are computed once when there is more than one step
     num_cpus: float = 1.0  # Ray CPUs reserved for the policy actor
 
 
@@ -287,6 +291,19 @@ def check_grpo(cfg: GRPOConfig) -> None:
             raise ConfigError(f"config key 'rewards[{i}]': give exactly one of 'name' or 'path'")
     if cfg.algorithm.refill_rounds < 0:
         raise ConfigError("config key 'algorithm.refill_rounds': must be >= 0")
+    if cfg.trainer.mini_batch_size < 0:
+        raise ConfigError("config key 'trainer.mini_batch_size': must be >= 0 (0: the whole rollout batch)")
+    if cfg.trainer.ppo_epochs < 1:
+        raise ConfigError("config key 'trainer.ppo_epochs': must be >= 1")
+    if cfg.algorithm.kl_in_reward and cfg.algorithm.kl_coef <= 0:
+        raise ConfigError("config key 'algorithm.kl_in_reward': needs algorithm.kl_coef > 0")
+    if cfg.model.lora:
+        from rlkit.lora import lora_settings
+
+        try:
+            lora_settings(cfg.model.lora)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(str(e) if "config key" in str(e) else f"config key 'model.lora': {e}") from e
     from rlkit.filters import FILTERS
 
     try:

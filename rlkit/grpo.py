@@ -147,9 +147,11 @@ def _policy(cfg: GRPOConfig, model_path: str, base_model: str):
     t, a = cfg.trainer, cfg.algorithm
     return spawn(PolicyWorker, model_path, num_cpus=t.num_cpus, dtype=cfg.model.dtype, freeze=list(cfg.model.freeze),
                  lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas), max_grad_norm=t.max_grad_norm,
-                 micro_batch_size=t.micro_batch_size, policy_loss=a.policy_loss, loss_opts=dict(a.loss_opts),
-                 kl_coef=a.kl_coef, kl_estimator=a.kl_estimator, reference_path=base_model,
-                 temperature=cfg.rollout.temperature, seed=cfg.seed, num_threads=max(1, int(t.num_cpus)))
+                 micro_batch_size=t.micro_batch_size, mini_batch_size=t.mini_batch_size, ppo_epochs=t.ppo_epochs,
+                 policy_loss=a.policy_loss, loss_opts=dict(a.loss_opts), kl_coef=a.kl_coef,
+                 kl_estimator=a.kl_estimator, kl_in_reward=a.kl_in_reward, reference_path=base_model,
+                 temperature=cfg.rollout.temperature, lora=dict(cfg.model.lora) or None, seed=cfg.seed,
+                 num_threads=max(1, int(t.num_cpus)))
 
 
 class StepRows:
@@ -235,9 +237,18 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
             samples = [dataclasses.replace(s, group=g) for g, group in enumerate(kept) for s in group]
             result = _merge_results(results)
 
-            # ---- advantages (groups = prompts)
+            # ---- advantages (groups = prompts); with algorithm.kl_in_reward, r -= kl_coef * sum_t k1 first
+            kl_metrics = {}
             if samples:
                 rewards_t = torch.tensor([s.reward for s in samples], dtype=torch.float32)
+                if cfg.algorithm.kl_in_reward:
+                    from rlkit.worker import kl_penalized_rewards
+
+                    seq_kl = torch.tensor(ray.get(policy.reference_kl.remote(
+                        [TrainItem(s.prompt_text, s.row.images, s.completion_ids, 0.0, []) for s in samples])))
+                    rewards_t = kl_penalized_rewards(rewards_t, seq_kl, cfg.algorithm.kl_coef)
+                    kl_metrics = {"kl/reward_seq_k1_mean": float(seq_kl.mean()),
+                                  "kl/reward_penalty_mean": float(cfg.algorithm.kl_coef * seq_kl.mean())}
                 groups_t = torch.tensor([s.group for s in samples], dtype=torch.long)
                 for s, a in zip(samples, adv_fn(rewards_t, groups_t, **cfg.algorithm.advantage_opts).tolist()):
                     s.advantage = a
@@ -259,7 +270,7 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
             # ---- log
             sampled, n_all = sum(len(s.completion_ids) for s in everything), max(1, len(everything))
             tokens_total += sampled
-            metrics = {**result.stats(), **train_metrics, **_mode_stats(samples),
+            metrics = {**result.stats(), **train_metrics, **kl_metrics, **_mode_stats(samples),
                        **{k: v for st in states.values() if hasattr(st, "metrics") for k, v in st.metrics().items()},
                        **group_filter.metrics(), "filter/groups_seen": seen, "filter/groups_kept": len(kept),
                        "filter/filtered_frac": 1 - len(kept) / max(1, seen), "filter/refill_rounds": rounds,
