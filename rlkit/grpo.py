@@ -217,25 +217,10 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
     bar = tqdm(total=cfg.max_steps, initial=start, disable=not cfg.logging.progress, desc="grpo", unit="step")
     try:
         for step in range(start + 1, cfg.max_steps + 1):
-            # ---- rollout + rewards; the group filter drops uninformative groups, fresh prompts refill the batch
-            want, kept, results, everything, seen, rounds = cfg.trainer.prompts_per_step, [], [], [], 0, 0
-            t_rollout = t_reward = 0.0
-            while True:
-                t0 = time.perf_counter()
-                batch = _rollout(cfg, engine, processor, rows_src.take(want - len(kept)), rng, step, rounds)
-                t1 = time.perf_counter()
-                results.append(_score(p.scorer, batch))
-                everything += batch
-                t_rollout, t_reward = t_rollout + t1 - t0, t_reward + time.perf_counter() - t1
-                groups = [[s for s in batch if s.group == g] for g in sorted({s.group for s in batch})]
-                keep = group_filter.update_and_mask([[s.reward for s in g] for g in groups], step)
-                seen += len(groups)
-                kept += [g for g, k in zip(groups, keep) if k]
-                if len(kept) >= want or rounds >= cfg.algorithm.refill_rounds:
-                    break
-                rounds += 1
-            samples = [dataclasses.replace(s, group=g) for g, group in enumerate(kept) for s in group]
-            result = _merge_results(results)
+            # ---- rollout + rewards (the group filter drops uninformative groups; fresh prompts refill the batch)
+            c = _collect(cfg, engine, processor, rows_src, p.scorer, group_filter, rng, step)
+            samples, everything, result = c.samples, c.everything, c.result
+            t_rollout, t_reward, seen, kept, rounds = c.t_rollout, c.t_reward, c.seen, c.kept, c.rounds
 
             # ---- advantages (groups = prompts); with algorithm.kl_in_reward, r -= kl_coef * sum_t k1 first
             kl_metrics = {}
@@ -272,8 +257,8 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
             tokens_total += sampled
             metrics = {**result.stats(), **train_metrics, **kl_metrics, **_mode_stats(samples),
                        **{k: v for st in states.values() if hasattr(st, "metrics") for k, v in st.metrics().items()},
-                       **group_filter.metrics(), "filter/groups_seen": seen, "filter/groups_kept": len(kept),
-                       "filter/filtered_frac": 1 - len(kept) / max(1, seen), "filter/refill_rounds": rounds,
+                       **group_filter.metrics(), "filter/groups_seen": seen, "filter/groups_kept": kept,
+                       "filter/filtered_frac": 1 - kept / max(1, seen), "filter/refill_rounds": rounds,
                        "completion/tokens_mean": sampled / n_all,
                        "completion/truncated_frac": sum(s.finish_reason == "length" for s in everything) / n_all,
                        "tokens/sampled": sampled, "tokens/sampled_total": tokens_total,
@@ -309,6 +294,43 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
             except Exception:
                 pass
     return last
+
+
+@dataclasses.dataclass
+class Collected:
+    """One step's training samples after filtering, and what it took to get them."""
+
+    samples: list  # kept groups' samples, group ids renumbered 0..kept-1
+    everything: list  # every sample drawn this step (filtered ones included: the sampling cost)
+    result: ScoreResult  # reward results over everything
+    seen: int  # groups drawn
+    kept: int  # groups kept
+    rounds: int  # refill rounds used
+    t_rollout: float
+    t_reward: float
+
+
+def _collect(cfg: GRPOConfig, engine, processor, rows_src, scorer, group_filter, rng, step: int) -> Collected:
+    """Rollout and score `prompts_per_step` prompts; drop the groups the filter rejects and refill from fresh
+    prompts, at most `algorithm.refill_rounds` times, so the update keeps its configured size when it can."""
+    want, kept, results, everything, seen, rounds = cfg.trainer.prompts_per_step, [], [], [], 0, 0
+    t_rollout = t_reward = 0.0
+    while True:
+        t0 = time.perf_counter()
+        batch = _rollout(cfg, engine, processor, rows_src.take(want - len(kept)), rng, step, rounds)
+        t1 = time.perf_counter()
+        results.append(_score(scorer, batch))
+        everything += batch
+        t_rollout, t_reward = t_rollout + t1 - t0, t_reward + time.perf_counter() - t1
+        groups = [[s for s in batch if s.group == g] for g in sorted({s.group for s in batch})]
+        keep = group_filter.update_and_mask([[s.reward for s in g] for g in groups], step)
+        seen += len(groups)
+        kept += [g for g, k in zip(groups, keep) if k]
+        if len(kept) >= want or rounds >= cfg.algorithm.refill_rounds:
+            break
+        rounds += 1
+    samples = [dataclasses.replace(s, group=g) for g, group in enumerate(kept) for s in group]
+    return Collected(samples, everything, _merge_results(results), seen, len(kept), rounds, t_rollout, t_reward)
 
 
 def _rollout(cfg: GRPOConfig, engine, processor, rows, rng: random.Random, step: int, round_: int = 0) -> list[Sample]:
