@@ -17,9 +17,9 @@ import sys
 import tempfile
 import time
 
-for k, v in (("OMP_NUM_THREADS", "1"), ("TOKENIZERS_PARALLELISM", "false"), ("HF_HUB_OFFLINE", "1"),
-             ("VLLM_ENABLE_V1_MULTIPROCESSING", "0"), ("VLLM_CPU_KVCACHE_SPACE", "1"), ("RAY_AUTH_MODE", "disabled")):
-    os.environ.setdefault(k, v)
+from rlkit.runtime_env import apply_defaults  # noqa: E402  (before torch/vLLM/Ray)
+
+apply_defaults()
 
 
 def main() -> int:

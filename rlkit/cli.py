@@ -15,9 +15,9 @@ import sys
 
 
 def _quiet_defaults() -> None:
-    for k, v in (("OMP_NUM_THREADS", "1"), ("TOKENIZERS_PARALLELISM", "false"), ("RAY_AUTH_MODE", "disabled"),
-                 ("VLLM_ENABLE_V1_MULTIPROCESSING", "0"), ("HF_HUB_OFFLINE", "1"), ("VLLM_CPU_KVCACHE_SPACE", "1")):
-        os.environ.setdefault(k, v)
+    from rlkit.runtime_env import apply_defaults
+
+    apply_defaults()
 
 
 def cmd_grpo(args) -> int:

@@ -1,10 +1,8 @@
 """Shared test set-up: one thread per process, offline, vLLM in-process; tiny models built once per session."""
-import os
 
-for _k, _v in (("OMP_NUM_THREADS", "1"), ("TOKENIZERS_PARALLELISM", "false"), ("HF_HUB_OFFLINE", "1"),
-               ("VLLM_ENABLE_V1_MULTIPROCESSING", "0"), ("VLLM_CPU_KVCACHE_SPACE", "1"), ("RAY_AUTH_MODE", "disabled"),
-               ("RAY_USAGE_STATS_ENABLED", "0")):
-    os.environ.setdefault(_k, _v)
+from rlkit.runtime_env import apply_defaults  # noqa: E402  (before torch/vLLM/Ray)
+
+apply_defaults()
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -25,11 +25,9 @@ import random
 import sys
 import time
 
-for k, v in (("OMP_NUM_THREADS", "1"), ("TOKENIZERS_PARALLELISM", "false"), ("HF_HUB_OFFLINE", "1"),
-             ("VLLM_ENABLE_V1_MULTIPROCESSING", "0"), ("VLLM_CPU_KVCACHE_SPACE", "1"), ("RAY_AUTH_MODE", "disabled"),
-             ("TRANSFORMERS_VERBOSITY", "error"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
-             ("VLLM_LOGGING_LEVEL", "ERROR"), ("RAY_DEDUP_LOGS", "1")):
-    os.environ.setdefault(k, v)
+from rlkit.runtime_env import apply_defaults  # noqa: E402  (before torch/vLLM/Ray)
+
+apply_defaults(TRANSFORMERS_VERBOSITY="error", HF_HUB_DISABLE_PROGRESS_BARS="1", VLLM_LOGGING_LEVEL="ERROR", RAY_DEDUP_LOGS="1")
 
 HERE = pathlib.Path(__file__).resolve().parent
 

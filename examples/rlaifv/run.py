@@ -17,9 +17,9 @@ import pathlib
 import statistics
 import sys
 
-for k, v in (("OMP_NUM_THREADS", "1"), ("TOKENIZERS_PARALLELISM", "false"), ("HF_HUB_OFFLINE", "1"),
-             ("VLLM_ENABLE_V1_MULTIPROCESSING", "0"), ("VLLM_CPU_KVCACHE_SPACE", "1")):
-    os.environ.setdefault(k, v)
+from rlkit.runtime_env import apply_defaults  # noqa: E402  (before torch/vLLM/Ray)
+
+apply_defaults()
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from rlkit.config import load_config  # noqa: E402
