@@ -115,28 +115,28 @@ def run_local(args) -> dict[str, list[dict]]:
                 row.images = [open_image(im, idx) for im in row.images]
                 rows.append(row)
             position += args.prompts
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             texts = [render_prompt(processor, row, "deep") for row in rows]
             outs = engine.generate([RolloutRequest(prompt=t, images=r.images, n=args.n) for t, r in zip(texts, rows)],
                                    SamplingConfig(temperature=1.0, max_tokens=args.max_tokens, n=args.n, seed=step))
             samples = [(g, rows[g], texts[g], c) for g, group in enumerate(outs) for c in group]
-            t_rollout = time.perf_counter() - t0
-            t0 = time.perf_counter()
+            t_rollout, c_rollout = time.perf_counter() - t0, time.process_time() - c0
+            t0, c0 = time.perf_counter(), time.process_time()
             result = scorers[variant]([r.prompt for _, r, _, _ in samples], [c.text for *_, c in samples], {
                 "answer": [r.answer for _, r, _, _ in samples], "mode": ["deep"] * len(samples),
                 "completion_ids": [list(c.token_ids) for *_, c in samples], "images": [r.images for _, r, _, _ in samples],
                 "prompt_text": [t for _, _, t, _ in samples]})
-            t_reward = time.perf_counter() - t0
+            t_reward, c_reward = time.perf_counter() - t0, time.process_time() - c0
             if result.failures:
                 raise RuntimeError(str(result.failures[0]))
             adv = adv_fn(torch.tensor(result.total), torch.tensor([g for g, *_ in samples])).tolist()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             worker.train_step([TrainItem(t, r.images, list(c.token_ids), a, list(c.logprobs))
                                for (_, r, t, c), a in zip(samples, adv)])
-            t_update = time.perf_counter() - t0
-            t0 = time.perf_counter()
+            t_update, c_update = time.perf_counter() - t0, time.process_time() - c0
+            t0, c0 = time.perf_counter(), time.process_time()
             engine.update_weights(worker.state_dict())
-            t_sync = time.perf_counter() - t0
+            t_sync, c_sync = time.perf_counter() - t0, time.process_time() - c0
             rlpr_policy_s = 0.0
             if variant == "with":
                 rlpr_policy_s = DEFAULT_STATE.metrics()["rlpr/policy_s"]
@@ -144,6 +144,8 @@ def run_local(args) -> dict[str, list[dict]]:
                 runs[variant].append({"rollout_s": t_rollout, "reward_s": t_reward, "update_s": t_update,
                                       "sync_s": t_sync, "step_s": t_rollout + t_reward + t_update + t_sync,
                                       "rlpr_policy_s": rlpr_policy_s,
+                                      "cpu": {"rollout_s": c_rollout, "reward_s": c_reward, "update_s": c_update,
+                                              "sync_s": c_sync, "step_s": c_rollout + c_reward + c_update + c_sync},
                                       "tokens": sum(len(c.token_ids) for *_, c in samples)})
     for s in scorers.values():
         s.close()
@@ -195,6 +197,16 @@ def main() -> int:
     print(f"{'rlpr policy call':<16}{'':>10}{rlpr['rlpr_policy_s']:>11.4f}")
     print(f"reward phase adds {result['reward_delta_s']:.4f} s = {result['overhead_reward_phase']:.1%} of the step "
           f"without RLPR; step time ratio {1 + result['overhead_step']:.3f} ({result['overhead_step']:+.1%})")
+    if all("cpu" in r for rows in runs.values() for r in rows):
+        # CPU seconds of this one process (every phase runs in it, one thread each): insensitive to other
+        # jobs on the machine, so this ratio is what a quiet machine's wall-clock ratio would be
+        cpu = {v: {k: statistics.median(r["cpu"][k] for r in rows) for k in PHASES} for v, rows in runs.items()}
+        result["cpu"] = cpu
+        result["overhead_reward_phase_cpu"] = (cpu["with"]["reward_s"] - cpu["without"]["reward_s"]) / cpu["without"]["step_s"]
+        print(f"{'CPU time (s)':<16}{'without':>10}{'with rlpr':>11}")
+        for k in PHASES:
+            print(f"{k[:-2]:<16}{cpu['without'][k]:>10.4f}{cpu['with'][k]:>11.4f}")
+        print(f"in CPU time, the reward phase adds {result['overhead_reward_phase_cpu']:.1%} of the step without RLPR")
     out = pathlib.Path(args.out or f"benchmarks/results/rlpr_overhead-{args.model}-{harness}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

@@ -203,6 +203,7 @@ class DPOWorker(PolicyWorker):
                     "train/update_skipped": 0.0 if finite else 1.0,
                     "train/skipped_updates": float(self.skipped_updates),
                     "train/pairs": float(len(pairs)), "time/update_compute_s": time.perf_counter() - t0})
+        self._encoded.clear()  # prompt encodings live for one step (PolicyWorker._encode_prompts)
         return out
 
     @torch.no_grad()

@@ -24,6 +24,7 @@ k1 penalty the driver subtracts from each reward before advantages (`reference_k
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import pathlib
@@ -37,6 +38,7 @@ from rlkit.lora import ADAPTER_DIR, adapter_base_path, apply_lora, load_lora, lo
 from rlkit.lora import trainable_counts as lora_trainable_counts
 from rlkit.models.loading import apply_freeze, load_policy, tokenizer_of
 from rlkit.records import TrainItem
+from rlkit.vision import image_inputs
 
 TRAINER_STATE = "trainer_state.pt"
 
@@ -103,26 +105,35 @@ class PolicyWorker:
             self.ref_model.eval().requires_grad_(False)
         self.step = 0
         self.skipped_updates = 0
+        self._encoded: dict[tuple, dict] = {}  # prompt encodings of the current step (see _encode_prompts)
 
     # ------------------------------------------------------------------------------------------ encoding
     def _encode_prompts(self, items: list[TrainItem]) -> list[dict]:
-        """Tokenise each distinct prompt once: input_ids (1-D) plus image tensors for VLMs."""
-        cache: dict[tuple, dict] = {}
+        """Tokenise each distinct prompt once: input_ids (1-D) plus image tensors for VLMs.
+
+        Encodings are kept (keyed by prompt text and image content) until the end of the next `train_step`,
+        so a step that scores with the policy first (RLPR, the KL reward) and then trains runs the processor
+        (image decode and patching: the slowest part of a small model's pass) once, not twice.
+        """
+        if len(self._encoded) > 1024:  # a caller that scores many batches without training: bound the memory
+            self._encoded.clear()
+        digests: dict[int, str] = {}
         out = []
         for it in items:
-            key = (it.prompt_text, tuple(id(im) for im in it.images))
-            if key not in cache:
+            key = (it.prompt_text, tuple(_image_digest(im, digests) for im in it.images))
+            if key not in self._encoded:
                 if self.is_vlm and it.images:
                     enc = self.processor(text=[it.prompt_text], images=list(it.images), return_tensors="pt",
                                          add_special_tokens=False)
-                    cache[key] = {"ids": enc["input_ids"][0], "pixel_values": enc["pixel_values"],
-                                  "image_grid_thw": enc["image_grid_thw"]}
+                    entry = {"ids": enc["input_ids"][0], "pixel_values": enc["pixel_values"],
+                             "image_grid_thw": enc["image_grid_thw"]}
                     if "mm_token_type_ids" in enc:  # transformers 5: which prompt tokens are image tokens (mrope)
-                        cache[key]["mm_types"] = torch.as_tensor(enc["mm_token_type_ids"][0])
+                        entry["mm_types"] = torch.as_tensor(enc["mm_token_type_ids"][0])
                 else:
-                    ids = self.tokenizer(it.prompt_text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-                    cache[key] = {"ids": ids}
-            out.append(cache[key])
+                    entry = {"ids": self.tokenizer(it.prompt_text, add_special_tokens=False,
+                                                   return_tensors="pt")["input_ids"][0]}
+                self._encoded[key] = entry
+            out.append(self._encoded[key])
         return out
 
     def _batch(self, items: list[TrainItem], prompts: list[dict]) -> dict[str, Any]:
@@ -158,11 +169,15 @@ class PolicyWorker:
             # one entry per sequence, in order (shared prompts repeat their tensors, as the model expects)
             batch["pixel_values"] = torch.cat([p["pixel_values"] for p in prompts if "pixel_values" in p])
             batch["image_grid_thw"] = torch.cat([p["image_grid_thw"] for p in prompts if "image_grid_thw" in p])
+            # equal keys = the same processor output (a shared prompt): its images are encoded once
+            batch["image_keys"] = [(id(p), k) for p in imgs for k in range(len(p["image_grid_thw"]))]
         return batch
 
     def _logprobs(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, Tc) logprobs of the completion tokens and (B, Tc) entropy (detached)."""
-        kwargs = {k: batch[k] for k in ("pixel_values", "image_grid_thw", "mm_token_type_ids") if k in batch}
+        kwargs = {k: batch[k] for k in ("mm_token_type_ids",) if k in batch}
+        if "pixel_values" in batch:
+            kwargs.update(image_inputs(model, batch["pixel_values"], batch["image_grid_thw"], batch["image_keys"]))
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                     logits_to_keep=batch["Tc"] + 1, use_cache=False, **kwargs)
         logits = out.logits[:, :-1].float()
@@ -264,6 +279,7 @@ class PolicyWorker:
                 for key, v in m.items():
                     totals[key] = totals.get(key, 0.0) + v * w
         self.step += 1
+        self._encoded.clear()  # the next step brings new prompts
         out = {f"train/{k}": v / max(weight_sum, 1.0) for k, v in totals.items()}
         out.update({
             "train/loss": loss_sum / n_steps,
@@ -362,6 +378,18 @@ class PolicyWorker:
 
     def pid(self) -> int:
         return os.getpid()
+
+
+def _image_digest(image, memo: dict[int, str]) -> str:
+    """A content key for an image (PIL image, array or tensor): equal pixels give equal keys."""
+    if id(image) not in memo:
+        if hasattr(image, "tobytes") and hasattr(image, "size") and hasattr(image, "mode"):  # PIL
+            data, shape = image.tobytes(), f"{image.mode}{image.size}"
+        else:
+            arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else image
+            data, shape = arr.tobytes(), f"{arr.dtype}{arr.shape}"
+        memo[id(image)] = shape + hashlib.blake2b(data, digest_size=16).hexdigest()
+    return memo[id(image)]
 
 
 def sequence_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
