@@ -24,6 +24,9 @@ mini-batch under the configured aggregation (see `_aggregation_scale`).
 
 KL to the reference policy: in the loss (`kl_coef * aggregation(k)`, default), or, with `kl_in_reward`, as a
 k1 penalty the driver subtracts from each reward before advantages (`reference_kl`, `kl_penalized_rewards`).
+The reference is a frozen copy loaded from `reference_path`, except with LoRA when only adapters train and the
+reference is the model the adapters sit on: then it is the policy itself with its adapters switched off
+(`ref_adapters_off`, no second model in memory; see `rlkit.lora.adapters_off_is_reference`).
 """
 from __future__ import annotations
 
@@ -37,7 +40,8 @@ from typing import Any
 import torch
 
 from rlkit.algorithms import aggregate, get_kl_estimator, get_policy_loss
-from rlkit.lora import ADAPTER_DIR, adapter_base_path, apply_lora, load_lora, lora_settings, merged_state_dict, save_lora
+from rlkit.lora import (ADAPTER_DIR, adapter_base_path, adapters_off, adapters_off_is_reference, apply_lora, load_lora,
+                        lora_settings, merged_state_dict, save_lora)
 from rlkit.lora import trainable_counts as lora_trainable_counts
 from rlkit.models.loading import apply_freeze, load_policy, tokenizer_of
 from rlkit.records import TrainItem
@@ -105,7 +109,10 @@ class PolicyWorker:
         self.kl_fn = get_kl_estimator(kl_estimator)
         self.temperature = temperature
         self.ref_model = None
-        if kl_coef > 0:
+        # LoRA, only adapters train, their base is the reference: the policy with adapters off (no second model)
+        self.ref_adapters_off = kl_coef > 0 and bool(self.lora) and adapters_off_is_reference(
+            self.model, reference_path or model_path, resume_base or model_path)
+        if kl_coef > 0 and not self.ref_adapters_off:
             self.ref_model, _, _ = load_policy(reference_path or model_path, dtype)
             self.ref_model.eval().requires_grad_(False)
         self.step = 0
@@ -204,7 +211,7 @@ class PolicyWorker:
     def reference_kl(self, items: list[TrainItem]) -> list[float]:
         """Per sequence, `sum_t k1 = sum_t (logprobs - ref_logprobs)` under the current policy (before the
         update: the weights that sampled). The driver subtracts `kl_coef` times it from the reward."""
-        if self.ref_model is None:
+        if not self.has_reference:
             raise ValueError("reference_kl needs a reference model (algorithm.kl_coef > 0)")
         was = self.model.training
         self.model.eval()
@@ -215,10 +222,22 @@ class PolicyWorker:
         self.model.train(was)
         return out
 
+    @property
+    def has_reference(self) -> bool:
+        return self.ref_model is not None or self.ref_adapters_off
+
     @torch.no_grad()
     def _ref_logprobs(self, mb: dict) -> torch.Tensor:
-        """(B, Tc) logprobs of the frozen reference model."""
-        return self._logprobs(self.ref_model, mb)[0]
+        """(B, Tc) reference logprobs: the frozen copy, or the policy with its adapters off (eval mode)."""
+        if self.ref_model is not None:
+            return self._logprobs(self.ref_model, mb)[0]
+        was = self.model.training
+        self.model.eval()
+        try:
+            with adapters_off(self.model):
+                return self._logprobs(self.model, mb)[0]
+        finally:
+            self.model.train(was)
 
     def _order(self, epoch: int, n: int, n_mini: int) -> list[int]:
         """The item order epoch `epoch` cuts into mini-batches: the driver's order, or (shuffle_minibatches,
@@ -324,7 +343,7 @@ class PolicyWorker:
             has_rollout = all(it.rollout_logprobs for it in rows)
             loss, metrics = self.loss_fn(logp, old_lp, adv, mb["mask"],
                                          rollout_logprobs=mb["rollout_logprobs"] if has_rollout else None, **opts)
-            if self.ref_model is not None and not self.kl_in_reward:
+            if self.has_reference and not self.kl_in_reward:
                 if any(r not in ref for r in mb["rows"]):
                     ref.update(_per_item(self._ref_logprobs(mb), mb))
                 kl = aggregate(self.kl_fn(logp, _gather(ref, mb, logp)), mb["mask"], self.aggregation,
