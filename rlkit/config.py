@@ -96,6 +96,7 @@ class TrainerConfig:
     micro_batch_size: int = 64  # sequences per forward/backward pass (gradient accumulation above it)
     mini_batch_size: int = 0  # sequences per optimizer step (0: the whole rollout batch, one step per epoch)
     ppo_epochs: int = 1  # passes over the rollout batch; old logprobs are computed once when there is more than one step
+    shuffle_minibatches: bool = True  # every PPO epoch cuts a fresh permutation of the rollout batch into mini-batches, seeded by (seed, step, epoch) (no effect with one mini-batch)
     num_cpus: float = 1.0  # Ray CPUs reserved for the policy actor
 
 

@@ -148,6 +148,7 @@ def _policy(cfg: GRPOConfig, model_path: str, base_model: str):
     return spawn(PolicyWorker, model_path, num_cpus=t.num_cpus, dtype=cfg.model.dtype, freeze=list(cfg.model.freeze),
                  lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas), max_grad_norm=t.max_grad_norm,
                  micro_batch_size=t.micro_batch_size, mini_batch_size=t.mini_batch_size, ppo_epochs=t.ppo_epochs,
+                 shuffle_minibatches=t.shuffle_minibatches,
                  policy_loss=a.policy_loss, loss_opts=dict(a.loss_opts), kl_coef=a.kl_coef,
                  kl_estimator=a.kl_estimator, kl_in_reward=a.kl_in_reward, reference_path=base_model,
                  temperature=cfg.rollout.temperature, lora=dict(cfg.model.lora) or None, seed=cfg.seed,

@@ -10,11 +10,19 @@ sync sends MERGED weights (`W + (alpha / r) B A`) under the base model's own par
 LoRA support and loads them like any full update. A checkpoint holds the merged model at its top level
 (loadable by `from_pretrained`, what `--resume` and evaluation load) and the adapter in `adapter/`
 (peft's format, `PeftModel.from_pretrained(base, ckpt/adapter)`), from which training resumes.
+
+KL reference without a second model: when every trainable parameter is an adapter parameter, the policy with
+its adapters switched off (`adapters_off`) computes exactly the base model it was built on, so that is the
+reference and no copy is loaded (`adapters_off_is_reference`). When other parameters train too (a part fully
+trained beside adapters elsewhere, set by hand), or the reference is another model than the adapters' base,
+adapters-off is not the reference and the worker loads the frozen copy as before.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import pathlib
 
 import torch
@@ -123,6 +131,32 @@ def save_lora(peft_model, processor, directory: str | pathlib.Path) -> None:
         raise RuntimeError(f"merged export is missing weights: {sorted(missing - tied)[:5]}")
     fresh.to(next(base.parameters()).dtype).save_pretrained(d)
     processor.save_pretrained(d)
+
+
+def only_adapters_train(model: torch.nn.Module) -> bool:
+    """True when at least one parameter trains and every one that does is a LoRA adapter weight."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    return bool(names) and all("lora_" in n for n in names)
+
+
+def _same_model(a: str, b: str) -> bool:
+    """Two model references name the same weights: equal local folders (after resolving) or equal hub ids."""
+    if os.path.isdir(a) and os.path.isdir(b):
+        return os.path.realpath(a) == os.path.realpath(b)
+    return a == b
+
+
+def adapters_off_is_reference(model: torch.nn.Module, reference: str, base: str) -> bool:
+    """Whether the policy with its adapters off IS the reference model: `model` is a peft model, only its
+    adapters train (so the weights under them never move), and `reference` names the `base` they sit on."""
+    return hasattr(model, "disable_adapter") and only_adapters_train(model) and _same_model(reference, base)
+
+
+@contextlib.contextmanager
+def adapters_off(peft_model):
+    """Within the block, `peft_model` computes its base model (no adapter term), without grad."""
+    with torch.no_grad(), peft_model.disable_adapter():
+        yield
 
 
 def trainable_counts(model: torch.nn.Module) -> dict[str, int]:

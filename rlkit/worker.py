@@ -13,14 +13,20 @@ for the prompt (a large saving when the vocabulary is big and prompts are long).
 completions of a prompt share one processor call (image decode + patching).
 
 Several optimizer steps per rollout batch: `ppo_epochs` passes over mini-batches of `mini_batch_size`
-sequences (0: the whole batch), one optimizer step each. With exactly one step in all, the "old" logprobs
+sequences (0: the whole batch), one optimizer step each. With `shuffle_minibatches` and more than one
+mini-batch, every epoch cuts a fresh permutation of the items, drawn from (seed, step, epoch) (`_order`), so
+a resumed run (which restores `step`) draws the same ones. With exactly one step in all, the "old" logprobs
 equal the current ones detached (ratio 1) and no extra forward pass is spent on them; with more, they are
-computed once, in one no-grad pass over the same batched layout, before the first update. Micro-batches
+computed once, in one no-grad pass over the first epoch's layout, before the first update, and kept per item
+(not per batch position), so later epochs' permuted mini-batches gather the right rows. Micro-batches
 accumulate gradients; each micro-batch's loss is rescaled so that the sum equals the loss of its whole
 mini-batch under the configured aggregation (see `_aggregation_scale`).
 
 KL to the reference policy: in the loss (`kl_coef * aggregation(k)`, default), or, with `kl_in_reward`, as a
 k1 penalty the driver subtracts from each reward before advantages (`reference_kl`, `kl_penalized_rewards`).
+The reference is a frozen copy loaded from `reference_path`, except with LoRA when only adapters train and the
+reference is the model the adapters sit on: then it is the policy itself with its adapters switched off
+(`ref_adapters_off`, no second model in memory; see `rlkit.lora.adapters_off_is_reference`).
 """
 from __future__ import annotations
 
@@ -34,7 +40,8 @@ from typing import Any
 import torch
 
 from rlkit.algorithms import aggregate, get_kl_estimator, get_policy_loss
-from rlkit.lora import ADAPTER_DIR, adapter_base_path, apply_lora, load_lora, lora_settings, merged_state_dict, save_lora
+from rlkit.lora import (ADAPTER_DIR, adapter_base_path, adapters_off, adapters_off_is_reference, apply_lora, load_lora,
+                        lora_settings, merged_state_dict, save_lora)
 from rlkit.lora import trainable_counts as lora_trainable_counts
 from rlkit.models.loading import apply_freeze, load_policy, tokenizer_of
 from rlkit.records import TrainItem
@@ -57,6 +64,7 @@ class PolicyWorker:
         micro_batch_size: int = 64,
         mini_batch_size: int = 0,
         ppo_epochs: int = 1,
+        shuffle_minibatches: bool = True,
         policy_loss: str = "ppo_clip",
         loss_opts: dict | None = None,
         kl_coef: float = 0.0,
@@ -91,6 +99,8 @@ class PolicyWorker:
                              f"got {mini_batch_size} and {ppo_epochs}")
         self.mini_batch_size = mini_batch_size  # sequences per optimizer step (0: the whole rollout batch)
         self.ppo_epochs = ppo_epochs
+        self.shuffle_minibatches = shuffle_minibatches  # a fresh item order per epoch (when there are >1 mini-batches)
+        self.seed = seed
         self.update_log: list[dict] = []  # per optimizer step of the last train_step: epoch, mini_batch, metrics
         self.loss_fn = get_policy_loss(policy_loss)
         self.loss_opts = dict(loss_opts or {})
@@ -100,7 +110,10 @@ class PolicyWorker:
         self.kl_fn = get_kl_estimator(kl_estimator)
         self.temperature = temperature
         self.ref_model = None
-        if kl_coef > 0:
+        # LoRA, only adapters train, their base is the reference: the policy with adapters off (no second model)
+        self.ref_adapters_off = kl_coef > 0 and bool(self.lora) and adapters_off_is_reference(
+            self.model, reference_path or model_path, resume_base or model_path)
+        if kl_coef > 0 and not self.ref_adapters_off:
             self.ref_model, _, _ = load_policy(reference_path or model_path, dtype)
             self.ref_model.eval().requires_grad_(False)
         self.step = 0
@@ -212,65 +225,97 @@ class PolicyWorker:
     def reference_kl(self, items: list[TrainItem]) -> list[float]:
         """Per sequence, `sum_t k1 = sum_t (logprobs - ref_logprobs)` under the current policy (before the
         update: the weights that sampled). The driver subtracts `kl_coef` times it from the reward."""
-        if self.ref_model is None:
+        if not self.has_reference:
             raise ValueError("reference_kl needs a reference model (algorithm.kl_coef > 0)")
         was = self.model.training
         self.model.eval()
         out: list[float] = []
         for _, mb in self._micro_batches(items):
             logp, _ = self._logprobs(self.model, mb)
-            ref, _ = self._logprobs(self.ref_model, mb)
-            out += sequence_k1(logp, ref, mb["mask"]).tolist()
+            out += sequence_k1(logp, self._ref_logprobs(mb), mb["mask"]).tolist()
         self.model.train(was)
         return out
 
-    def _layout(self, items: list[TrainItem]) -> list[list[tuple[int, dict]]]:
-        """Mini-batches (one optimizer step each) of micro-batches (one forward/backward each), built once.
+    @property
+    def has_reference(self) -> bool:
+        return self.ref_model is not None or self.ref_adapters_off
 
-        Each micro-batch is `(start index into items, batch dict)`; the same tensors serve the old-logprob
-        pass and every epoch, so the layout (padding widths included) is identical across them.
+    @torch.no_grad()
+    def _ref_logprobs(self, mb: dict) -> torch.Tensor:
+        """(B, Tc) reference logprobs: the frozen copy, or the policy with its adapters off (eval mode)."""
+        if self.ref_model is not None:
+            return self._logprobs(self.ref_model, mb)[0]
+        was = self.model.training
+        self.model.eval()
+        try:
+            with adapters_off(self.model):
+                return self._logprobs(self.model, mb)[0]
+        finally:
+            self.model.train(was)
+
+    def _order(self, epoch: int, n: int, n_mini: int) -> list[int]:
+        """The item order epoch `epoch` cuts into mini-batches: the driver's order, or (shuffle_minibatches,
+        more than one mini-batch) a permutation of range(n) drawn from (seed, step, epoch) alone."""
+        if not self.shuffle_minibatches or n_mini <= 1:
+            return list(range(n))
+        key = hashlib.blake2b(f"{self.seed}/{self.step}/{epoch}".encode(), digest_size=8).digest()
+        g = torch.Generator().manual_seed(int.from_bytes(key, "little"))
+        return torch.randperm(n, generator=g).tolist()
+
+    def _layout(self, items: list[TrainItem], prompts: list[dict], order: list[int]) -> list[list[dict]]:
+        """Mini-batches (one optimizer step each) of micro-batches (one forward/backward each) over `order`.
+
+        Each micro-batch is a batch dict (see `_batch`) plus `rows`: the indices into `items` of its B rows.
         """
-        prompts = self._encode_prompts(items)
         mini = self.mini_batch_size or len(items)
         out = []
-        for m in range(0, len(items), mini):
-            end = min(m + mini, len(items))
-            out.append([(s, self._batch(items[s:min(s + self.micro_batch_size, end)],
-                                        prompts[s:min(s + self.micro_batch_size, end)]))
-                        for s in range(m, end, self.micro_batch_size)])
+        for m in range(0, len(order), mini):
+            part = order[m:m + mini]
+            out.append([])
+            for s in range(0, len(part), self.micro_batch_size):
+                rows = part[s:s + self.micro_batch_size]
+                out[-1].append({**self._batch([items[r] for r in rows], [prompts[r] for r in rows]), "rows": rows})
         return out
 
     @torch.no_grad()
-    def _old_logprobs(self, layout) -> None:
-        """One no-grad pass over the layout before the first update: `mb["old_logprobs"]` (B, Tc)."""
+    def _old_logprobs(self, layout) -> list[torch.Tensor]:
+        """One no-grad pass over the layout before the first update: per item (indexed as `items`), its
+        (L_i,) old logprobs (L_i: its completion length)."""
         was = self.model.training
         self.model.eval()
+        old: dict[int, torch.Tensor] = {}
         for mini in layout:
-            for _, mb in mini:
-                mb["old_logprobs"] = self._logprobs(self.model, mb)[0]
+            for mb in mini:
+                old.update(_per_item(self._logprobs(self.model, mb)[0], mb))
         self.model.train(was)
+        return [old[i] for i in range(len(old))]
 
     def train_step(self, items: list[TrainItem]) -> dict[str, float]:
         """One rollout batch's update: `ppo_epochs` passes over mini-batches of `mini_batch_size` sequences,
         one optimizer step per mini-batch. Returns float metrics (token-weighted means over all optimizer
-        steps; per-step metrics in `self.update_log`).
+        steps; per-step metrics, with the mini-batch's item indices, in `self.update_log`).
 
         With one optimizer step in all, the old logprobs are the current ones detached (no extra pass);
-        with more, they are computed once, before the first update, and reused.
+        with more, they are computed once, before the first update, over the first epoch's layout, and reused.
         """
         t0 = time.perf_counter()
-        layout = self._layout(items)
-        n_steps = self.ppo_epochs * len(layout)
-        if n_steps > 1:
-            self._old_logprobs(layout)
+        prompts = self._encode_prompts(items)
+        n_mini = math.ceil(len(items) / (self.mini_batch_size or len(items)))
+        n_steps = self.ppo_epochs * n_mini
+        layout = self._layout(items, prompts, self._order(0, len(items), n_mini))
+        old = self._old_logprobs(layout) if n_steps > 1 else None
+        ref: dict[int, torch.Tensor] = {}  # reference logprobs per item, computed on first use
         totals: dict[str, float] = {}
         weight_sum = loss_sum = grad_sum = 0.0
         skipped = 0
         self.update_log = []
         for epoch in range(self.ppo_epochs):
+            if epoch > 0 and self.shuffle_minibatches and n_mini > 1:
+                layout = self._layout(items, prompts, self._order(epoch, len(items), n_mini))
             for k, mini in enumerate(layout):
-                m = self._optimizer_step(items, mini)
-                self.update_log.append({"epoch": epoch, "mini_batch": k, **m})
+                m = self._optimizer_step(items, mini, old, ref)
+                self.update_log.append({"epoch": epoch, "mini_batch": k,
+                                        "items": [r for mb in mini for r in mb["rows"]], **m})
                 w = m.pop("_weight")
                 weight_sum += w
                 loss_sum += m.pop("loss")
@@ -292,33 +337,36 @@ class PolicyWorker:
         })
         return out
 
-    def _optimizer_step(self, items: list[TrainItem], mini: list[tuple[int, dict]]) -> dict[str, float]:
-        """Accumulate the gradient of one mini-batch over its micro-batches, clip, step (unless non-finite)."""
+    def _optimizer_step(self, items: list[TrainItem], mini: list[dict], old: list[torch.Tensor] | None,
+                        ref: dict[int, torch.Tensor]) -> dict[str, float]:
+        """Accumulate the gradient of one mini-batch over its micro-batches, clip, step (unless non-finite).
+
+        `old`: per-item old logprobs (None: the current ones detached); `ref`: per-item reference logprobs,
+        filled here on first use (with KL in the loss)."""
         self.optimizer.zero_grad(set_to_none=True)
-        first = mini[0][0]
-        n = sum(mb["mask"].shape[0] for _, mb in mini)
-        full_mask = _length_mask([len(it.completion_ids) for it in items[first:first + n]])
+        full_mask = _length_mask([len(items[r].completion_ids) for mb in mini for r in mb["rows"]])
         opts = dict(self.loss_opts)
         totals: dict[str, float] = {}
         weight_sum = 0.0
         loss_total = 0.0
-        for s, mb in mini:
-            rows = items[s:s + mb["mask"].shape[0]]
+        start = 0  # first row of this micro-batch within the mini-batch (rows of full_mask)
+        for mb in mini:
+            rows = [items[r] for r in mb["rows"]]
             logp, entropy = self._logprobs(self.model, mb)
-            old = mb["old_logprobs"] if "old_logprobs" in mb else logp.detach()
+            old_lp = _gather(old, mb, logp) if old is not None else logp.detach()
             adv = torch.tensor([it.advantage for it in rows], dtype=logp.dtype)
             has_rollout = all(it.rollout_logprobs for it in rows)
-            loss, metrics = self.loss_fn(logp, old, adv, mb["mask"],
+            loss, metrics = self.loss_fn(logp, old_lp, adv, mb["mask"],
                                          rollout_logprobs=mb["rollout_logprobs"] if has_rollout else None, **opts)
-            if self.ref_model is not None and not self.kl_in_reward:
-                with torch.no_grad():
-                    if "ref_logprobs" not in mb:
-                        mb["ref_logprobs"] = self._logprobs(self.ref_model, mb)[0]
-                kl = aggregate(self.kl_fn(logp, mb["ref_logprobs"]), mb["mask"], self.aggregation,
+            if self.has_reference and not self.kl_in_reward:
+                if any(r not in ref for r in mb["rows"]):
+                    ref.update(_per_item(self._ref_logprobs(mb), mb))
+                kl = aggregate(self.kl_fn(logp, _gather(ref, mb, logp)), mb["mask"], self.aggregation,
                                norm_length=opts.get("norm_length"))
                 loss = loss + self.kl_coef * kl
                 metrics["kl"] = float(kl.detach())
-            scale = _aggregation_scale(full_mask, s - first, mb["mask"], self.aggregation, opts.get("norm_length"))
+            scale = _aggregation_scale(full_mask, start, mb["mask"], self.aggregation, opts.get("norm_length"))
+            start += len(rows)
             (loss * scale).backward()
             loss_total += float(loss.detach()) * scale
             w = float(mb["mask"].sum())
@@ -402,6 +450,21 @@ def sequence_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.
 def kl_penalized_rewards(rewards: torch.Tensor, seq_kl: torch.Tensor, kl_coef: float) -> torch.Tensor:
     """(N,), (N,) -> (N,): `r - kl_coef * sum_t k1`, the KL-in-reward form (InstructGPT / PPO-RLHF)."""
     return rewards - kl_coef * seq_kl
+
+
+def _per_item(logprobs: torch.Tensor, mb: dict) -> dict[int, torch.Tensor]:
+    """(B, Tc) -> {item index: (L_i,) its completion's values}, keyed by `mb["rows"]`."""
+    lengths = mb["mask"].sum(-1).long().tolist()
+    return {r: logprobs[b, :lengths[b]].detach() for b, r in enumerate(mb["rows"])}
+
+
+def _gather(per_item, mb: dict, like: torch.Tensor) -> torch.Tensor:
+    """Per-item values back into the (B, Tc) layout of `mb`; padding holds `like` (detached), so a masked
+    position's difference to `like` is 0, never inf."""
+    out = like.detach().clone()
+    for b, r in enumerate(mb["rows"]):
+        out[b, :len(per_item[r])] = per_item[r]
+    return out
 
 
 def _length_mask(lengths: list[int]) -> torch.Tensor:

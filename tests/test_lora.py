@@ -90,3 +90,69 @@ def test_synced_vllm_engine_follows_the_adapters(tiny_text_path, tmp_path):
         assert max(abs(a - b) for a, b in zip(before.logprobs, old)) > 1e-2  # the adapters changed the policy
     finally:
         eng.close()
+
+
+# ------------------------------------------------------------------------ KL reference: the policy with adapters off
+def modules_held(w):
+    return [k for k, v in vars(w).items() if isinstance(v, torch.nn.Module)]
+
+
+def test_kl_reference_is_the_policy_with_adapters_off(tiny_text_path):
+    w = PolicyWorker(tiny_text_path, lr=5e-2, lora=LORA, kl_coef=0.5)  # KL in the loss
+    assert w.ref_adapters_off and w.ref_model is None
+    assert modules_held(w) == ["model"]  # no second model anywhere on the worker
+    items = text_items(w)
+    assert "train/kl" in w.train_step(items)
+    w.train_step(items)
+    base = PolicyWorker(tiny_text_path)  # the base model, loaded independently
+    expected = base.compute_logprobs(items)
+    policy = w.compute_logprobs(items)
+    assert max(abs(p - q) for a, b in zip(policy, expected) for p, q in zip(a, b)) > 1e-2  # adapters moved it
+    got = []
+    for _, mb in w._micro_batches(items):
+        ref = w._ref_logprobs(mb)
+        got += [ref[b, :int(mb["mask"][b].sum())].tolist() for b in range(ref.shape[0])]
+    for g, e in zip(got, expected):
+        assert g == pytest.approx(e, abs=1e-6)
+    assert w.model.training and w.compute_logprobs(items) == policy  # adapters back on, train mode restored
+    kl = w.reference_kl(items)
+    assert kl == pytest.approx([sum(p) - sum(q) for p, q in zip(policy, expected)], abs=1e-5)
+
+
+def test_kl_reference_copy_when_adapters_off_is_not_the_reference(tiny_text_path, tmp_path):
+    from rlkit.lora import adapters_off_is_reference, apply_lora
+    from rlkit.models.loading import load_policy
+
+    w = PolicyWorker(tiny_text_path, lr=5e-2, lora=LORA)
+    w.train_step(text_items(w))
+    w.save(str(tmp_path / "ck"))
+    # resumed from a checkpoint, the adapters sit on the base model: still the reference when it is named
+    resumed = PolicyWorker(str(tmp_path / "ck"), lora=LORA, kl_coef=0.1, reference_path=tiny_text_path)
+    assert resumed.ref_adapters_off and resumed.ref_model is None
+    # another reference (here the checkpoint's merged weights) is not the adapters' base: a copy is loaded
+    other = PolicyWorker(str(tmp_path / "ck"), lora=LORA, kl_coef=0.1)
+    assert not other.ref_adapters_off and other.ref_model is not None
+    assert modules_held(other) == ["model", "ref_model"]
+    # a non-adapter parameter that trains moves the base itself: adapters off is no longer the reference
+    model = apply_lora(load_policy(tiny_text_path)[0], lora_settings(LORA))
+    assert adapters_off_is_reference(model, tiny_text_path, tiny_text_path)
+    model.get_base_model().model.embed_tokens.weight.requires_grad_(True)
+    assert not adapters_off_is_reference(model, tiny_text_path, tiny_text_path)
+    assert not adapters_off_is_reference(load_policy(tiny_text_path)[0], tiny_text_path, tiny_text_path)  # no peft
+
+
+def test_adapters_off_reference_trains_like_a_loaded_copy(tiny_text_path, tmp_path):
+    """Same seed, same batches: the adapters-off reference gives the KL and updates a loaded base copy gives."""
+    import shutil
+
+    copy = shutil.copytree(tiny_text_path, tmp_path / "base_copy")  # another folder: the worker loads it
+    kw = dict(lr=5e-2, lora=LORA, kl_coef=0.5, micro_batch_size=2, mini_batch_size=3, ppo_epochs=2)
+    off, loaded = PolicyWorker(tiny_text_path, **kw), PolicyWorker(tiny_text_path, reference_path=str(copy), **kw)
+    assert off.ref_model is None and loaded.ref_model is not None
+    for _ in range(2):
+        m_off, m_loaded = off.train_step(text_items(off)), loaded.train_step(text_items(loaded))
+        assert m_off["train/kl"] == pytest.approx(m_loaded["train/kl"], rel=1e-4, abs=1e-7)
+    assert m_off["train/kl"] > 1e-4
+    s_off, s_loaded = off.state_dict(), loaded.state_dict()
+    for k in s_off:
+        torch.testing.assert_close(s_off[k], s_loaded[k], rtol=1e-5, atol=1e-6)
