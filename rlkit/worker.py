@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from rlkit.algorithms import aggregate, get_kl_estimator, get_policy_loss
+from rlkit.batching import build_batch, encode_prompt, image_digest
 from rlkit.lora import (ADAPTER_DIR, adapter_base_path, adapters_off, adapters_off_is_reference, apply_lora, load_lora,
                         lora_settings, merged_state_dict, save_lora)
 from rlkit.lora import trainable_counts as lora_trainable_counts
@@ -133,58 +134,16 @@ class PolicyWorker:
         digests: dict[int, str] = {}
         out = []
         for it in items:
-            key = (it.prompt_text, tuple(_image_digest(im, digests) for im in it.images))
+            key = (it.prompt_text, tuple(image_digest(im, digests) for im in it.images))
             if key not in self._encoded:
-                if self.is_vlm and it.images:
-                    enc = self.processor(text=[it.prompt_text], images=list(it.images), return_tensors="pt",
-                                         add_special_tokens=False)
-                    entry = {"ids": enc["input_ids"][0], "pixel_values": enc["pixel_values"],
-                             "image_grid_thw": enc["image_grid_thw"]}
-                    if "mm_token_type_ids" in enc:  # transformers 5: which prompt tokens are image tokens (mrope)
-                        entry["mm_types"] = torch.as_tensor(enc["mm_token_type_ids"][0])
-                else:
-                    entry = {"ids": self.tokenizer(it.prompt_text, add_special_tokens=False,
-                                                   return_tensors="pt")["input_ids"][0]}
+                entry = encode_prompt(self.processor if self.is_vlm else None, self.tokenizer, it.prompt_text,
+                                      it.images)
                 self._encoded[key] = entry
             out.append(self._encoded[key])
         return out
 
     def _batch(self, items: list[TrainItem], prompts: list[dict]) -> dict[str, Any]:
-        pad = self.tokenizer.pad_token_id
-        P = max(len(p["ids"]) for p in prompts)
-        Tc = max(1, max(len(it.completion_ids) for it in items))
-        B = len(items)
-        ids = torch.full((B, P + Tc), pad, dtype=torch.long)
-        attn = torch.zeros((B, P + Tc), dtype=torch.long)
-        comp = torch.full((B, Tc), pad, dtype=torch.long)
-        mask = torch.zeros((B, Tc), dtype=torch.float32)
-        rollout = torch.zeros((B, Tc), dtype=torch.float32)
-        mm_types = torch.zeros((B, P + Tc), dtype=torch.long) if any("mm_types" in p for p in prompts) else None
-        for b, (it, p) in enumerate(zip(items, prompts)):
-            n = len(p["ids"])
-            ids[b, P - n:P] = p["ids"]
-            if mm_types is not None and "mm_types" in p:
-                mm_types[b, P - n:P] = p["mm_types"]
-            attn[b, P - n:P] = 1
-            c = torch.tensor(it.completion_ids, dtype=torch.long)
-            ids[b, P:P + len(c)] = c
-            attn[b, P:P + len(c)] = 1
-            comp[b, :len(c)] = c
-            mask[b, :len(c)] = 1.0
-            if it.rollout_logprobs:
-                rollout[b, :len(it.rollout_logprobs)] = torch.tensor(it.rollout_logprobs[:Tc], dtype=torch.float32)
-        batch = {"input_ids": ids, "attention_mask": attn, "completion_ids": comp, "mask": mask,
-                 "rollout_logprobs": rollout, "Tc": Tc}
-        if mm_types is not None:
-            batch["mm_token_type_ids"] = mm_types
-        imgs = [p for p in prompts if "pixel_values" in p]
-        if imgs:
-            # one entry per sequence, in order (shared prompts repeat their tensors, as the model expects)
-            batch["pixel_values"] = torch.cat([p["pixel_values"] for p in prompts if "pixel_values" in p])
-            batch["image_grid_thw"] = torch.cat([p["image_grid_thw"] for p in prompts if "image_grid_thw" in p])
-            # equal keys = the same processor output (a shared prompt): its images are encoded once
-            batch["image_keys"] = [(id(p), k) for p in imgs for k in range(len(p["image_grid_thw"]))]
-        return batch
+        return build_batch(items, prompts, self.tokenizer.pad_token_id)
 
     def _logprobs(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, Tc) logprobs of the completion tokens and (B, Tc) entropy (detached)."""
@@ -426,18 +385,6 @@ class PolicyWorker:
 
     def pid(self) -> int:
         return os.getpid()
-
-
-def _image_digest(image, memo: dict[int, str]) -> str:
-    """A content key for an image (PIL image, array or tensor): equal pixels give equal keys."""
-    if id(image) not in memo:
-        if hasattr(image, "tobytes") and hasattr(image, "size") and hasattr(image, "mode"):  # PIL
-            data, shape = image.tobytes(), f"{image.mode}{image.size}"
-        else:
-            arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else image
-            data, shape = arr.tobytes(), f"{arr.dtype}{arr.shape}"
-        memo[id(image)] = shape + hashlib.blake2b(data, digest_size=16).hexdigest()
-    return memo[id(image)]
 
 
 def sequence_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,79 @@
+"""The policy worker's batch layout: prompt encodings and the padded tensors of one (micro-)batch.
+
+    [left pad][prompt (images expanded)][completion][right pad]
+                                      ^ every completion starts in the same column P
+
+so `logits_to_keep = Tc + 1` returns exactly the logits that predict the completion tokens. Plain functions
+over `TrainItem`s (rlkit.records), tested through the worker.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import torch
+
+from rlkit.records import TrainItem
+
+
+def image_digest(image, memo: dict[int, str]) -> str:
+    """A content key for an image (PIL image, array or tensor): equal pixels give equal keys."""
+    if id(image) not in memo:
+        if hasattr(image, "tobytes") and hasattr(image, "size") and hasattr(image, "mode"):  # PIL
+            data, shape = image.tobytes(), f"{image.mode}{image.size}"
+        else:
+            arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else image
+            data, shape = arr.tobytes(), f"{arr.dtype}{arr.shape}"
+        memo[id(image)] = shape + hashlib.blake2b(data, digest_size=16).hexdigest()
+    return memo[id(image)]
+
+
+def encode_prompt(processor, tokenizer, prompt_text: str, images: list) -> dict[str, torch.Tensor]:
+    """`{"ids": (P,)}` plus, with images and a processor, `pixel_values`, `image_grid_thw`, `mm_types` (P,)."""
+    if processor is not None and images:
+        enc = processor(text=[prompt_text], images=list(images), return_tensors="pt", add_special_tokens=False)
+        entry = {"ids": enc["input_ids"][0], "pixel_values": enc["pixel_values"], "image_grid_thw": enc["image_grid_thw"]}
+        if "mm_token_type_ids" in enc:  # transformers 5: which prompt tokens are image tokens (mrope)
+            entry["mm_types"] = torch.as_tensor(enc["mm_token_type_ids"][0])
+        return entry
+    return {"ids": tokenizer(prompt_text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]}
+
+
+def build_batch(items: list[TrainItem], prompts: list[dict], pad: int) -> dict[str, Any]:
+    """Tensors for `items` (prompts[i] = encode_prompt of items[i]): input_ids / attention_mask (B, P+Tc),
+    completion_ids / mask / rollout_logprobs (B, Tc), Tc, and for VLMs mm_token_type_ids (B, P+Tc),
+    pixel_values, image_grid_thw (I, 3) and image_keys (I,) (equal keys: the same encoding)."""
+    P = max(len(p["ids"]) for p in prompts)
+    Tc = max(1, max(len(it.completion_ids) for it in items))
+    B = len(items)
+    ids = torch.full((B, P + Tc), pad, dtype=torch.long)
+    attn = torch.zeros((B, P + Tc), dtype=torch.long)
+    comp = torch.full((B, Tc), pad, dtype=torch.long)
+    mask = torch.zeros((B, Tc), dtype=torch.float32)
+    rollout = torch.zeros((B, Tc), dtype=torch.float32)
+    mm_types = torch.zeros((B, P + Tc), dtype=torch.long) if any("mm_types" in p for p in prompts) else None
+    for b, (it, p) in enumerate(zip(items, prompts)):
+        n = len(p["ids"])
+        ids[b, P - n:P] = p["ids"]
+        if mm_types is not None and "mm_types" in p:
+            mm_types[b, P - n:P] = p["mm_types"]
+        attn[b, P - n:P] = 1
+        c = torch.tensor(it.completion_ids, dtype=torch.long)
+        ids[b, P:P + len(c)] = c
+        attn[b, P:P + len(c)] = 1
+        comp[b, :len(c)] = c
+        mask[b, :len(c)] = 1.0
+        if it.rollout_logprobs:
+            rollout[b, :len(it.rollout_logprobs)] = torch.tensor(it.rollout_logprobs[:Tc], dtype=torch.float32)
+    batch = {"input_ids": ids, "attention_mask": attn, "completion_ids": comp, "mask": mask,
+             "rollout_logprobs": rollout, "Tc": Tc}
+    if mm_types is not None:
+        batch["mm_token_type_ids"] = mm_types
+    imgs = [p for p in prompts if "pixel_values" in p]
+    if imgs:
+        # one entry per sequence, in order (shared prompts repeat their tensors, as the model expects)
+        batch["pixel_values"] = torch.cat([p["pixel_values"] for p in prompts if "pixel_values" in p])
+        batch["image_grid_thw"] = torch.cat([p["image_grid_thw"] for p in prompts if "image_grid_thw" in p])
+        # equal keys = the same processor output (a shared prompt): its images are encoded once
+        batch["image_keys"] = [(id(p), k) for p in imgs for k in range(len(p["image_grid_thw"]))]
+    return batch
