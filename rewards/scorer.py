@@ -215,8 +215,17 @@ class RewardScorer:
     def __exit__(self, *exc):
         self.close()
 
-    def __call__(self, prompts: list, completions: list, columns: dict | None = None) -> ScoreResult:
+    def __call__(self, prompts: list, completions: list, columns: dict | None = None,
+                 only: list[str] | None = None) -> ScoreResult:
+        """Score every completion with every reward, or only with the rewards named in `only` (names as in
+        `names`; the total then sums those alone). Held-out evaluation grades with one reward this way."""
         n = len(completions)
+        plans = self.plans
+        if only is not None:
+            unknown = [name for name in only if name not in self.names]
+            if unknown:
+                raise ValueError(f"unknown reward(s) {unknown}; this scorer has {', '.join(self.names)}")
+            plans = [p for p in self.plans if p.name in only]
         if len(prompts) != n:
             raise ValueError(f"got {len(prompts)} prompts for {n} completions")
         columns = dict(columns or {})
@@ -225,7 +234,7 @@ class RewardScorer:
                 raise ValueError(f"column {key!r} has {len(col)} values for {n} completions")
         per_reward: dict[str, list] = {}
         failures: list[RewardFailure] = []
-        for plan in self.plans:
+        for plan in plans:
             outcomes = self._run(plan, prompts, completions, columns) if n else []
             per_reward[plan.name] = [v for v, _ in outcomes]
             for i, (_, error) in enumerate(outcomes):
@@ -234,7 +243,8 @@ class RewardScorer:
                     if self.strict:
                         raise RewardError(str(failure))
                     failures.append(failure)
-        return ScoreResult(per_reward, compose(per_reward, self.weights, n), failures, self.weights)
+        weights = {p.name: float(p.spec.weight) for p in plans}
+        return ScoreResult(per_reward, compose(per_reward, weights, n), failures, weights)
 
     def _run(self, plan: _Plan, prompts: list, completions: list, columns: dict) -> list:
         if plan.spec.completion_format == "messages":

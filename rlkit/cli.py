@@ -3,6 +3,7 @@
     rlkit grpo --config FILE [key.sub=value ...] [--resume]
     rlkit dpo --config FILE [key.sub=value ...] [--resume]
     rlkit rlaifv --config FILE [key.sub=value ...]
+    rlkit eval --config FILE --checkpoint DIR [--out PATH] [--split test] [--limit N] [key.sub=value ...]
     rlkit build-tiny --kind vlm|text --out DIR [--tokenizer small|qwen] [--data easy_vqa]
 
 Config errors are printed as one line naming the key, with exit status 2, before anything starts.
@@ -51,6 +52,18 @@ def cmd_rlaifv(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from rlkit.config import GRPOConfig, load_config
+    from rlkit.evaluate import run_eval
+
+    cfg = load_config(GRPOConfig, args.config, args.overrides)
+    report = run_eval(cfg, args.checkpoint, out=args.out, split=args.split, limit=args.limit)
+    for mode, r in report["modes"].items():
+        print(f"{mode}: accuracy {r['accuracy']:.4f}  tokens_mean {r['tokens_mean']:.1f}  n {r['n']}")
+    print(report["path"])
+    return 0
+
+
 def cmd_build_tiny(args) -> int:
     from rlkit.data import load_source
     from rlkit.models.loading import build_tiny
@@ -89,6 +102,17 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rounds=3 labeler.path=policy")
     r.set_defaults(fn=cmd_rlaifv)
 
+    e = sub.add_parser("eval", help="held-out accuracy and mean tokens of a checkpoint in each thinking mode "
+                                    "(trainer.eval_modes); writes eval.json")
+    e.add_argument("--config", required=False, help="YAML config file (the run's config.yaml works)")
+    e.add_argument("--checkpoint", required=True,
+                   help="a model folder (e.g. output_dir/checkpoints/step_N), or a run directory: its newest checkpoint")
+    e.add_argument("--out", default=None, help="where to write the report (default: CHECKPOINT/eval.json)")
+    e.add_argument("--split", default=None, help="held-out split (default: data.eval_split)")
+    e.add_argument("--limit", type=int, default=None, help="held-out rows (default: data.eval_limit; 0: all)")
+    e.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rollout.engine=hf trainer.eval_modes=[fast]")
+    e.set_defaults(fn=cmd_eval)
+
     b = sub.add_parser("build-tiny", help="write a tiny deterministic policy (model + tokenizer/processor)")
     b.add_argument("--kind", choices=("text", "vlm"), required=True)
     b.add_argument("--out", required=True)
@@ -102,11 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     from rlkit.config import ConfigError
     from rlkit.data import DataError
     from rlkit.models.loading import ModelLoadError
+    from rlkit.modes import ModeError
     from preference import PreferenceDataError
 
     try:
         return args.fn(args)
-    except (ConfigError, DataError, ModelLoadError, PreferenceDataError) as e:
+    except (ConfigError, DataError, ModelLoadError, ModeError, PreferenceDataError) as e:
         print(f"rlkit: error: {e}", file=sys.stderr)
         return 2
 

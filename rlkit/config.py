@@ -50,11 +50,15 @@ class DataConfig:
     shuffle: bool = True  # reshuffle the prompt order every epoch (seeded)
     system_prompt: str = ""  # optional system message rendered before every prompt
     on_bad_row: str = "error"  # a row that cannot be used (missing field, undecodable image): "error" stops, "skip" counts and continues
+    eval_source: str = ""  # held-out data for trainer.eval_every and `rlkit eval` ("": data.source; needed when data.source is a plain file, which has no splits)
+    eval_split: str = "test"  # split of the held-out data
+    eval_limit: int = 200  # held-out rows answered per evaluation (the first ones of the split; 0: all)
 
 
 @dataclasses.dataclass
 class ModesConfig:
     deep_ratio: float = 0.0  # share of samples rendered in deep (thinking) mode: 0 = fast only, 1 = deep only
+    schedule: list = dataclasses.field(default_factory=list)  # deep ratio over steps: [[step, ratio], ...], linear between points, constant outside; replaces deep_ratio when set (empty: constant deep_ratio)
     per: str = "prompt"  # draw the mode once per "prompt" (whole group shares it) or per "sample"
     mode_column: str = "mode"  # a row whose column of this name is "fast" or "deep" pins its mode
 
@@ -84,6 +88,7 @@ class AlgorithmConfig:
     group_filter: str = "none"  # drop uninformative prompt groups before the update and refill the batch: none, all_equal or std_ema (rlkit/filters.py)
     group_filter_opts: dict = dataclasses.field(default_factory=dict)  # keyword arguments of the group filter (std_ema: beta, ema, ema_start_step, filter_start_step)
     refill_rounds: int = 3  # after filtering, at most this many extra rollout rounds of fresh prompts to fill the batch (0: train on what is kept)
+    mode_groups: str = "prompt"  # advantage groups with mixed modes: "prompt" normalises over each prompt's whole group, "mode" within each (prompt, mode) subgroup (docs/algorithms.md)
 
 
 @dataclasses.dataclass
@@ -98,6 +103,9 @@ class TrainerConfig:
     ppo_epochs: int = 1  # passes over the rollout batch; old logprobs are computed once when there is more than one step
     shuffle_minibatches: bool = True  # every PPO epoch cuts a fresh permutation of the rollout batch into mini-batches, seeded by (seed, step, epoch) (no effect with one mini-batch)
     num_cpus: float = 1.0  # Ray CPUs reserved for the policy actor
+    accuracy_reward: str = ""  # the reward (name as in reward/<name>/mean) whose score is "accuracy" in mode/<m>/accuracy and evaluations ("": the first reward listed)
+    eval_every: int = 0  # held-out evaluation (greedy, each of eval_modes) before the first step, every N steps and after the last (0: off)
+    eval_modes: list = dataclasses.field(default_factory=lambda: ["fast", "deep"])  # modes answered in held-out evaluations (trainer.eval_every, `rlkit eval`)
 
 
 @dataclasses.dataclass
@@ -151,6 +159,7 @@ CHOICES = {
     "model.tokenizer": ("small", "qwen"),
     "data.on_bad_row": ("error", "skip"),
     "modes.per": ("prompt", "sample"),
+    "algorithm.mode_groups": ("prompt", "mode"),
     "rollout.engine": ("vllm", "hf"),
     "rewards.completion_format": ("text", "messages"),
 }
@@ -282,6 +291,21 @@ def check_grpo(cfg: GRPOConfig) -> None:
         raise ConfigError("config key 'trainer.prompts_per_step': must be >= 1")
     if not 0.0 <= cfg.modes.deep_ratio <= 1.0:
         raise ConfigError("config key 'modes.deep_ratio': must be within [0, 1]")
+    from rlkit.modes import ModeError, check_schedule
+    from rlkit.records import MODES
+
+    try:
+        check_schedule(cfg.modes.schedule)
+    except ModeError as e:
+        raise ConfigError(f"config key 'modes.schedule': {e}") from e
+    if cfg.trainer.eval_every < 0:
+        raise ConfigError("config key 'trainer.eval_every': must be >= 0 (0: off)")
+    if cfg.data.eval_limit < 0:
+        raise ConfigError("config key 'data.eval_limit': must be >= 0 (0: all rows)")
+    modes = cfg.trainer.eval_modes
+    if not modes or any(m not in MODES for m in modes) or len(set(modes)) != len(modes):
+        raise ConfigError(f"config key 'trainer.eval_modes': {modes!r}: give one or both of {', '.join(MODES)}, "
+                          "each once")
     bad = set(cfg.model.freeze) - {"vision", "projector", "language"}
     if bad:
         raise ConfigError(f"config key 'model.freeze': unknown parts {sorted(bad)}; use vision, projector, language")

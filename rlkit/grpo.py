@@ -16,13 +16,15 @@ import torch
 
 from rewards import RewardScorer, RewardSpec, ScoreResult
 from rlkit import checkpoint as ckpt
-from rlkit.algorithms import get_advantage_fn
+from rlkit.algorithms import advantage_groups, get_advantage_fn
 from rlkit.config import ConfigError, GRPOConfig, check_grpo, dump_config
 from rlkit.data import DataError, PromptStream, load_source, map_columns, open_image, to_row
+from rlkit.evaluate import HeldOutEval, accuracy_reward_name, load_eval_rows, reward_score_fn
 from rlkit.filters import get_filter
+from rlkit.mode_metrics import ModeMetrics
 from rlkit.models.loading import build_tiny, check_model_path, load_processor, tokenizer_of
-from rlkit.modes import assign_modes, render_prompt
-from rlkit.records import MODES, Sample, TrainItem
+from rlkit.modes import assign_modes, deep_ratio_at, render_prompt
+from rlkit.records import MODES, Sample, TrainItem, reward_columns
 from rlkit.runlog import RunLog
 from rollout import RolloutRequest, SamplingConfig
 
@@ -64,6 +66,8 @@ class Prepared:
     start_model: str  # what the workers load (base model, or the checkpoint being resumed)
     resume_from: pathlib.Path | None
     resources: RewardResources
+    accuracy_reward: str  # the reward graded as accuracy (trainer.accuracy_reward, resolved)
+    eval_rows: list  # held-out PromptRows for trainer.eval_every (empty when off)
 
 
 def reward_specs(cfg: GRPOConfig) -> list[RewardSpec]:
@@ -110,12 +114,14 @@ def prepare(cfg: GRPOConfig, resume: bool = False) -> Prepared:
                               resources=resources)
     except (ValueError, ImportError, FileNotFoundError) as e:
         raise ConfigError(f"config key 'rewards': {e}") from e
+    accuracy_reward = accuracy_reward_name(cfg.trainer.accuracy_reward, scorer.names)
     needs_labeler = any("labeler" in plan.needs for plan in scorer.plans)
     if needs_labeler:
         from rlkit.rlaifv import labeler_config, labeler_resources
 
         labeler_config(cfg.labeler)  # a bad `labeler:` key fails now, naming itself
     ds = load_prompt_data(cfg)
+    eval_rows = load_eval_rows(cfg) if cfg.trainer.eval_every else []
     base = resolve_model(cfg, ds, out)
     if needs_labeler:  # path: policy = a frozen copy of the initial policy, in this process
         lab = labeler_resources(cfg.labeler, policy_path=base)
@@ -124,20 +130,25 @@ def prepare(cfg: GRPOConfig, resume: bool = False) -> Prepared:
     if resume and last is None:
         print(f"rlkit: --resume given but {out}/checkpoints has no complete checkpoint; starting from step 0")
     dump_config(cfg, out / "config.yaml")
-    return Prepared(cfg, out, ds, scorer, base, str(last) if last else base, last, resources)
+    return Prepared(cfg, out, ds, scorer, base, str(last) if last else base, last, resources, accuracy_reward,
+                    eval_rows)
+
+
+def engine_options(cfg: GRPOConfig) -> dict:
+    """Keyword arguments of `rollout.make_engine(cfg.rollout.engine, model_path=...)` besides the path."""
+    r = cfg.rollout
+    if r.engine == "vllm":
+        return dict(max_model_len=r.max_model_len, seed=cfg.seed, kv_cache_gib=r.kv_cache_gib,
+                    gpu_memory_utilization=r.gpu_memory_utilization)
+    return {}
 
 
 def _engine(cfg: GRPOConfig, model_path: str):
     from rlkit.orchestration import EngineActor, spawn
 
     r = cfg.rollout
-    if r.engine == "vllm":
-        kw = dict(max_model_len=r.max_model_len, seed=cfg.seed, kv_cache_gib=r.kv_cache_gib,
-                  gpu_memory_utilization=r.gpu_memory_utilization)
-    else:
-        kw = {}
     return spawn(EngineActor, r.engine, model_path=model_path, num_cpus=r.num_cpus,
-                 env={"VLLM_CPU_KVCACHE_SPACE": str(max(1, int(r.kv_cache_gib)))}, **kw)
+                 env={"VLLM_CPU_KVCACHE_SPACE": str(max(1, int(r.kv_cache_gib)))}, **engine_options(cfg))
 
 
 def _policy(cfg: GRPOConfig, model_path: str, base_model: str):
@@ -199,6 +210,7 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
     stream = PromptStream(p.data, seed=cfg.seed, shuffle=cfg.data.shuffle, position=state.get("data_position", 0))
     rows_src = StepRows(cfg, stream)
     tokens_total = state.get("tokens_sampled_total", 0)
+    mode_metrics = ModeMetrics(p.accuracy_reward, state.get("mode_tokens_sampled_total"))
     processor = load_processor(p.start_model)
     adv_fn = get_advantage_fn(cfg.algorithm.advantage)
     group_filter = get_filter(cfg.algorithm.group_filter, **cfg.algorithm.group_filter_opts)
@@ -214,16 +226,19 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
     p.scorer.start()  # reward worker processes warm up while the engine starts
     if p.resume_from:
         ray.get(policy.load_trainer_state.remote(str(p.resume_from)))
+    held_out = _held_out(cfg, p, engine, processor)
     last: dict = {}
     bar = tqdm(total=cfg.max_steps, initial=start, disable=not cfg.logging.progress, desc="grpo", unit="step")
     try:
+        if held_out and start == 0:  # the curve's starting point: the initial policy
+            log.log_step(0, held_out.run(tokens_total), [])
         for step in range(start + 1, cfg.max_steps + 1):
             # ---- rollout + rewards (the group filter drops uninformative groups; fresh prompts refill the batch)
             c = _collect(cfg, engine, processor, rows_src, p.scorer, group_filter, rng, step)
             samples, everything, result = c.samples, c.everything, c.result
             t_rollout, t_reward, seen, kept, rounds = c.t_rollout, c.t_reward, c.seen, c.kept, c.rounds
 
-            # ---- advantages (groups = prompts); with algorithm.kl_in_reward, r -= kl_coef * sum_t k1 first
+            # ---- advantages over algorithm.mode_groups; with algorithm.kl_in_reward, r -= kl_coef * sum_t k1 first
             kl_metrics = {}
             if samples:
                 rewards_t = torch.tensor([s.reward for s in samples], dtype=torch.float32)
@@ -235,7 +250,9 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
                     rewards_t = kl_penalized_rewards(rewards_t, seq_kl, cfg.algorithm.kl_coef)
                     kl_metrics = {"kl/reward_seq_k1_mean": float(seq_kl.mean()),
                                   "kl/reward_penalty_mean": float(cfg.algorithm.kl_coef * seq_kl.mean())}
-                groups_t = torch.tensor([s.group for s in samples], dtype=torch.long)
+                groups_t = advantage_groups(torch.tensor([s.group for s in samples]),
+                                            torch.tensor([MODES.index(s.mode) for s in samples]),
+                                            cfg.algorithm.mode_groups)  # prompt groups, or (prompt, mode) subgroups
                 for s, a in zip(samples, adv_fn(rewards_t, groups_t, **cfg.algorithm.advantage_opts).tolist()):
                     s.advantage = a
 
@@ -256,7 +273,8 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
             # ---- log
             sampled, n_all = sum(len(s.completion_ids) for s in everything), max(1, len(everything))
             tokens_total += sampled
-            metrics = {**result.stats(), **train_metrics, **kl_metrics, **_mode_stats(samples),
+            metrics = {**result.stats(), **train_metrics, **kl_metrics, **mode_metrics.step(everything),
+                       "mode/deep_ratio": deep_ratio_at(step, cfg.modes.deep_ratio, cfg.modes.schedule),
                        **{k: v for st in states.values() if hasattr(st, "metrics") for k, v in st.metrics().items()},
                        **group_filter.metrics(), "filter/groups_seen": seen, "filter/groups_kept": kept,
                        "filter/filtered_frac": 1 - kept / max(1, seen), "filter/refill_rounds": rounds,
@@ -270,6 +288,10 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
             last = {"step": step, **metrics}
             bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", tokens=int(metrics["completion/tokens_mean"]))
             bar.update(1)
+            if held_out and held_out.due(step):  # greedy held-out answers from the synced engine
+                evaluation = held_out.run(tokens_total)
+                log.log_step(step, evaluation, [])
+                last.update(evaluation)
 
             # ---- checkpoint
             every = cfg.logging.save_every
@@ -281,6 +303,7 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
                     "step": step, "data_position": stream.position, "rng": _jsonable_state(rng.getstate()),
                     "tokens_sampled_total": tokens_total, "base_model": p.base_model,
                     "group_filter": group_filter.state_dict(),
+                    "mode_tokens_sampled_total": mode_metrics.state_dict(),
                 }, keep=cfg.logging.keep_checkpoints)
                 last["checkpoint"] = str(final)
     finally:
@@ -295,6 +318,17 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
             except Exception:
                 pass
     return last
+
+
+def _held_out(cfg: GRPOConfig, p: Prepared, engine, processor) -> HeldOutEval | None:
+    """In-loop held-out evaluation (trainer.eval_every) on the rollout actor, which holds the current weights,
+    graded by the accuracy reward of the run's scorer; None when off."""
+    if not p.eval_rows:
+        return None
+    from rlkit.orchestration import ActorEngine
+
+    score = reward_score_fn(p.scorer, p.accuracy_reward, processor, cfg.data.system_prompt)
+    return HeldOutEval(cfg, p.eval_rows, ActorEngine(engine), processor, score)
 
 
 @dataclasses.dataclass
@@ -338,7 +372,8 @@ def _rollout(cfg: GRPOConfig, engine, processor, rows, rng: random.Random, step:
     """Each row's n samples, grouped by mode into engine requests; group = the row's index in `rows`."""
     import ray
 
-    modes = assign_modes(rows, cfg.rollout.n, cfg.modes.deep_ratio, cfg.modes.per, rng)
+    ratio = deep_ratio_at(step, cfg.modes.deep_ratio, cfg.modes.schedule)
+    modes = assign_modes(rows, cfg.rollout.n, ratio, cfg.modes.per, rng)
     requests, owners = [], []
     for g, (row, row_modes) in enumerate(zip(rows, modes)):
         for mode in MODES:
@@ -398,27 +433,9 @@ def reward_states(scorer: RewardScorer, resume_from: pathlib.Path | None) -> dic
 
 
 def _columns(samples: list[Sample]) -> dict[str, list]:
-    """The keyword columns every reward receives: the rows' columns plus mode, completion ids and images."""
-    keys = sorted({k for s in samples for k in s.row.columns})
-    cols = {k: [s.row.columns.get(k) for s in samples] for k in keys}
-    cols["answer"] = [s.row.answer for s in samples]
-    cols["mode"] = [s.mode for s in samples]
-    cols["completion_ids"] = [s.completion_ids for s in samples]
-    cols["images"] = [s.row.images for s in samples]
-    cols["prompt_text"] = [s.prompt_text for s in samples]  # the rendered prompt the engine saw (RLPR scores after it)
-    return cols
-
-
-def _mode_stats(samples: list[Sample]) -> dict[str, float]:
-    out = {}
-    n = max(1, len(samples))
-    for mode in MODES:
-        ss = [s for s in samples if s.mode == mode]
-        out[f"mode/{mode}/share"] = len(ss) / n
-        if ss:
-            out[f"mode/{mode}/reward_mean"] = sum(s.reward for s in ss) / len(ss)
-            out[f"mode/{mode}/tokens_mean"] = sum(len(s.completion_ids) for s in ss) / len(ss)
-    return out
+    """The keyword columns every reward receives (`rlkit.records.reward_columns`)."""
+    return reward_columns([s.row for s in samples], [s.mode for s in samples], [s.completion_ids for s in samples],
+                          [s.prompt_text for s in samples])
 
 
 def _jsonable_state(state):

@@ -70,6 +70,20 @@ class TrainItem:
     rollout_logprobs: list  # engine logprobs (used for the engine/trainer mismatch metric)
 
 
+def reward_columns(rows: list[PromptRow], modes: list[str], completion_ids: list[list[int]],
+                   prompt_texts: list[str]) -> dict[str, list]:
+    """The keyword columns every reward receives, one value per completion: the rows' own columns plus
+    `answer`, `mode`, `completion_ids`, `images` and `prompt_text` (the rendered prompt the engine saw)."""
+    keys = sorted({k for r in rows for k in r.columns})
+    cols = {k: [r.columns.get(k) for r in rows] for k in keys}
+    cols["answer"] = [r.answer for r in rows]
+    cols["mode"] = list(modes)
+    cols["completion_ids"] = [list(ids) for ids in completion_ids]
+    cols["images"] = [r.images for r in rows]
+    cols["prompt_text"] = list(prompt_texts)
+    return cols
+
+
 def _jsonable(x: Any) -> Any:
     if x is None or isinstance(x, (str, int, float, bool)):
         return x

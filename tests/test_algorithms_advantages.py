@@ -11,6 +11,7 @@ import torch
 from rlkit.algorithms import (
     ADVANTAGES,
     Registry,
+    advantage_groups,
     combine_group_ids,
     get_advantage_fn,
     group_index,
@@ -88,6 +89,33 @@ def test_subgroups_via_combined_key():
     prompt, mode = T([0, 0, 0, 0]), T([0, 0, 1, 1])
     close(get_advantage_fn("dr_grpo")(r, combine_group_ids(prompt, mode)), [0.5, -0.5, 0.0, 0.0])
     close(get_advantage_fn("dr_grpo")(r, prompt), [-0.75, -1.75, 1.25, 1.25])
+
+
+def test_mode_groups_with_mixed_modes():
+    """algorithm.mode_groups through the driver's path: advantage_groups -> grpo (sample std, eps 1e-6).
+
+    Prompt 0: fast [1, 0], deep [1, 1]. Prompt 1: fast [1] (a subgroup of one), deep [0, 1].
+    "prompt": prompt 0 mean 3/4, std sqrt((3 * 1/16 + 9/16) / 3) = 1/2 -> [1/2, -3/2, 1/2, 1/2];
+              prompt 1 mean 2/3, std sqrt((1/9 + 4/9 + 1/9) / 2) = 1/sqrt(3) -> [sqrt(3)/3, -2 sqrt(3)/3, sqrt(3)/3].
+    "mode":   prompt 0 fast mean 1/2, std 1/sqrt(2) -> [+-1/sqrt(2)]; deep all equal -> [0, 0];
+              prompt 1 fast alone -> 0 (no baseline); deep [0, 1] -> [-1/sqrt(2), 1/sqrt(2)].
+    """
+    r = T([1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0])
+    prompt, mode = T([0, 0, 0, 0, 1, 1, 1]), T([0, 0, 1, 1, 0, 1, 1])
+    grpo = get_advantage_fn("grpo")
+    s3, h = math.sqrt(3), 1 / math.sqrt(2)
+    close(grpo(r, advantage_groups(prompt, mode, "prompt")), [0.5, -1.5, 0.5, 0.5, s3 / 3, -2 * s3 / 3, s3 / 3])
+    close(grpo(r, advantage_groups(prompt, mode, "mode")), [h, -h, 0.0, 0.0, 0.0, -h, h])
+    # fast samples of different prompts never share a subgroup: a prompt-blind key would pool fast [1, 0, 1]
+    # (mean 2/3, std 1/sqrt(3)) and deep [1, 1, 0, 1] (mean 3/4, std 1/2), giving prompt 1's lone fast sample sqrt(3)/3
+    close(grpo(r, mode), [s3 / 3, -2 * s3 / 3, 0.5, 0.5, s3 / 3, -1.5, 0.5])
+    # a step whose groups are single-mode (modes.per: prompt): both choices give the same advantages
+    single = T([0, 0, 0, 0, 1, 1, 1])
+    close(grpo(r, advantage_groups(prompt, single, "mode")), grpo(r, advantage_groups(prompt, single, "prompt")).tolist())
+    with pytest.raises(ValueError, match="mode groups must be one of prompt, mode"):
+        advantage_groups(prompt, mode, "modes")
+    with pytest.raises(ValueError, match="shape"):
+        advantage_groups(prompt, mode[:3], "mode")
 
 
 def test_combine_group_ids_distinct_tuples():

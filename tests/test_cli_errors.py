@@ -31,3 +31,8 @@ def test_dataset_without_answer_column(tmp_path):
 def test_unknown_reward_lists_known(tmp_path):
     r = rlkit("grpo", f"output_dir={tmp_path}", "rewards=[{name: no_such_reward}]")
     assert r.returncode == 2 and "no_such_reward" in r.stderr and "exact_match" in r.stderr
+
+
+def test_eval_names_a_missing_checkpoint(tmp_path):
+    r = rlkit("eval", "--checkpoint", str(tmp_path / "no_such_run"), "data.source=arithmetic")
+    assert r.returncode == 2 and f"checkpoint not found: {tmp_path / 'no_such_run'}" in r.stderr

@@ -122,6 +122,17 @@ def test_module_path_and_composition():
     assert st["reward/exact_match/fail_frac"] == 0.0 and math.isclose(st["reward/mean"], 4.5 / 3)
 
 
+def test_only_scores_the_named_rewards():
+    specs = [RewardSpec(name="exact_match", weight=2.0), RewardSpec(name="exact_match", weight=0.5),
+             RewardSpec(name="format", kwargs={"default_mode": "fast"})]
+    with RewardScorer(specs, isolation="inline") as s:
+        r = s(["q1", "q2"], ["Paris", "<think>x</think>Lyon"], {"answer": ["paris", "paris"]}, only=["exact_match_2"])
+        assert list(r.per_reward) == ["exact_match_2"] and r.per_reward["exact_match_2"] == [1.0, 0.0]
+        assert r.total == [0.5, 0.0] and r.weights == {"exact_match_2": 0.5}
+        with pytest.raises(ValueError, match=r"unknown reward\(s\) \[.acc.\]; this scorer has exact_match, exact_match_2"):
+            s(["q"], ["a"], {"answer": ["a"]}, only=["acc"])
+
+
 def test_all_none_total_is_zero_and_counted(plugin):
     with RewardScorer([RewardSpec(path=f"{plugin}:none_for_b")], isolation="inline") as s:
         r = s(["", ""], ["a", "b"], {})

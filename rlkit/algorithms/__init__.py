@@ -15,7 +15,7 @@ from . import aggregation as _aggregation  # noqa: F401  (registers)
 from . import dpo as _dpo  # noqa: F401  (registers)
 from . import kl as _kl  # noqa: F401  (registers)
 from . import losses as _losses  # noqa: F401  (registers)
-from .advantages import combine_group_ids, group_index, group_std, informative_groups
+from .advantages import MODE_GROUPS, advantage_groups, combine_group_ids, group_index, group_std, informative_groups
 from .aggregation import aggregate, masked_mean
 from .dpo import DPO_LOSSES, get_dpo_loss
 from .registry import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, Registry
@@ -46,8 +46,10 @@ __all__ = [
     "AGGREGATIONS",
     "DPO_LOSSES",
     "KL_ESTIMATORS",
+    "MODE_GROUPS",
     "POLICY_LOSSES",
     "Registry",
+    "advantage_groups",
     "aggregate",
     "combine_group_ids",
     "get_advantage_fn",

@@ -28,6 +28,8 @@ import torch
 from .registry import ADVANTAGES
 
 __all__ = [
+    "MODE_GROUPS",
+    "advantage_groups",
     "batch_std",
     "combine_group_ids",
     "dr_grpo",
@@ -72,6 +74,24 @@ def combine_group_ids(*keys: torch.Tensor) -> torch.Tensor:
             raise ValueError(f"every key must have shape {tuple(n)} (N,), got {tuple(k.shape)}")
     _, inverse = torch.unique(torch.stack([k.long() for k in keys], dim=1), dim=0, return_inverse=True)
     return inverse
+
+
+MODE_GROUPS = ("prompt", "mode")
+
+
+def advantage_groups(prompt_ids: torch.Tensor, mode_ids: torch.Tensor, by: str = "prompt") -> torch.Tensor:
+    """The ``group_ids`` (N,) advantages are normalised over, when a prompt's samples may mix modes.
+
+    ``prompt_ids``, ``mode_ids``: ``(N,)`` integer. ``by="prompt"``: each prompt's whole group, all modes
+    together (returns ``prompt_ids``); ``by="mode"``: each (prompt, mode) subgroup on its own
+    (``combine_group_ids(prompt_ids, mode_ids)``). The config key is ``algorithm.mode_groups``.
+    """
+    if by not in MODE_GROUPS:
+        raise ValueError(f"mode groups must be one of {', '.join(MODE_GROUPS)}, got {by!r}")
+    if prompt_ids.shape != mode_ids.shape or prompt_ids.dim() != 1:
+        raise ValueError(f"prompt_ids and mode_ids must both have shape (N,), got {tuple(prompt_ids.shape)} "
+                         f"and {tuple(mode_ids.shape)}")
+    return prompt_ids.long() if by == "prompt" else combine_group_ids(prompt_ids, mode_ids)
 
 
 def _stats(rewards: torch.Tensor, group_ids: torch.Tensor):

@@ -76,6 +76,17 @@ def load_source(source: str, split: str = "train", *, limit: int = 0, seed: int 
     return ds
 
 
+def has_splits(source: str) -> bool:
+    """Whether `load_source(source, split)` honours `split`: built-in and hub sources, and local `save_to_disk`
+    folders of a DatasetDict, do; a local file, a folder of files or a single saved Dataset is one split."""
+    if source in BUILTIN_NAMES:
+        return True
+    path = pathlib.Path(source).expanduser()
+    if path.exists():
+        return path.is_dir() and (path / "dataset_dict.json").exists()
+    return True  # a hub name (or a missing path, which load_source reports)
+
+
 _LOADERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
