@@ -18,7 +18,7 @@ def reference_module():
 def test_config_reference_in_docs_is_current():
     m = reference_module()
     doc = (ROOT / "docs" / "rlaifv.md").read_text()
-    assert m.reference() in doc, "docs/rlaifv.md is stale: regenerate with python examples/rlaifv/config_reference.py"
+    assert m.reference() in doc, "docs/rlaifv.md is stale: regenerate with python examples/rlaifv/config_reference.py --write"
 
 
 def test_example_configs_load():

@@ -53,5 +53,13 @@ def reference() -> str:
             + render(DPOConfig(), "`rlkit dpo` (`rlkit.dpo.DPOConfig`)") + "\n" + END + "\n")
 
 
+def write_docs(path: str = "docs/rlaifv.md") -> None:
+    """Replace the generated block of `path` (between the marker comment and `<!-- end -->`) in place."""
+    text = open(path).read()
+    start = text.index(reference().splitlines()[0])
+    end = text.index("<!-- end -->", start) + len("<!-- end -->")
+    open(path, "w").write(text[:start] + reference().rstrip("\n") + text[end:])
+
+
 if __name__ == "__main__":
-    sys.stdout.write(reference())
+    write_docs() if "--write" in sys.argv else sys.stdout.write(reference())
