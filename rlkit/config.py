@@ -74,6 +74,7 @@ class RolloutConfig:
     kv_cache_gib: float = 1.0  # vLLM CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)
     gpu_memory_utilization: float = 0.5  # vLLM GPU: share of GPU memory for the engine
     num_cpus: float = 1.0  # Ray CPUs reserved for the rollout actor
+    num_gpus: float = 0.0  # Ray GPUs reserved for the rollout actor (vLLM's CUDA build needs >= 1, or a fraction when sharing)
 
 
 @dataclasses.dataclass
@@ -103,6 +104,8 @@ class TrainerConfig:
     ppo_epochs: int = 1  # passes over the rollout batch; old logprobs are computed once when there is more than one step
     shuffle_minibatches: bool = True  # every PPO epoch cuts a fresh permutation of the rollout batch into mini-batches, seeded by (seed, step, epoch) (no effect with one mini-batch)
     num_cpus: float = 1.0  # Ray CPUs reserved for the policy actor
+    num_gpus: float = 0.0  # Ray GPUs reserved for the policy actor (0: none; 0.5 with rollout.num_gpus 0.5 shares one GPU with the engine)
+    device: str = "auto"  # where the policy worker trains: "auto" (CUDA when the process sees a GPU, else CPU), "cpu", "cuda", "cuda:1"
     accuracy_reward: str = ""  # the reward (name as in reward/<name>/mean) whose score is "accuracy" in mode/<m>/accuracy and evaluations ("": the first reward listed)
     eval_every: int = 0  # held-out evaluation (greedy, each of eval_modes) before the first step, every N steps and after the last (0: off)
     eval_modes: list = dataclasses.field(default_factory=lambda: ["fast", "deep"])  # modes answered in held-out evaluations (trainer.eval_every, `rlkit eval`)

@@ -117,7 +117,7 @@ class DPOWorker(PolicyWorker):
         self.beta, self.dpo_opts = beta, dict(loss_opts or {})
         if reference_path:
             self.ref_model, _, _ = load_policy(reference_path, worker_kwargs.get("dtype", "float32"))
-            self.ref_model.eval().requires_grad_(False)
+            self.ref_model.to(self.device).eval().requires_grad_(False)
         self.scheduler = get_scheduler(lr_schedule, self.optimizer, num_warmup_steps=warmup_steps,
                                        num_training_steps=max(1, total_steps))
 
@@ -155,8 +155,8 @@ class DPOWorker(PolicyWorker):
             with torch.no_grad():
                 rc, rr, _ = self._sequence_logps(self.ref_model, chunk)
         else:
-            rc = torch.tensor([x[0] for x in ref], dtype=c.dtype)
-            rr = torch.tensor([x[1] for x in ref], dtype=c.dtype)
+            rc = torch.tensor([x[0] for x in ref], dtype=c.dtype, device=c.device)
+            rr = torch.tensor([x[1] for x in ref], dtype=c.dtype, device=c.device)
         b = len(chunk)
         return self.dpo_loss(c, r, rc, rr, beta=self.beta, chosen_lengths=lengths[:b], rejected_lengths=lengths[b:],
                              **self.dpo_opts)
@@ -292,7 +292,8 @@ def run_dpo(cfg: DPOConfig, resume: bool = False) -> dict:
                        reference_path=ref_model if load_ref else None, lr_schedule=d.lr_schedule,
                        warmup_steps=math.ceil(total * d.warmup_ratio), total_steps=total, dtype=cfg.model.dtype,
                        freeze=list(cfg.model.freeze), lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas),
-                       max_grad_norm=t.max_grad_norm, micro_batch_size=t.micro_batch_size, seed=cfg.seed)
+                       max_grad_norm=t.max_grad_norm, micro_batch_size=t.micro_batch_size, seed=cfg.seed,
+                       device=t.device)
     if d.reference == "cached" and ref is None:  # once, before any update; then the reference model is dropped
         ref = worker.reference_logps(pairs)
         cache.write_text(json.dumps({"model": ref_model, "fingerprint": _fingerprint(pairs), "logps": ref}))

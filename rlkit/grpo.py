@@ -147,7 +147,7 @@ def _engine(cfg: GRPOConfig, model_path: str):
     from rlkit.orchestration import EngineActor, spawn
 
     r = cfg.rollout
-    return spawn(EngineActor, r.engine, model_path=model_path, num_cpus=r.num_cpus,
+    return spawn(EngineActor, r.engine, model_path=model_path, num_cpus=r.num_cpus, num_gpus=r.num_gpus,
                  env={"VLLM_CPU_KVCACHE_SPACE": str(max(1, int(r.kv_cache_gib)))}, **engine_options(cfg))
 
 
@@ -156,7 +156,7 @@ def _policy(cfg: GRPOConfig, model_path: str, base_model: str):
     from rlkit.worker import PolicyWorker
 
     t, a = cfg.trainer, cfg.algorithm
-    return spawn(PolicyWorker, model_path, num_cpus=t.num_cpus, dtype=cfg.model.dtype, freeze=list(cfg.model.freeze),
+    return spawn(PolicyWorker, model_path, num_cpus=t.num_cpus, num_gpus=t.num_gpus, device=t.device, dtype=cfg.model.dtype, freeze=list(cfg.model.freeze),
                  lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas), max_grad_norm=t.max_grad_norm,
                  micro_batch_size=t.micro_batch_size, mini_batch_size=t.mini_batch_size, ppo_epochs=t.ppo_epochs,
                  shuffle_minibatches=t.shuffle_minibatches,

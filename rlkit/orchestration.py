@@ -45,12 +45,14 @@ def init_ray(address: str = "", num_cpus: int = 0) -> None:
         )
 
 
-def spawn(cls, *args, num_cpus: float = 1.0, env: dict | None = None, **kwargs):
-    """`cls(*args, **kwargs)` inside a Ray actor with `num_cpus` reserved and its thread env set."""
+def spawn(cls, *args, num_cpus: float = 1.0, num_gpus: float = 0.0, env: dict | None = None, **kwargs):
+    """`cls(*args, **kwargs)` inside a Ray actor with `num_cpus` (and `num_gpus`) reserved and its thread env set.
+    Ray makes only the reserved GPUs visible to the actor (CUDA_VISIBLE_DEVICES)."""
     import ray
 
     actor_cls = ray.remote(cls).options(
         num_cpus=num_cpus,
+        num_gpus=num_gpus,
         runtime_env={"env_vars": actor_env(num_cpus, env)},
         max_concurrency=1,
     )

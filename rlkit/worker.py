@@ -76,9 +76,11 @@ class PolicyWorker:
         lora: dict | None = None,
         seed: int = 0,
         num_threads: int = 1,
+        device: str = "auto",
     ):
         torch.set_num_threads(num_threads)
         torch.manual_seed(seed)
+        self.device = resolve_device(device)
         self.lora = lora_settings(lora)
         resume_base = adapter_base_path(model_path) if self.lora else None
         self.model, self.processor, self.is_vlm = load_policy(resume_base or model_path, dtype)
@@ -88,7 +90,7 @@ class PolicyWorker:
             self.model = (load_lora(self.model, pathlib.Path(model_path) / ADAPTER_DIR) if resume_base
                           else apply_lora(self.model, self.lora))
             self.trainable = lora_trainable_counts(self.model)
-        self.model.train()
+        self.model.to(self.device).train()
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("model.freeze leaves no trainable parameter")
@@ -116,7 +118,7 @@ class PolicyWorker:
             self.model, reference_path or model_path, resume_base or model_path)
         if kl_coef > 0 and not self.ref_adapters_off:
             self.ref_model, _, _ = load_policy(reference_path or model_path, dtype)
-            self.ref_model.eval().requires_grad_(False)
+            self.ref_model.to(self.device).eval().requires_grad_(False)
         self.step = 0
         self.skipped_updates = 0
         self._encoded: dict[tuple, dict] = {}  # prompt encodings of the current step (see _encode_prompts)
@@ -143,7 +145,8 @@ class PolicyWorker:
         return out
 
     def _batch(self, items: list[TrainItem], prompts: list[dict]) -> dict[str, Any]:
-        return build_batch(items, prompts, self.tokenizer.pad_token_id)
+        batch = build_batch(items, prompts, self.tokenizer.pad_token_id)
+        return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def _logprobs(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, Tc) logprobs of the completion tokens and (B, Tc) entropy (detached)."""
@@ -313,7 +316,7 @@ class PolicyWorker:
             rows = [items[r] for r in mb["rows"]]
             logp, entropy = self._logprobs(self.model, mb)
             old_lp = _gather(old, mb, logp) if old is not None else logp.detach()
-            adv = torch.tensor([it.advantage for it in rows], dtype=logp.dtype)
+            adv = torch.tensor([it.advantage for it in rows], dtype=logp.dtype, device=logp.device)
             has_rollout = all(it.rollout_logprobs for it in rows)
             loss, metrics = self.loss_fn(logp, old_lp, adv, mb["mask"],
                                          rollout_logprobs=mb["rollout_logprobs"] if has_rollout else None, **opts)
@@ -324,7 +327,7 @@ class PolicyWorker:
                                norm_length=opts.get("norm_length"))
                 loss = loss + self.kl_coef * kl
                 metrics["kl"] = float(kl.detach())
-            scale = _aggregation_scale(full_mask, start, mb["mask"], self.aggregation, opts.get("norm_length"))
+            scale = _aggregation_scale(full_mask, start, mb["mask"].cpu(), self.aggregation, opts.get("norm_length"))
             start += len(rows)
             (loss * scale).backward()
             loss_total += float(loss.detach()) * scale
@@ -377,7 +380,7 @@ class PolicyWorker:
                     "step": self.step, "skipped_updates": self.skipped_updates}, d / TRAINER_STATE)
 
     def load_trainer_state(self, directory: str) -> None:
-        state = torch.load(pathlib.Path(directory) / TRAINER_STATE, weights_only=False)
+        state = torch.load(pathlib.Path(directory) / TRAINER_STATE, weights_only=False, map_location="cpu")
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         self.step = state["step"]
@@ -385,6 +388,17 @@ class PolicyWorker:
 
     def pid(self) -> int:
         return os.getpid()
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto`: the first CUDA device when one is visible (under Ray: when the actor was given a GPU), else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    d = torch.device(device)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"config key 'trainer.device': {device!r} but no CUDA device is visible to this process "
+                         "(under Ray, give the policy actor a GPU with trainer.num_gpus)")
+    return d
 
 
 def sequence_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -125,3 +125,23 @@ def test_checkpoint_round_trip(tiny_vlm_path, tmp_path):
     s1 = w.optimizer.state_dict()["state"][0]["exp_avg"]
     s2 = w2.optimizer.state_dict()["state"][0]["exp_avg"]
     torch.testing.assert_close(s1, s2)
+
+
+def test_device_resolution():
+    from rlkit.worker import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="trainer.device"):
+            resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu_worker.py runs it there)")
+def test_cuda_logprobs_equal_cpu(tiny_vlm_path):
+    cpu = PolicyWorker(tiny_vlm_path, device="cpu")
+    gpu = PolicyWorker(tiny_vlm_path, device="cuda")
+    items = vqa_items(cpu)
+    for a, b in zip(cpu.compute_logprobs(items), gpu.compute_logprobs(items)):
+        assert a == pytest.approx(b, abs=1e-4)
+    assert math.isfinite(gpu.train_step(items)["train/loss"])
