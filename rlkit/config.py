@@ -105,6 +105,7 @@ class TrainerConfig:
     shuffle_minibatches: bool = True  # every PPO epoch cuts a fresh permutation of the rollout batch into mini-batches, seeded by (seed, step, epoch) (no effect with one mini-batch)
     num_cpus: float = 1.0  # Ray CPUs reserved for the policy actor
     num_gpus: float = 0.0  # Ray GPUs reserved for the policy actor (0: none; 0.5 with rollout.num_gpus 0.5 shares one GPU with the engine)
+    gradient_checkpointing: bool = False  # recompute activations during backward (transformers' gradient checkpointing): far less memory for about a third more compute
     device: str = "auto"  # where the policy worker trains: "auto" (CUDA when the process sees a GPU, else CPU), "cpu", "cuda", "cuda:1"
     accuracy_reward: str = ""  # the reward (name as in reward/<name>/mean) whose score is "accuracy" in mode/<m>/accuracy and evaluations ("": the first reward listed)
     eval_every: int = 0  # held-out evaluation (greedy, each of eval_modes) before the first step, every N steps and after the last (0: off)

@@ -156,7 +156,8 @@ def _policy(cfg: GRPOConfig, model_path: str, base_model: str):
     from rlkit.worker import PolicyWorker
 
     t, a = cfg.trainer, cfg.algorithm
-    return spawn(PolicyWorker, model_path, num_cpus=t.num_cpus, num_gpus=t.num_gpus, device=t.device, dtype=cfg.model.dtype, freeze=list(cfg.model.freeze),
+    return spawn(PolicyWorker, model_path, num_cpus=t.num_cpus, num_gpus=t.num_gpus, device=t.device,
+                 gradient_checkpointing=t.gradient_checkpointing, dtype=cfg.model.dtype, freeze=list(cfg.model.freeze),
                  lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas), max_grad_norm=t.max_grad_norm,
                  micro_batch_size=t.micro_batch_size, mini_batch_size=t.mini_batch_size, ppo_epochs=t.ppo_epochs,
                  shuffle_minibatches=t.shuffle_minibatches,

@@ -77,6 +77,7 @@ class PolicyWorker:
         seed: int = 0,
         num_threads: int = 1,
         device: str = "auto",
+        gradient_checkpointing: bool = False,
     ):
         torch.set_num_threads(num_threads)
         torch.manual_seed(seed)
@@ -90,6 +91,10 @@ class PolicyWorker:
             self.model = (load_lora(self.model, pathlib.Path(model_path) / ADAPTER_DIR) if resume_base
                           else apply_lora(self.model, self.lora))
             self.trainable = lora_trainable_counts(self.model)
+        if gradient_checkpointing:  # recompute activations in backward: memory for compute (GPU-sized models)
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if self.lora:  # frozen embeddings: make the checkpointed blocks' inputs require grad
+                self.model.enable_input_require_grads()
         self.model.to(self.device).train()
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:

@@ -146,3 +146,19 @@ def test_cuda_logprobs_equal_cpu(tiny_vlm_path):
         # cuDNN runs the vision tower's patch convolution in TF32 by default: 1.6e-4 measured on an H100
         assert a == pytest.approx(b, abs=1e-3)
     assert math.isfinite(gpu.train_step(items)["train/loss"])
+
+
+def test_gradient_checkpointing_gives_the_same_update(tiny_vlm_path):
+    """Recomputing activations in backward changes memory, not the result: same loss and weights after a step."""
+    results = []
+    for gc in (False, True):
+        w = PolicyWorker(tiny_vlm_path, micro_batch_size=2, gradient_checkpointing=gc, lr=1e-2)
+        assert w.model.is_gradient_checkpointing == gc
+        before = snapshot(w)
+        m = w.train_step(vqa_items(w))
+        results.append((m["train/loss"], snapshot(w)))
+    (loss_a, wa), (loss_b, wb) = results
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    assert any(not torch.equal(before[k], wb[k]) for k in wb)  # the step did change the weights
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-6), k
