@@ -20,7 +20,7 @@ demo: setup
 
 ## The default test run (CI): everything not marked slow.
 test: setup
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q --durations=15 $(ARGS)
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow $(ARGS)
