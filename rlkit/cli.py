@@ -3,6 +3,7 @@
     rlkit grpo --config FILE [key.sub=value ...] [--resume]
     rlkit dpo --config FILE [key.sub=value ...] [--resume]
     rlkit rlaifv --config FILE [key.sub=value ...]
+    rlkit ablation --config FILE [key.sub=value ...]
     rlkit build-tiny --kind vlm|text --out DIR [--tokenizer small|qwen] [--data easy_vqa]
 
 Config errors are printed as one line naming the key, with exit status 2, before anything starts.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import sys
 
 
@@ -51,6 +53,17 @@ def cmd_rlaifv(args) -> int:
     return 0
 
 
+def cmd_ablation(args) -> int:
+    from rlkit.ablation import load_ablation_config, run_ablation
+
+    grpo, abl = load_ablation_config(args.config, args.overrides)
+    result = run_ablation(grpo, abl)
+    print((pathlib.Path(grpo.output_dir) / "ablation.md").read_text())
+    print(f"rlkit ablation: wrote ablation.json, ablation.md, ablation.png in {grpo.output_dir} "
+          f"({result['wall_s']:.0f} s)")
+    return 0
+
+
 def cmd_build_tiny(args) -> int:
     from rlkit.data import load_source
     from rlkit.models.loading import build_tiny
@@ -88,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--config", required=False, help="YAML config file")
     r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rounds=3 labeler.path=policy")
     r.set_defaults(fn=cmd_rlaifv)
+
+    a = sub.add_parser("ablation", help="hybrid vs deep-only GRPO from one cold start: table and plot (docs/ablation.md)")
+    a.add_argument("--config", required=False, help="YAML config file: a GRPO config plus an `ablation:` section")
+    a.add_argument("overrides", nargs="*", help="dotted overrides, e.g. max_steps=100 ablation.cold_start.steps=300")
+    a.set_defaults(fn=cmd_ablation)
 
     b = sub.add_parser("build-tiny", help="write a tiny deterministic policy (model + tokenizer/processor)")
     b.add_argument("--kind", choices=("text", "vlm"), required=True)
