@@ -54,6 +54,9 @@ def cmd_rlaifv(args) -> int:
 
 
 def cmd_ablation(args) -> int:
+    from rlkit.runtime_env import apply_defaults
+
+    apply_defaults(VLLM_LOGGING_LEVEL="ERROR", TRANSFORMERS_VERBOSITY="error", HF_HUB_DISABLE_PROGRESS_BARS="1")
     from rlkit.ablation import load_ablation_config, run_ablation
 
     grpo, abl = load_ablation_config(args.config, args.overrides)

@@ -124,7 +124,9 @@ def test_report_from_hand_built_metrics(tmp_path):
     assert "| deep_only | 1 | 20 | 0.300 | 0.600 | 2.0 | 30.0 | 20,000 | 300 s |" in md
     assert "| hybrid | 0.5 | 20 | 0.500 | 0.650 | 2.0 | 30.0 | 11,000 | 200 s |" in md
     assert "hybrid / deep-only: 0.55" in md
-    assert "deep-only at its end: 0.600; hybrid first reaches it after 5,500 sampled tokens (0.28 of deep-only's 20,000)" in md
+    # target = 0.4 + 0.9 * (0.6 - 0.4) = 0.58: deep-only first at step 20 (20,000 tokens), hybrid at step 10 (5,500)
+    assert ("Deep-mode target = 90% of deep-only's gain (0.400 -> 0.600): 0.580; first reached by deep-only after "
+            "20,000 sampled tokens, hybrid after 5,500 (0.28 of deep-only's)") in md
     assert json.loads(paths["json"].read_text())["runs"]["hybrid"]["final"]["deep"]["accuracy"] == 0.65
     with Image.open(paths["png"]) as im:
         assert im.format == "PNG" and im.size[0] > 500 and im.size[1] > 300
@@ -139,7 +141,7 @@ def test_report_when_hybrid_never_reaches(tmp_path):
                    "curve": c, "final": final_scores(c)}
             for name, r, c in (("deep_only", 1.0, curve_from_metrics(tmp_path / "deep.jsonl")),
                                ("hybrid", 0.5, curve_from_metrics(tmp_path / "hyb.jsonl")))}
-    assert "hybrid first reaches it at no evaluated point" in report_table({"runs": runs})
+    assert "hybrid at no evaluated point" in report_table({"runs": runs})  # target 0.67 > the hybrid's 0.6
 
 
 # ------------------------------------------------------------------------------------------------ configs
@@ -220,3 +222,20 @@ def test_rlkit_ablation_end_to_end(tmp_path, capsys):
     assert result["runs"]["deep_only"]["curve"][0] == result["runs"]["hybrid"]["curve"][0]  # shared step-0 eval
     with Image.open(out / "ablation.png") as im:
         assert im.format == "PNG"
+
+
+def test_gpu_data_rows_from_hand_built_examples():
+    """The GPU data script's conversions (the script itself needs the hub and is not run here)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_gpu_data", ROOT / "examples/ablation/make_gpu_data.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    row = mod.math_row({"problem": "Area of the square?", "solution": "<think>side 3, so 3*3</think><answer>9</answer>"})
+    assert (row["answer"], row["math_answer"], row["doc_answer"], row["reasoning"]) == ("9", "9", None, "side 3, so 3*3")
+    row = mod.math_row({"problem": "x?", "solution": "Add them: 2+2.\nSo \\boxed{4}"})
+    assert row["answer"] == "4" and row["reasoning"].startswith("Add them")
+    assert mod.math_row({"problem": "x?", "solution": ""}) is None
+    row = mod.doc_row({"question": "What is the date?", "answers": ["", "May 5", "5 May"]})
+    assert (row["answer"], row["doc_answer"], row["math_answer"], row["reasoning"]) == ("May 5", "May 5", None, "")
+    assert mod.doc_row({"question": "q", "answers": []}) is None
