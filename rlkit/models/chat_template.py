@@ -51,7 +51,7 @@ N_SPECIAL = 14  # QWEN_SPECIAL_TOKENS[:N_SPECIAL] are special; the rest are plai
 
 
 def deep_response(reasoning: str, answer: str) -> str:
-    """A deep-mode response in Qwen3's layout, the mirror of the fast prompt's empty block:
+    r"""A deep-mode response in Qwen3's layout, the mirror of the fast prompt's empty block:
     `<think>\n{reasoning}\n</think>\n\n{answer}` (what `rewards.structure.format_ok(..., "deep")` accepts).
 
     >>> deep_response("2 + 2 = 4", "4")
