@@ -234,13 +234,18 @@ def _run_arm(name: str, ratio: float, grpo: GRPOConfig, ev: EvalSection, start_m
         model=dataclasses.replace(grpo.model, path=start_model),
         modes=dataclasses.replace(grpo.modes, deep_ratio=ratio),
     )
-    in_run = hasattr(cfg.trainer, "eval_every")  # the eval branch's in-run evaluation has landed
+    # The eval branch's in-run evaluation (when it has landed) reads data.source's eval split: used unless the
+    # held-out rows come from another source, which only the checkpoint curve can evaluate.
+    in_run = hasattr(cfg.trainer, "eval_every") and ev.source in ("", grpo.data.source)
     if in_run:
         cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(
             cfg.trainer, eval_every=ev.every, eval_modes=list(ev.modes), accuracy_reward=ev.reward),
             data=dataclasses.replace(cfg.data, eval_split=ev.split, eval_limit=ev.limit))
     else:
         cfg = dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, save_every=ev.every, keep_checkpoints=0))
+    moved = fresh_run_dir(cfg.output_dir)
+    if moved:
+        print(f"rlkit ablation: the previous {name} run was moved to {moved}")
     print(f"rlkit ablation: {name} (modes.deep_ratio={ratio}), {cfg.max_steps} GRPO steps -> {cfg.output_dir}")
     t = time.perf_counter()
     summary = run_grpo(cfg)
@@ -255,6 +260,20 @@ def _run_arm(name: str, ratio: float, grpo: GRPOConfig, ev: EvalSection, start_m
             "eval_wall_s": t_curve, "curve": curve, "final": final_scores(curve),
             "train": {mode: {k: _mean([m.get(f"mode/{mode}/{k}") for m in steps])
                              for k in ("reward_mean", "tokens_mean", "share")} for mode in MODES}}
+
+
+def fresh_run_dir(path) -> pathlib.Path | None:
+    """Make `path` free for a new GRPO run: an existing one (whose metrics.jsonl a new run would append to) is
+    renamed to `<name>.previous-<n>`, never deleted. Returns the new name of the moved folder, if any."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        return None
+    n = 1
+    while path.with_name(f"{path.name}.previous-{n}").exists():
+        n += 1
+    target = path.with_name(f"{path.name}.previous-{n}")
+    path.rename(target)
+    return target
 
 
 def _held_out_curve(run_dir: pathlib.Path, in_run: bool, evaluator, start_record: dict) -> list[dict]:

@@ -5,8 +5,9 @@ Another branch adds `rlkit.evaluate.evaluate_modes` and in-run evaluation (`trai
 `output_dir/metrics.jsonl`). Until then this module provides the same function by the same name and
 signature, and `checkpoint_curve`, which computes the same records after a run from the checkpoints it saved
 every `every` steps. `rlkit.ablation` imports `evaluate_modes` from `rlkit.evaluate` when it exists and from here
-otherwise, and uses in-run records when the GRPO config has `trainer.eval_every`; once that lands this file
-can be deleted (nothing else imports it).
+otherwise, and uses in-run records when the GRPO config has `trainer.eval_every`. Once that lands, this
+`evaluate_modes` can go; `checkpoint_curve` stays for held-out rows from a source other than data.source
+(`ablation.eval.source`), which in-run evaluation does not cover.
 """
 from __future__ import annotations
 

@@ -144,6 +144,18 @@ def test_report_when_hybrid_never_reaches(tmp_path):
     assert "hybrid at no evaluated point" in report_table({"runs": runs})  # target 0.67 > the hybrid's 0.6
 
 
+def test_a_rerun_moves_the_previous_run_aside(tmp_path):
+    from rlkit.ablation import fresh_run_dir
+
+    run = tmp_path / "hybrid"
+    assert fresh_run_dir(run) is None
+    for i in (1, 2):
+        run.mkdir()
+        (run / "metrics.jsonl").write_text(f"run {i}\n")
+        assert fresh_run_dir(run) == tmp_path / f"hybrid.previous-{i}" and not run.exists()
+    assert (tmp_path / "hybrid.previous-2" / "metrics.jsonl").read_text() == "run 2\n"
+
+
 # ------------------------------------------------------------------------------------------------ configs
 def test_example_configs_load_and_validate():
     from rlkit.ablation import load_ablation_config
