@@ -166,6 +166,20 @@ def test_example_configs_load_and_validate():
     grpo, abl = load_ablation_config(ROOT / "examples/ablation/ablation_gpu.yaml")
     assert "VL" in grpo.model.path and grpo.rollout.engine == "vllm" and abl.cold_start.steps > 0
     assert abl.cold_start.modes == ["fast", "deep"]
+    # what the loader cannot see: the loss options and reward kwargs must fit the registered functions
+    import inspect
+
+    from rewards import RewardScorer
+    from rlkit.algorithms import get_policy_loss
+    from rlkit.grpo import reward_specs
+
+    assert set(grpo.algorithm.loss_opts) <= set(inspect.signature(get_policy_loss(grpo.algorithm.policy_loss)).parameters)
+    from rewards.registry import get_reward
+
+    scorer = RewardScorer(reward_specs(grpo))  # unknown reward names raise
+    assert {p.name for p in scorer.plans} == {"math_accuracy", "exact_match", "format", "length"}
+    for r in grpo.rewards:  # rewards take **columns, so a misspelt keyword would pass silently: check by name
+        assert set(r.kwargs) <= set(inspect.signature(get_reward(r.name)).parameters), r.name
     grpo, abl = load_ablation_config(ROOT / "examples/ablation/ablation.yaml",
                                      ["ablation.cold_start.steps=7", "max_steps=3", "ablation.eval.modes=[deep]"])
     assert (abl.cold_start.steps, grpo.max_steps, abl.eval.modes) == (7, 3, ["deep"])
