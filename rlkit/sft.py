@@ -77,10 +77,10 @@ def load_image(image: Any):
     return None if image is None else open_image(image)
 
 
-def mode_rows(rows, *, modes: Sequence[str] = ("fast", "deep"), prompt_column: str = "prompt",
-              answer_column: str = "answer", reasoning_column: str = "reasoning") -> list[dict]:
-    """Cold-start rows teaching both formats: each source row once per mode in `modes`, as
-    `{"prompt", "answer": target, "mode"}` (other columns kept). fast: target = the answer; deep: target =
+def mode_rows(rows, *, modes: Sequence[str] = ("fast", "deep"), answer_column: str = "answer",
+              reasoning_column: str = "reasoning", mode_column: str = "mode") -> list[dict]:
+    """Cold-start rows teaching both formats: each source row once per mode in `modes`, with its answer column
+    replaced by the target and `mode_column` set (other columns kept). fast: target = the answer; deep: target =
     `deep_response(reasoning, answer)`, the think block then the answer, as the format reward expects."""
     from rlkit.models.chat_template import deep_response
     from rlkit.records import DEEP, MODES
@@ -95,7 +95,7 @@ def mode_rows(rows, *, modes: Sequence[str] = ("fast", "deep"), prompt_column: s
                 raise ValueError(f"row {i}: a deep cold-start row needs a non-empty {reasoning_column!r} column")
             answer = str(r[answer_column])
             target = deep_response(str(r[reasoning_column]), answer) if mode == DEEP else answer
-            out.append({**r, answer_column: target, "mode": mode})
+            out.append({**r, answer_column: target, mode_column: mode})
     return out
 
 
