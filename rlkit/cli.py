@@ -4,6 +4,7 @@
     rlkit dpo --config FILE [key.sub=value ...] [--resume]
     rlkit rlaifv --config FILE [key.sub=value ...]
     rlkit eval --config FILE --checkpoint DIR [--out PATH] [--split test] [--limit N] [key.sub=value ...]
+    rlkit ablation --config FILE [key.sub=value ...]
     rlkit build-tiny --kind vlm|text --out DIR [--tokenizer small|qwen] [--data easy_vqa]
 
 Config errors are printed as one line naming the key, with exit status 2, before anything starts.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import sys
 
 
@@ -64,6 +66,20 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_ablation(args) -> int:
+    from rlkit.runtime_env import apply_defaults
+
+    apply_defaults(VLLM_LOGGING_LEVEL="ERROR", TRANSFORMERS_VERBOSITY="error", HF_HUB_DISABLE_PROGRESS_BARS="1")
+    from rlkit.ablation import load_ablation_config, run_ablation
+
+    grpo, abl = load_ablation_config(args.config, args.overrides)
+    result = run_ablation(grpo, abl)
+    print((pathlib.Path(grpo.output_dir) / "ablation.md").read_text())
+    print(f"rlkit ablation: wrote ablation.json, ablation.md, ablation.png in {grpo.output_dir} "
+          f"({result['wall_s']:.0f} s)")
+    return 0
+
+
 def cmd_build_tiny(args) -> int:
     from rlkit.data import load_source
     from rlkit.models.loading import build_tiny
@@ -112,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--limit", type=int, default=None, help="held-out rows (default: data.eval_limit; 0: all)")
     e.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rollout.engine=hf trainer.eval_modes=[fast]")
     e.set_defaults(fn=cmd_eval)
+
+    a = sub.add_parser("ablation", help="hybrid vs deep-only GRPO from one cold start: table and plot (docs/ablation.md)")
+    a.add_argument("--config", required=False, help="YAML config file: a GRPO config plus an `ablation:` section")
+    a.add_argument("overrides", nargs="*", help="dotted overrides, e.g. max_steps=100 ablation.cold_start.steps=300")
+    a.set_defaults(fn=cmd_ablation)
 
     b = sub.add_parser("build-tiny", help="write a tiny deterministic policy (model + tokenizer/processor)")
     b.add_argument("--kind", choices=("text", "vlm"), required=True)

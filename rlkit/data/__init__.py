@@ -3,7 +3,7 @@
 Canonical columns: `prompt` (text, required), `image` (one path/PIL image) or `images` (a list; optional),
 `answer` (optional unless a reward needs it), anything else passes through to the rewards by name.
 Sources, in the order they are tried:
-1. a built-in offline source by name (`BUILTIN`: `easy_vqa`, `arithmetic`);
+1. a built-in offline source by name (`BUILTIN_NAMES`: `easy_vqa`, `arithmetic`, `arith_chain`);
 2. a local file or folder (json, jsonl, csv, parquet, or a `save_to_disk` folder);
 3. otherwise a hub data set name (the only case that touches the network).
 
@@ -27,13 +27,14 @@ class DataError(ValueError):
 
 
 def _builtin() -> dict[str, Callable]:
+    from rlkit.data.arith_chain import load_arith_chain
     from rlkit.data.arithmetic import load_arithmetic
     from rlkit.data.easy_vqa import load_easy_vqa
 
-    return {"easy_vqa": load_easy_vqa, "arithmetic": load_arithmetic}
+    return {"easy_vqa": load_easy_vqa, "arithmetic": load_arithmetic, "arith_chain": load_arith_chain}
 
 
-BUILTIN_NAMES = ("easy_vqa", "arithmetic")
+BUILTIN_NAMES = ("easy_vqa", "arithmetic", "arith_chain")
 
 
 def load_source(source: str, split: str = "train", *, limit: int = 0, seed: int = 0, **kwargs):

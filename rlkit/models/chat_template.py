@@ -48,3 +48,13 @@ QWEN_SPECIAL_TOKENS = [
     "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>", THINK_OPEN, THINK_CLOSE,
 ]
 N_SPECIAL = 14  # QWEN_SPECIAL_TOKENS[:N_SPECIAL] are special; the rest are plain added tokens
+
+
+def deep_response(reasoning: str, answer: str) -> str:
+    r"""A deep-mode response in Qwen3's layout, the mirror of the fast prompt's empty block:
+    `<think>\n{reasoning}\n</think>\n\n{answer}` (what `rewards.structure.format_ok(..., "deep")` accepts).
+
+    >>> deep_response("2 + 2 = 4", "4")
+    '<think>\n2 + 2 = 4\n</think>\n\n4'
+    """
+    return f"{THINK_OPEN}\n{reasoning.strip()}\n{THINK_CLOSE}\n\n{answer}"
