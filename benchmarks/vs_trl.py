@@ -413,6 +413,29 @@ def format_sweep(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_phases(results: list[dict]) -> str:
+    """Where rlkit's step goes (median seconds per phase, from metrics.jsonl's time/* keys) beside the floor."""
+    lines = ["| size | model | rollout s | reward s | update s (worker compute) | sync s | step s "
+             "| floor: generation s | floor: fwd+bwd+AdamW s |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in results:
+        p, f = r.get("rlkit_phases") or {}, r.get("floor_parts") or {}
+        lines.append(f"| {r['size']} | {r['model']} | {_f(p.get('rollout_s'))} | {_f(p.get('reward_s'))} "
+                     f"| {_f(p.get('update_s'))} ({_f(p.get('update_compute_s'))}) | {_f(p.get('sync_s'))} "
+                     f"| {_f(p.get('step_s'))} | {_f(f.get('generation_s'))} | {_f(f.get('train_s'))} |")
+    return "\n".join(lines)
+
+
+def render(files: list[str]) -> str:
+    results = [json.loads(pathlib.Path(f).read_text()) for f in files]
+    out = [format_table([r["case"] for r in results]), "", format_phases([r["case"] for r in results])]
+    for r in results:
+        if r.get("sweep"):
+            c = r["case"]
+            out += ["", f"completion-length sweep (rlkit), {c['size']} {c['model']}, {c['prompts']} x {c['n']}:", "",
+                    format_sweep(r["sweep"])]
+    return "\n".join(out)
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", choices=tuple(SIZES), default="small")
@@ -425,6 +448,7 @@ def parse_args(argv=None):
     ap.add_argument("--tokens", default="", help="rlkit-only completion-length sweep, e.g. 64,128,256 (realistic)")
     ap.add_argument("--skip", default="", help="comma list of sides to skip: rlkit,trl,floor")
     ap.add_argument("--out", default="")
+    ap.add_argument("--render", default="", help="only print the tables of earlier --out files (comma list)")
     # child-process mode
     ap.add_argument("--side", choices=("rlkit", "trl", "floor"), default=None, help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", default="", help=argparse.SUPPRESS)
@@ -449,6 +473,9 @@ def case_of(args) -> Case:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.render:
+        print(render([f for f in args.render.split(",") if f]))
+        return 0
     case = case_of(args)
     if args.side:
         fn = {"rlkit": side_rlkit, "floor": side_floor}.get(args.side)
@@ -493,6 +520,8 @@ def main(argv=None) -> int:
         print(f"vs_trl: sweep T={t}: " + (f"{row['step_s']:.3f} s" if "step_s" in row else row["error"]), flush=True)
     print()
     print(format_table([result["case"]]))
+    print()
+    print(format_phases([result["case"]]))
     if result["sweep"]:
         print()
         print(format_sweep(result["sweep"]))

@@ -68,6 +68,7 @@ def test_summary_and_tables(vs_trl):
     table = vs_trl.format_table([s])
     assert "| small | text | 1 x 4 x 16 | 0.200 | 0.200 | 0.050 | 1.00 | 4.00 | 1000 / 800 / 2000 | transformers |" in table
     assert "PolicyWorker 650, driver 700" in table
+    assert "| small | text | 0.100 | 0.000 | 0.050 (-) | 0.050 | 0.200 | 0.025 | 0.025 |" in vs_trl.format_phases([s])
 
     broken = [_rep(0.1, 0.2, 0.05)]
     broken[0]["trl"] = {"error": "exit 1", "log_tail": "boom"}
