@@ -512,11 +512,15 @@ def main(argv=None) -> int:
                    else f"ERROR {res['error']}\n" + res.get("log_tail", "")[-1500:])
             print(f"vs_trl: rep {rep} {side}: {msg}", flush=True)
         reps.append(r)
+    out = pathlib.Path(args.out or f"benchmarks/results/vs_trl-{case.size}-{case.model}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     result = {"case": summarize(case, reps), "sweep": [], "trl_vllm_probe": trl_probe}
+    out.write_text(json.dumps(result, indent=1))  # written again after each sweep row: a long run keeps its results
     for t in args.token_list:
         row = run_side("rlkit", dataclasses.replace(case, tokens=t), model_dir, args, tokens=t)
         row["tokens"] = t
         result["sweep"].append(row)
+        out.write_text(json.dumps(result, indent=1))
         print(f"vs_trl: sweep T={t}: " + (f"{row['step_s']:.3f} s" if "step_s" in row else row["error"]), flush=True)
     print()
     print(format_table([result["case"]]))
@@ -525,8 +529,6 @@ def main(argv=None) -> int:
     if result["sweep"]:
         print()
         print(format_sweep(result["sweep"]))
-    out = pathlib.Path(args.out or f"benchmarks/results/vs_trl-{case.size}-{case.model}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")
     return 0
