@@ -33,6 +33,7 @@ def init_ray(address: str = "", num_cpus: int = 0) -> None:
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_worker_niceness", "0")  # actors at the driver's priority (runtime_env.py)
     if address:
         ray.init(address=address, log_to_driver=True)
     else:

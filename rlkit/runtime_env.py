@@ -13,6 +13,9 @@ DEFAULTS = {
     "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB; vLLM's CPU backend refuses to start without it
     "RAY_AUTH_MODE": "disabled",  # local Ray without a token file in the home folder
     "RAY_USAGE_STATS_ENABLED": "0",
+    # Ray starts its workers 15 nice levels below the driver: the rollout and policy actors, which do all of a
+    # step's work, then lose the CPU to any other process (docs/performance.md)
+    "RAY_worker_niceness": "0",
 }
 
 

@@ -46,6 +46,10 @@ from rollout.base import Completion, RolloutRequest, SamplingConfig, banned_ids,
 _FUSED_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
+# Scheduler token budget on CPU (prompts of one step prefilled in one chunk: see VLLMEngine.__init__).
+CPU_MAX_BATCHED_TOKENS = 65536
+
+
 def _check_fused_complete(names: Iterable[str]) -> None:
     names = set(names)
     for name in names:
@@ -193,6 +197,11 @@ class VLLMEngine:
         )
         if on_cpu:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
+            # vLLM 0.32's CPU runner crashes ("CPU Generator does not use offset") when a seeded request is
+            # prefilled in chunks, and requests are seeded: a batch whose prompts exceed the default 4,096
+            # tokens per scheduler step (16 x 8 vision-language prompts do) would kill the engine. A larger
+            # budget keeps every prefill in one chunk (docs/performance.md).
+            kwargs["max_num_batched_tokens"] = max(CPU_MAX_BATCHED_TOKENS, max_model_len)
         else:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         if self.is_multimodal:
