@@ -136,8 +136,9 @@ class LoggingConfig:
 
 @dataclasses.dataclass
 class RayConfig:
-    address: str = ""  # "" starts a local Ray on this machine (bound to 127.0.0.1); "auto" or host:port joins a cluster
+    address: str = ""  # "" starts a local Ray on this machine (see ray.loopback); "auto" or host:port joins a cluster started with `ray start` (docs/scaling.md)
     num_cpus: int = 0  # CPUs for a local Ray (0: all of this machine's)
+    loopback: bool = True  # a local Ray listens on 127.0.0.1 only (false: on the machine's address, reachable from other hosts)
 
 
 @dataclasses.dataclass

@@ -228,7 +228,7 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
     log = RunLog(p.out, tensorboard=cfg.logging.tensorboard, log_samples=cfg.logging.log_samples,
                  resume_step=start if p.resume_from else None)
 
-    init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.loopback)
     policy = _policy(cfg, p.start_model, p.base_model, p.out)
     engine = _engines(cfg, p.start_model)
     engine.restarts = state.get("rollout_worker_restarts", 0)

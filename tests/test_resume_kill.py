@@ -63,6 +63,8 @@ def test_sigkill_mid_step_then_resume_matches_an_uninterrupted_run(tmp_path):
     time.sleep(0.3)  # step 3 is under way (rollout, scoring or the update)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    time.sleep(2)
+    assert not _session_processes(proc.pid)  # Ray's processes went with the group (none left running)
     assert proc.returncode == -signal.SIGKILL
     assert not (ck / "step_4").exists()  # killed before the end
     done = sorted(int(d.name.split("_")[1]) for d in ck.glob("step_*") if (d / "COMPLETE").exists())
@@ -84,6 +86,7 @@ def test_sigkill_mid_step_then_resume_matches_an_uninterrupted_run(tmp_path):
     # everything the checkpoint restores continues: the filter's EMA, data position, totals, RNG
     ra = json.loads((tmp_path / "straight/checkpoints/step_4/run_state.json").read_text())
     rb = json.loads((ck / "step_4/run_state.json").read_text())
+    assert ra.pop("base_model") != rb.pop("base_model")  # each run's own folder
     assert ra == rb
     wa = load_file(tmp_path / "straight/checkpoints/step_4/model.safetensors")
     wb = load_file(ck / "step_4/model.safetensors")
@@ -96,3 +99,16 @@ def test_sigkill_mid_step_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert ta["step"] == tb["step"] == 4
     for sa_, sb_ in zip(ta["optimizer"]["state"].values(), tb["optimizer"]["state"].values()):
         torch.testing.assert_close(sb_["exp_avg_sq"], sa_["exp_avg_sq"], rtol=0, atol=1e-9)
+
+
+def _session_processes(sid: int) -> list[int]:
+    """Processes still alive in session `sid` (the killed run started its own)."""
+    out = []
+    for d in pathlib.Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if os.getsid(int(d.name)) == sid:
+                    out.append(int(d.name))
+            except (ProcessLookupError, PermissionError):
+                pass
+    return out

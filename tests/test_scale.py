@@ -170,3 +170,59 @@ def _dead_actor():
     a = spawn(EngineActor, "hf", model_path="/nonexistent", num_cpus=0.5)
     ray.kill(a)
     return a
+
+
+def test_dead_policy_rank_stops_with_a_clear_message(tiny_text_path, ray_local):
+    """Rank 1 dies: rank 0 would wait in the gradient all-reduce; the group kills it and names the rank."""
+    import ray
+
+    from rlkit.orchestration import spawn
+    from rlkit.pool import PolicyGroup, PolicyRank, PolicyRankError
+
+    group = PolicyGroup(lambda rank: spawn(PolicyRank, tiny_text_path, num_cpus=0.5, lr=1e-2), 2,
+                        where=lambda: "/runs/x/checkpoints/step_3")
+    items = _items(PolicyRank(tiny_text_path))
+    group.train_step(items)
+    ray.kill(group.ranks[1])
+    with pytest.raises(PolicyRankError, match=r"policy rank 1 .*step_3 \(continue with --resume\)"):
+        group.train_step(items)
+    with pytest.raises(ray.exceptions.RayActorError):  # rank 0 was stopped too, not left in the collective
+        ray.get(group.ranks[0].pid.remote(), timeout=30)
+
+
+@pytest.mark.parametrize("key", ["rollout.num_workers=0", "trainer.num_ranks=0", "rollout.max_retries=-1"])
+def test_scale_keys_are_checked(key, tmp_path):
+    from rlkit.config import ConfigError, GRPOConfig, check_grpo, load_config
+
+    cfg = load_config(GRPOConfig, None, [f"output_dir={tmp_path}", key])
+    with pytest.raises(ConfigError, match=key.split("=")[0]):
+        check_grpo(cfg)
+
+
+def test_local_ray_listens_on_loopback_only(ray_local):
+    """Every TCP socket that the local Ray's processes (GCS, raylet, agents, workers) listen on is 127.0.0.1."""
+    import psutil
+    import ray
+
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
+    node = ray._private.worker._global_node
+    root_pids = {info.process.pid for infos in node.all_processes.values() for info in infos if info.process}
+    procs = set()
+    for pid in root_pids:
+        try:
+            p = psutil.Process(pid)
+            procs |= {p, *p.children(recursive=True)}
+        except psutil.NoSuchProcess:
+            pass
+    listening = [c.laddr for p in procs for c in _tcp(p) if c.status == psutil.CONN_LISTEN]
+    assert listening  # not vacuous: the GCS and the raylet listen somewhere
+    assert all(addr.ip in ("127.0.0.1", "::ffff:127.0.0.1") for addr in listening), listening
+
+
+def _tcp(p):
+    import psutil
+
+    try:
+        return p.net_connections(kind="tcp")
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
