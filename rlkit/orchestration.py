@@ -100,16 +100,3 @@ class EngineActor:
 
     def close(self) -> None:
         self.engine.close()
-
-
-class ActorEngine:
-    """An `EngineActor` handle seen as a plain engine (`generate` blocks on the actor), for code that takes
-    any `rollout.Engine`, such as `rlkit.evaluate.evaluate_modes`."""
-
-    def __init__(self, actor):
-        self.actor = actor
-
-    def generate(self, requests, sampling):
-        import ray
-
-        return ray.get(self.actor.generate.remote(requests, sampling))
