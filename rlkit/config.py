@@ -77,6 +77,7 @@ class RolloutConfig:
     num_gpus: float = 0.0  # Ray GPUs reserved for each rollout actor (vLLM's CUDA build needs >= 1, or a fraction when sharing)
     num_workers: int = 1  # rollout engine actors; each step's requests are split across them balanced by sample count (vLLM: same samples as one worker, per-request seeds)
     max_retries: int = 2  # a rollout worker that dies is recreated (with the last synced weights) and its requests resent, at most this many times per call
+    timeout_s: float = 0.0  # a rollout worker call (generate, weight sync) longer than this counts as hung: killed, recreated, retried like a dead one (0: no limit)
     engine_kwargs: dict = dataclasses.field(default_factory=dict)  # extra vllm.LLM arguments for every engine, e.g. {tensor_parallel_size: 2} on GPUs (give each actor that many rollout.num_gpus)
 
 
@@ -327,6 +328,8 @@ def check_grpo(cfg: GRPOConfig) -> None:
                        cfg.rollout.max_retries, 0), ("trainer.num_ranks", cfg.trainer.num_ranks, 1)):
         if v < lo:
             raise ConfigError(f"config key '{key}': must be >= {lo}, got {v}")
+    if cfg.rollout.timeout_s < 0:
+        raise ConfigError("config key 'rollout.timeout_s': must be >= 0 (0: no limit)")
     if cfg.algorithm.refill_rounds < 0:
         raise ConfigError("config key 'algorithm.refill_rounds': must be >= 0")
     if cfg.trainer.mini_batch_size < 0:

@@ -152,7 +152,7 @@ def _engines(cfg: GRPOConfig, model_path: str):
     return EnginePool(lambda: spawn(EngineActor, r.engine, model_path=model_path, num_cpus=r.num_cpus,
                                     num_gpus=r.num_gpus, env={"VLLM_CPU_KVCACHE_SPACE": str(max(1, int(r.kv_cache_gib)))},
                                     **engine_options(cfg)),
-                      r.num_workers, r.max_retries)
+                      r.num_workers, r.max_retries, r.timeout_s)
 
 
 def _policy(cfg: GRPOConfig, model_path: str, base_model: str, out: pathlib.Path):

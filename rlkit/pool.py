@@ -9,7 +9,8 @@ chunk starting at offset k is sent with `seed + k`, so each request keeps the se
 `update_weights(ref)` hands every worker the same object reference: the state dict sits in Ray's object store
 once and each worker reads it from there. A worker that dies (`RayActorError`) is recreated, given the last
 synced weights (the pool keeps that reference until the next sync) and its chunk is sent again, at most
-`rollout.max_retries` times per call; `restarts` counts them for the metrics.
+`rollout.max_retries` times per call; `restarts` counts them for the metrics. With `rollout.timeout_s`, a call
+that takes longer is treated the same way (the hung worker is killed and recreated).
 
 `PolicyGroup` (trainer.num_ranks policy ranks) starts the ranks as actors; with more than one they form a
 torch.distributed group (rendezvous on rank 0's node IP: 127.0.0.1 under a local Ray, a free port). Every
@@ -47,10 +48,12 @@ def balanced_chunks(sizes: Sequence[int], parts: int) -> list[tuple[int, int]]:
 class EnginePool:
     """`rollout.num_workers` engine actors seen as one engine. `make()` returns a new engine actor handle."""
 
-    def __init__(self, make: Callable[[], object], num_workers: int = 1, max_retries: int = 2):
+    def __init__(self, make: Callable[[], object], num_workers: int = 1, max_retries: int = 2,
+                 timeout_s: float = 0.0):
         self._make = make
         self.actors = [make() for _ in range(max(1, num_workers))]
         self.max_retries = max_retries
+        self.timeout_s = timeout_s  # a call taking longer counts as a hung worker: killed and recreated (0: no limit)
         self.restarts = 0  # workers recreated over the run (metric rollout/worker_restarts)
         self._weights = None  # object ref of the last synced state dict (a recreated worker loads it)
 
@@ -80,19 +83,20 @@ class EnginePool:
         """`ray.get(ref)` of worker `w`'s call; when the worker is dead, recreate it (it loads the last synced
         weights first: an actor runs its calls in order) and `resend(actor)`, at most max_retries times."""
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import GetTimeoutError, RayActorError
 
         attempt = 0
         while True:
             try:
-                return None if ref is None else ray.get(ref)
-            except RayActorError as e:
+                return None if ref is None else ray.get(ref, timeout=self.timeout_s or None)
+            except (RayActorError, GetTimeoutError) as e:
+                what = "hung (rollout.timeout_s)" if isinstance(e, GetTimeoutError) else "died"
                 attempt += 1
                 if attempt > self.max_retries:
-                    raise RuntimeError(f"rollout worker {w} died {attempt} times in one call (config key "
+                    raise RuntimeError(f"rollout worker {w} {what} {attempt} times in one call (config key "
                                        f"'rollout.max_retries' = {self.max_retries}); last error: "
                                        f"{str(e).splitlines()[0]}") from e
-                print(f"rlkit: rollout worker {w} died ({type(e).__name__}); recreating it "
+                print(f"rlkit: rollout worker {w} {what} ({type(e).__name__}); recreating it "
                       f"(retry {attempt} of {self.max_retries})")
                 ref = self._restart(w, resend)
 

@@ -190,7 +190,8 @@ def test_dead_policy_rank_stops_with_a_clear_message(tiny_text_path, ray_local):
         ray.get(group.ranks[0].pid.remote(), timeout=30)
 
 
-@pytest.mark.parametrize("key", ["rollout.num_workers=0", "trainer.num_ranks=0", "rollout.max_retries=-1"])
+@pytest.mark.parametrize("key", ["rollout.num_workers=0", "trainer.num_ranks=0", "rollout.max_retries=-1",
+                                 "rollout.timeout_s=-1"])
 def test_scale_keys_are_checked(key, tmp_path):
     from rlkit.config import ConfigError, GRPOConfig, check_grpo, load_config
 
@@ -291,3 +292,23 @@ def _ray_processes():
             except (psutil.NoSuchProcess, AttributeError):
                 pass
     return out
+
+
+def test_hung_rollout_worker_is_recreated_then_the_call_fails_naming_the_key(tiny_text_path, ray_local):
+    """rollout.timeout_s: a call over the limit counts as a hung worker (killed, recreated, resent); past
+    rollout.max_retries the error names the key. A limit no generate call can meet makes every try hang."""
+    from rlkit.orchestration import EngineActor, spawn
+    from rlkit.pool import EnginePool
+    from rollout import RolloutRequest, SamplingConfig
+
+    pool = EnginePool(lambda: spawn(EngineActor, "hf", model_path=tiny_text_path, num_cpus=0.5), 1,
+                      max_retries=1, timeout_s=1e-4)
+    try:
+        with pytest.raises(RuntimeError, match=r"hung \(rollout.timeout_s\) 2 times .*'rollout.max_retries' = 1"):
+            pool.generate([RolloutRequest(prompt="What is 2 + 2?", n=2)], SamplingConfig(max_tokens=4, seed=0))
+        assert pool.restarts == 1
+        pool.timeout_s = 0  # the recreated worker is healthy
+        out = pool.generate([RolloutRequest(prompt="What is 2 + 2?", n=2)], SamplingConfig(max_tokens=4, seed=0))
+        assert len(out) == 1 and len(out[0]) == 2
+    finally:
+        pool.close()
