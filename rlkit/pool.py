@@ -58,8 +58,6 @@ class EnginePool:
         self._weights = None  # object ref of the last synced state dict (a recreated worker loads it)
 
     def generate(self, requests: Sequence[RolloutRequest], sampling: SamplingConfig):
-        import ray
-
         ns = requests_n(requests, sampling)
         chunks = balanced_chunks(ns, len(self.actors))
         offsets = [sum(ns[:lo]) for lo, _ in chunks]
@@ -95,7 +93,7 @@ class EnginePool:
                 if attempt > self.max_retries:
                     raise RuntimeError(f"rollout worker {w} {what} {attempt} times in one call (config key "
                                        f"'rollout.max_retries' = {self.max_retries}); last error: "
-                                       f"{str(e).splitlines()[0]}") from e
+                                       f"{_last_line(e)}") from e
                 print(f"rlkit: rollout worker {w} {what} ({type(e).__name__}); recreating it "
                       f"(retry {attempt} of {self.max_retries})")
                 ref = self._restart(w, resend)
@@ -184,8 +182,8 @@ class PolicyGroup:
                 rank = index[done[0]] if len(refs) == len(self.ranks) else 0
                 self.close()
                 last = self.where() or "none yet"
-                raise PolicyRankError(f"policy rank {rank} failed ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                                      f"the run stops. Last complete checkpoint: {last} (continue with --resume)") from e
+                raise PolicyRankError(f"policy rank {rank} failed ({_last_line(e)}); the run stops. "
+                                      f"Last complete checkpoint: {last} (continue with --resume)") from e
         return ray.get(list(refs))
 
     def close(self) -> None:
@@ -196,3 +194,9 @@ class PolicyGroup:
                 ray.kill(a)
             except Exception:
                 pass
+
+
+def _last_line(e: BaseException) -> str:
+    """The informative line of a Ray error: its last non-empty line (the remote exception), with the type."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[-1] if lines else ''}"
