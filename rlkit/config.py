@@ -73,8 +73,12 @@ class RolloutConfig:
     max_model_len: int = 1024  # vLLM: longest prompt + completion in tokens
     kv_cache_gib: float = 1.0  # vLLM CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)
     gpu_memory_utilization: float = 0.5  # vLLM GPU: share of GPU memory for the engine
-    num_cpus: float = 1.0  # Ray CPUs reserved for the rollout actor
-    num_gpus: float = 0.0  # Ray GPUs reserved for the rollout actor (vLLM's CUDA build needs >= 1, or a fraction when sharing)
+    num_cpus: float = 1.0  # Ray CPUs reserved for each rollout actor
+    num_gpus: float = 0.0  # Ray GPUs reserved for each rollout actor (vLLM's CUDA build needs >= 1, or a fraction when sharing)
+    num_workers: int = 1  # rollout engine actors; each step's requests are split across them balanced by sample count (vLLM: same samples as one worker, per-request seeds)
+    max_retries: int = 2  # a rollout worker that dies is recreated (with the last synced weights) and its requests resent, at most this many times per call
+    timeout_s: float = 0.0  # a rollout worker call (generate, weight sync) longer than this counts as hung: killed, recreated, retried like a dead one (0: no limit)
+    engine_kwargs: dict = dataclasses.field(default_factory=dict)  # extra vllm.LLM arguments for every engine, e.g. {tensor_parallel_size: 2} on GPUs (give each actor that many rollout.num_gpus)
 
 
 @dataclasses.dataclass
@@ -103,8 +107,9 @@ class TrainerConfig:
     mini_batch_size: int = 0  # sequences per optimizer step (0: the whole rollout batch, one step per epoch)
     ppo_epochs: int = 1  # passes over the rollout batch; old logprobs are computed once when there is more than one step
     shuffle_minibatches: bool = True  # every PPO epoch cuts a fresh permutation of the rollout batch into mini-batches, seeded by (seed, step, epoch) (no effect with one mini-batch)
-    num_cpus: float = 1.0  # Ray CPUs reserved for the policy actor
-    num_gpus: float = 0.0  # Ray GPUs reserved for the policy actor (0: none; 0.5 with rollout.num_gpus 0.5 shares one GPU with the engine)
+    num_cpus: float = 1.0  # Ray CPUs reserved for each policy rank actor
+    num_gpus: float = 0.0  # Ray GPUs reserved for each policy rank actor (0: none; 0.5 with rollout.num_gpus 0.5 shares one GPU with the engine)
+    num_ranks: int = 1  # policy ranks (Ray actors in one torch.distributed group: gloo on CPU, NCCL on GPU); each trains a slice of every mini-batch, gradients summed before clipping (docs/scaling.md)
     gradient_checkpointing: bool = False  # recompute activations during backward (transformers' gradient checkpointing): far less memory for about a third more compute
     device: str = "auto"  # where the policy worker trains: "auto" (CUDA when the process sees a GPU, else CPU), "cpu", "cuda", "cuda:1"
     accuracy_reward: str = ""  # the reward (name as in reward/<name>/mean) whose score is "accuracy" in mode/<m>/accuracy and evaluations ("": the first reward listed)
@@ -132,8 +137,9 @@ class LoggingConfig:
 
 @dataclasses.dataclass
 class RayConfig:
-    address: str = ""  # "" starts a local Ray on this machine (bound to 127.0.0.1); "auto" or host:port joins a cluster
+    address: str = ""  # "" starts a local Ray on this machine (see ray.loopback); "auto" or host:port joins a cluster started with `ray start` (docs/scaling.md)
     num_cpus: int = 0  # CPUs for a local Ray (0: all of this machine's)
+    loopback: bool = True  # a local Ray listens on 127.0.0.1 only (false: on the machine's address, reachable from other hosts)
 
 
 @dataclasses.dataclass
@@ -318,6 +324,12 @@ def check_grpo(cfg: GRPOConfig) -> None:
     for i, r in enumerate(cfg.rewards):
         if bool(r.name) == bool(r.path):
             raise ConfigError(f"config key 'rewards[{i}]': give exactly one of 'name' or 'path'")
+    for key, v, lo in (("rollout.num_workers", cfg.rollout.num_workers, 1), ("rollout.max_retries",
+                       cfg.rollout.max_retries, 0), ("trainer.num_ranks", cfg.trainer.num_ranks, 1)):
+        if v < lo:
+            raise ConfigError(f"config key '{key}': must be >= {lo}, got {v}")
+    if cfg.rollout.timeout_s < 0:
+        raise ConfigError("config key 'rollout.timeout_s': must be >= 0 (0: no limit)")
     if cfg.algorithm.refill_rounds < 0:
         raise ConfigError("config key 'algorithm.refill_rounds': must be >= 0")
     if cfg.trainer.mini_batch_size < 0:

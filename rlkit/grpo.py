@@ -139,24 +139,30 @@ def engine_options(cfg: GRPOConfig) -> dict:
     r = cfg.rollout
     if r.engine == "vllm":
         return dict(max_model_len=r.max_model_len, seed=cfg.seed, kv_cache_gib=r.kv_cache_gib,
-                    gpu_memory_utilization=r.gpu_memory_utilization)
+                    gpu_memory_utilization=r.gpu_memory_utilization, **dict(r.engine_kwargs))
     return {}
 
 
-def _engine(cfg: GRPOConfig, model_path: str):
+def _engines(cfg: GRPOConfig, model_path: str):
+    """rollout.num_workers engine actors as one engine (rlkit/pool.py)."""
     from rlkit.orchestration import EngineActor, spawn
+    from rlkit.pool import EnginePool
 
     r = cfg.rollout
-    return spawn(EngineActor, r.engine, model_path=model_path, num_cpus=r.num_cpus, num_gpus=r.num_gpus,
-                 env={"VLLM_CPU_KVCACHE_SPACE": str(max(1, int(r.kv_cache_gib)))}, **engine_options(cfg))
+    return EnginePool(lambda: spawn(EngineActor, r.engine, model_path=model_path, num_cpus=r.num_cpus,
+                                    num_gpus=r.num_gpus, env={"VLLM_CPU_KVCACHE_SPACE": str(max(1, int(r.kv_cache_gib)))},
+                                    **engine_options(cfg)),
+                      r.num_workers, r.max_retries, r.timeout_s)
 
 
-def _policy(cfg: GRPOConfig, model_path: str, base_model: str):
+def _policy(cfg: GRPOConfig, model_path: str, base_model: str, out: pathlib.Path):
+    """trainer.num_ranks policy rank actors (rlkit/pool.py); rank 0 leads."""
     from rlkit.orchestration import spawn
-    from rlkit.worker import PolicyWorker
+    from rlkit.pool import PolicyGroup, PolicyRank
 
     t, a = cfg.trainer, cfg.algorithm
-    return spawn(PolicyWorker, model_path, num_cpus=t.num_cpus, num_gpus=t.num_gpus, device=t.device,
+    return PolicyGroup(lambda rank: spawn(
+                 PolicyRank, model_path, num_cpus=t.num_cpus, num_gpus=t.num_gpus, device=t.device,
                  gradient_checkpointing=t.gradient_checkpointing, dtype=cfg.model.dtype, freeze=list(cfg.model.freeze),
                  lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas), max_grad_norm=t.max_grad_norm,
                  micro_batch_size=t.micro_batch_size, mini_batch_size=t.mini_batch_size, ppo_epochs=t.ppo_epochs,
@@ -164,7 +170,8 @@ def _policy(cfg: GRPOConfig, model_path: str, base_model: str):
                  policy_loss=a.policy_loss, loss_opts=dict(a.loss_opts), kl_coef=a.kl_coef,
                  kl_estimator=a.kl_estimator, kl_in_reward=a.kl_in_reward, reference_path=base_model,
                  temperature=cfg.rollout.temperature, lora=dict(cfg.model.lora) or None, seed=cfg.seed,
-                 num_threads=max(1, int(t.num_cpus)))
+                 num_threads=max(1, int(t.num_cpus))),
+        t.num_ranks, where=lambda: str(ckpt.latest(out) or ""))
 
 
 class StepRows:
@@ -210,6 +217,7 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
         rng.setstate(_tuple(state["rng"]))
     stream = PromptStream(p.data, seed=cfg.seed, shuffle=cfg.data.shuffle, position=state.get("data_position", 0))
     rows_src = StepRows(cfg, stream)
+    rows_src.skipped = state.get("skipped_rows", 0)
     tokens_total = state.get("tokens_sampled_total", 0)
     mode_metrics = ModeMetrics(p.accuracy_reward, state.get("mode_tokens_sampled_total"))
     processor = load_processor(p.start_model)
@@ -220,13 +228,14 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
     log = RunLog(p.out, tensorboard=cfg.logging.tensorboard, log_samples=cfg.logging.log_samples,
                  resume_step=start if p.resume_from else None)
 
-    init_ray(cfg.ray.address, cfg.ray.num_cpus)
-    policy = _policy(cfg, p.start_model, p.base_model)
-    engine = _engine(cfg, p.start_model)
-    p.resources.policy = PolicyLogprobs(policy, tokenizer_of(processor))
+    init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.loopback)
+    policy = _policy(cfg, p.start_model, p.base_model, p.out)
+    engine = _engines(cfg, p.start_model)
+    engine.restarts = state.get("rollout_worker_restarts", 0)
+    p.resources.policy = PolicyLogprobs(policy.leader, tokenizer_of(processor))
     p.scorer.start()  # reward worker processes warm up while the engine starts
     if p.resume_from:
-        ray.get(policy.load_trainer_state.remote(str(p.resume_from)))
+        policy.load_trainer_state(str(p.resume_from))
     held_out = _held_out(cfg, p, engine, processor)
     last: dict = {}
     bar = tqdm(total=cfg.max_steps, initial=start, disable=not cfg.logging.progress, desc="grpo", unit="step")
@@ -246,7 +255,7 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
                 if cfg.algorithm.kl_in_reward:
                     from rlkit.worker import kl_penalized_rewards
 
-                    seq_kl = torch.tensor(ray.get(policy.reference_kl.remote(
+                    seq_kl = torch.tensor(ray.get(policy.leader.reference_kl.remote(
                         [TrainItem(s.prompt_text, s.row.images, s.completion_ids, 0.0, []) for s in samples])))
                     rewards_t = kl_penalized_rewards(rewards_t, seq_kl, cfg.algorithm.kl_coef)
                     kl_metrics = {"kl/reward_seq_k1_mean": float(seq_kl.mean()),
@@ -262,13 +271,13 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
             use_rollout_lp = cfg.rollout.temperature == 1.0  # engine logprobs are untempered
             items = [TrainItem(s.prompt_text, s.row.images, s.completion_ids, s.advantage,
                                s.rollout_logprobs if use_rollout_lp else []) for s in samples]
-            train_metrics = ray.get(policy.train_step.remote(items)) if items else {"train/update_skipped": 1.0}
+            train_metrics = policy.train_step(items) if items else {"train/update_skipped": 1.0}
             t_update = time.perf_counter() - t0
 
-            # ---- sync: weights go policy actor -> object store -> engine actor (never through the driver)
+            # ---- sync: weights go policy rank 0 -> object store (once) -> every engine actor (never the driver)
             t0 = time.perf_counter()
             if items:
-                ray.get(engine.update_weights.remote(policy.state_dict.remote()))
+                engine.update_weights(policy.state_dict())
             t_sync = time.perf_counter() - t0
 
             # ---- log
@@ -283,6 +292,7 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
                        "completion/truncated_frac": sum(s.finish_reason == "length" for s in everything) / n_all,
                        "tokens/sampled": sampled, "tokens/sampled_total": tokens_total,
                        "data/skipped_rows": rows_src.skipped, "reward/failures": len(result.failures),
+                       "rollout/worker_restarts": engine.restarts,
                        "time/rollout_s": t_rollout, "time/reward_s": t_reward, "time/update_s": t_update,
                        "time/sync_s": t_sync, "time/step_s": t_rollout + t_reward + t_update + t_sync}
             log.log_step(step, metrics, [s.log_record() for s in samples])
@@ -298,13 +308,14 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
             every = cfg.logging.save_every
             if step == cfg.max_steps or (every and step % every == 0):
                 staging = ckpt.staging_dir(p.out, step)
-                ray.get(policy.save.remote(str(staging)))
+                policy.save(str(staging))
                 (staging / REWARD_STATE).write_text(json.dumps({k: st.state_dict() for k, st in states.items()}))
                 final = ckpt.finalize(p.out, step, staging, {
                     "step": step, "data_position": stream.position, "rng": _jsonable_state(rng.getstate()),
                     "tokens_sampled_total": tokens_total, "base_model": p.base_model,
                     "group_filter": group_filter.state_dict(),
                     "mode_tokens_sampled_total": mode_metrics.state_dict(),
+                    "skipped_rows": rows_src.skipped, "rollout_worker_restarts": engine.restarts,
                 }, keep=cfg.logging.keep_checkpoints)
                 last["checkpoint"] = str(final)
     finally:
@@ -313,11 +324,8 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
         p.scorer.close()
         if p.resources.claim_lm is not None:
             p.resources.claim_lm.engine.close()
-        for actor in (engine, policy):
-            try:
-                ray.kill(actor)
-            except Exception:
-                pass
+        for group in (engine, policy):
+            group.close()
     return last
 
 
@@ -326,10 +334,8 @@ def _held_out(cfg: GRPOConfig, p: Prepared, engine, processor) -> HeldOutEval | 
     graded by the accuracy reward of the run's scorer; None when off."""
     if not p.eval_rows:
         return None
-    from rlkit.orchestration import ActorEngine
-
     score = reward_score_fn(p.scorer, p.accuracy_reward, processor, cfg.data.system_prompt)
-    return HeldOutEval(cfg, p.eval_rows, ActorEngine(engine), processor, score)
+    return HeldOutEval(cfg, p.eval_rows, engine, processor, score)
 
 
 @dataclasses.dataclass
@@ -371,8 +377,6 @@ def _collect(cfg: GRPOConfig, engine, processor, rows_src, scorer, group_filter,
 
 def _rollout(cfg: GRPOConfig, engine, processor, rows, rng: random.Random, step: int, round_: int = 0) -> list[Sample]:
     """Each row's n samples, grouped by mode into engine requests; group = the row's index in `rows`."""
-    import ray
-
     ratio = deep_ratio_at(step, cfg.modes.deep_ratio, cfg.modes.schedule)
     modes = assign_modes(rows, cfg.rollout.n, ratio, cfg.modes.per, rng)
     requests, owners = [], []
@@ -386,7 +390,7 @@ def _rollout(cfg: GRPOConfig, engine, processor, rows, rng: random.Random, step:
     r = cfg.rollout
     sampling = SamplingConfig(temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens, n=r.n,
                               seed=cfg.seed * 100003 + step + 1000003 * round_)  # a refill round gets new seeds
-    outs = ray.get(engine.generate.remote(requests, sampling))
+    outs = engine.generate(requests, sampling)
     return [Sample(step, g, rows[g], mode, text, c.text, list(c.token_ids), list(c.logprobs), c.finish_reason)
             for (g, mode, text), group in zip(owners, outs) for c in group]
 

@@ -1,7 +1,8 @@
 """Ray placement: start or join Ray, and put the policy worker and rollout engine in actors.
 
-The only module (with the drivers) that imports Ray. Local runs bind Ray to 127.0.0.1 and turn off its
-dashboard and token auth; `ray.address` joins an existing cluster (`ray start --head` on the head node).
+The only modules (with rlkit/pool.py and the drivers) that import Ray. Local runs bind every Ray service to
+127.0.0.1 and turn off its dashboard and token auth (`init_ray`); `ray.address` joins an existing cluster
+(`ray start --head` on the head node, docs/scaling.md).
 Every actor gets one torch/OpenMP thread per reserved CPU (2-core machines are 10-30x slower otherwise).
 """
 from __future__ import annotations
@@ -26,7 +27,16 @@ def actor_env(num_cpus: float, extra: dict | None = None) -> dict:
     return env
 
 
-def init_ray(address: str = "", num_cpus: int = 0) -> None:
+def init_ray(address: str = "", num_cpus: int = 0, loopback: bool = True) -> None:
+    """Join the cluster at `address`, or start a local Ray (`num_cpus`, 0: all cores) without a dashboard.
+
+    `loopback` (local Ray only): every Ray service (GCS, raylet, object manager, workers, runtime-env agent)
+    listens on 127.0.0.1 only. Ray 2.60 turns `_node_ip_address="127.0.0.1"` into the machine's address
+    (`services.resolve_ip_for_localhost`) and its servers then listen on every interface; only its
+    single-machine mode (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, read into `ray_constants.ENABLE_RAY_CLUSTER`
+    when Ray is imported) uses the loopback address as the node address, so both are set here.
+    tests/test_scale.py checks the listening sockets.
+    """
     import ray
 
     if ray.is_initialized():
@@ -37,6 +47,11 @@ def init_ray(address: str = "", num_cpus: int = 0) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
+        if loopback:
+            from ray._private import ray_constants
+
+            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # inherited by every Ray process started here
+            ray_constants.ENABLE_RAY_CLUSTER = False  # Ray may have been imported before the line above
         ray.init(
             num_cpus=num_cpus or os.cpu_count(),
             include_dashboard=False,
@@ -86,16 +101,3 @@ class EngineActor:
 
     def close(self) -> None:
         self.engine.close()
-
-
-class ActorEngine:
-    """An `EngineActor` handle seen as a plain engine (`generate` blocks on the actor), for code that takes
-    any `rollout.Engine`, such as `rlkit.evaluate.evaluate_modes`."""
-
-    def __init__(self, actor):
-        self.actor = actor
-
-    def generate(self, requests, sampling):
-        import ray
-
-        return ray.get(self.actor.generate.remote(requests, sampling))

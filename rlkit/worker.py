@@ -22,6 +22,15 @@ computed once, in one no-grad pass over the first epoch's layout, before the fir
 accumulate gradients; each micro-batch's loss is rescaled so that the sum equals the loss of its whole
 mini-batch under the configured aggregation (see `_aggregation_scale`).
 
+Several ranks (`join_group`, trainer.num_ranks): every rank holds a full replica (model and optimizer) and
+receives the whole rollout batch; each mini-batch's rows are cut into `world_size` contiguous slices and a
+rank runs forward/backward on its slice only. Each micro-batch's loss is scaled as its share of the WHOLE
+mini-batch's aggregate (the same `_aggregation_scale`, with the slice's offset), so the summed gradient is
+the mini-batch's gradient; it is all-reduced (one flat buffer, sum) before clipping, and every rank takes
+the identical optimizer step (the same decision on non-finite values too). Metrics are merged across ranks.
+That is DDP's data parallelism written out (gloo on CPU, NCCL on GPUs); FSDP2 sharding is the path for
+models whose optimizer state does not fit one device (not done here, see docs/scaling.md).
+
 KL to the reference policy: in the loss (`kl_coef * aggregation(k)`, default), or, with `kl_in_reward`, as a
 k1 penalty the driver subtracts from each reward before advantages (`reference_kl`, `kl_penalized_rewards`).
 The reference is a frozen copy loaded from `reference_path`, except with LoRA when only adapters train and the
@@ -126,6 +135,7 @@ class PolicyWorker:
             self.ref_model.to(self.device).eval().requires_grad_(False)
         self.step = 0
         self.skipped_updates = 0
+        self.rank, self.world_size = 0, 1  # join_group sets them for trainer.num_ranks > 1
         self._encoded: dict[tuple, dict] = {}  # prompt encodings of the current step (see _encode_prompts)
 
     # ------------------------------------------------------------------------------------------ encoding
@@ -229,33 +239,43 @@ class PolicyWorker:
         g = torch.Generator().manual_seed(int.from_bytes(key, "little"))
         return torch.randperm(n, generator=g).tolist()
 
-    def _layout(self, items: list[TrainItem], prompts: list[dict], order: list[int]) -> list[list[dict]]:
-        """Mini-batches (one optimizer step each) of micro-batches (one forward/backward each) over `order`.
-
-        Each micro-batch is a batch dict (see `_batch`) plus `rows`: the indices into `items` of its B rows.
-        """
+    def _layout(self, items: list[TrainItem], prompts: list[dict], order: list[int]) -> list[tuple[list, list]]:
+        """Mini-batches (one optimizer step each) over `order`: (rows, micro_batches) with `rows` every index
+        into `items` of the mini-batch, and `micro_batches` (one forward/backward each) covering this rank's
+        contiguous slice of them (all of them with one rank). Each micro-batch is a batch dict (see `_batch`)
+        plus `rows` (the indices into `items` of its B rows) and `start` (its first row's position in the
+        mini-batch)."""
         mini = self.mini_batch_size or len(items)
         out = []
         for m in range(0, len(order), mini):
             part = order[m:m + mini]
-            out.append([])
-            for s in range(0, len(part), self.micro_batch_size):
-                rows = part[s:s + self.micro_batch_size]
-                out[-1].append({**self._batch([items[r] for r in rows], [prompts[r] for r in rows]), "rows": rows})
+            lo, hi = len(part) * self.rank // self.world_size, len(part) * (self.rank + 1) // self.world_size
+            mbs = []
+            for s in range(lo, hi, self.micro_batch_size):
+                rows = part[s:min(s + self.micro_batch_size, hi)]
+                mbs.append({**self._batch([items[r] for r in rows], [prompts[r] for r in rows]), "rows": rows,
+                            "start": s})
+            out.append((part, mbs))
         return out
 
     @torch.no_grad()
-    def _old_logprobs(self, layout) -> list[torch.Tensor]:
-        """One no-grad pass over the layout before the first update: per item (indexed as `items`), its
-        (L_i,) old logprobs (L_i: its completion length)."""
+    def _old_logprobs(self, layout) -> dict[int, torch.Tensor]:
+        """One no-grad pass over the layout before the first update: per item (index into `items`), its
+        (L_i,) old logprobs (L_i: its completion length); with several ranks, gathered from all of them."""
         was = self.model.training
         self.model.eval()
         old: dict[int, torch.Tensor] = {}
-        for mini in layout:
-            for mb in mini:
+        for _, mbs in layout:
+            for mb in mbs:
                 old.update(_per_item(self._logprobs(self.model, mb)[0], mb))
         self.model.train(was)
-        return [old[i] for i in range(len(old))]
+        if self.world_size > 1:  # each rank scored its own slices: gather every item's
+            import torch.distributed as dist
+
+            parts: list = [None] * self.world_size
+            dist.all_gather_object(parts, old)
+            old = {k: v for part in parts for k, v in part.items()}
+        return old
 
     def train_step(self, items: list[TrainItem]) -> dict[str, float]:
         """One rollout batch's update: `ppo_epochs` passes over mini-batches of `mini_batch_size` sequences,
@@ -281,8 +301,7 @@ class PolicyWorker:
                 layout = self._layout(items, prompts, self._order(epoch, len(items), n_mini))
             for k, mini in enumerate(layout):
                 m = self._optimizer_step(items, mini, old, ref)
-                self.update_log.append({"epoch": epoch, "mini_batch": k,
-                                        "items": [r for mb in mini for r in mb["rows"]], **m})
+                self.update_log.append({"epoch": epoch, "mini_batch": k, "items": list(mini[0]), **m})
                 w = m.pop("_weight")
                 weight_sum += w
                 loss_sum += m.pop("loss")
@@ -304,20 +323,22 @@ class PolicyWorker:
         })
         return out
 
-    def _optimizer_step(self, items: list[TrainItem], mini: list[dict], old: list[torch.Tensor] | None,
+    def _optimizer_step(self, items: list[TrainItem], mini: tuple[list, list], old: dict[int, torch.Tensor] | None,
                         ref: dict[int, torch.Tensor]) -> dict[str, float]:
         """Accumulate the gradient of one mini-batch over its micro-batches, clip, step (unless non-finite).
 
-        `old`: per-item old logprobs (None: the current ones detached); `ref`: per-item reference logprobs,
-        filled here on first use (with KL in the loss)."""
+        `mini`: (rows, micro_batches) from `_layout`. `old`: per-item old logprobs (None: the current ones
+        detached); `ref`: per-item reference logprobs, filled here on first use (with KL in the loss). With
+        several ranks, the micro-batches are this rank's slice; gradients and metrics are summed over ranks
+        before clipping, so every rank steps identically."""
         self.optimizer.zero_grad(set_to_none=True)
-        full_mask = _length_mask([len(items[r].completion_ids) for mb in mini for r in mb["rows"]])
+        mini_rows, mbs = mini
+        full_mask = _length_mask([len(items[r].completion_ids) for r in mini_rows])
         opts = dict(self.loss_opts)
         totals: dict[str, float] = {}
         weight_sum = 0.0
         loss_total = 0.0
-        start = 0  # first row of this micro-batch within the mini-batch (rows of full_mask)
-        for mb in mini:
+        for mb in mbs:
             rows = [items[r] for r in mb["rows"]]
             logp, entropy = self._logprobs(self.model, mb)
             old_lp = _gather(old, mb, logp) if old is not None else logp.detach()
@@ -332,8 +353,9 @@ class PolicyWorker:
                                norm_length=opts.get("norm_length"))
                 loss = loss + self.kl_coef * kl
                 metrics["kl"] = float(kl.detach())
-            scale = _aggregation_scale(full_mask, start, mb["mask"].cpu(), self.aggregation, opts.get("norm_length"))
-            start += len(rows)
+            # this micro-batch's share of the whole mini-batch's aggregate (over every rank's rows)
+            scale = _aggregation_scale(full_mask, mb["start"], mb["mask"].cpu(), self.aggregation,
+                                       opts.get("norm_length"))
             (loss * scale).backward()
             loss_total += float(loss.detach()) * scale
             w = float(mb["mask"].sum())
@@ -342,6 +364,8 @@ class PolicyWorker:
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + float(v) * w
         params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.world_size > 1:
+            loss_total, weight_sum, totals = self._all_reduce(params, loss_total, weight_sum, totals)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             params, self.max_grad_norm if self.max_grad_norm > 0 else float("inf")
         )
@@ -355,6 +379,50 @@ class PolicyWorker:
         out.update({"loss": loss_total, "grad_norm": float(grad_norm), "update_skipped": 0.0 if finite else 1.0,
                     "_weight": weight_sum})
         return out
+
+    def _all_reduce(self, params, loss_total: float, weight_sum: float, totals: dict) -> tuple[float, float, dict]:
+        """Sum the gradients (one flat buffer) and the metric sums over ranks; a rank whose slice was empty
+        contributes zeros."""
+        import torch.distributed as dist
+
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+            offset += n
+        parts: list = [None] * self.world_size
+        dist.all_gather_object(parts, (loss_total, weight_sum, totals))
+        merged: dict[str, float] = {}
+        for _, _, t in parts:
+            for k, v in t.items():
+                merged[k] = merged.get(k, 0.0) + v
+        return sum(p[0] for p in parts), sum(p[1] for p in parts), merged
+
+    # ------------------------------------------------------------------------------------------ ranks
+    def join_group(self, address: str, port: int, rank: int, world_size: int, backend: str = "",
+                   timeout_s: float = 600.0) -> None:
+        """Join the torch.distributed group of trainer.num_ranks policy ranks (gloo on CPU, NCCL on CUDA).
+        Every rank must have loaded the same weights (they all load the same path)."""
+        import datetime
+
+        import torch.distributed as dist
+
+        backend = backend or ("nccl" if self.device.type == "cuda" else "gloo")
+        dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+        self.rank, self.world_size = rank, world_size
+
+    def leave_group(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        self.rank, self.world_size = 0, 1
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Detached CPU weights under transformers' names (what the rollout engines load).

@@ -53,11 +53,11 @@ def test_old_logprobs_equal_compute_logprobs_before_the_update(tiny_text_path):
     expected = w.compute_logprobs(items)
     captured = []
     orig = w._old_logprobs
-    w._old_logprobs = lambda layout: captured.extend(orig(layout)) or captured
+    w._old_logprobs = lambda layout: captured.append(orig(layout)) or captured[0]
     calls = count_forwards(w)
     m = w.train_step(items)
-    assert len(captured) == len(items)  # one (L_i,) tensor per item, in the order of `items`
-    for got, exp in zip(captured, expected):
+    assert sorted(captured[0]) == list(range(len(items)))  # one (L_i,) tensor per item, keyed by its index
+    for got, exp in zip([captured[0][i] for i in range(len(items))], expected):
         assert got.tolist() == pytest.approx(exp, abs=1e-6)
     # 6 items, mini 4 -> 2 mini-batches (4 + 2), micro 2 -> 3 micro-batches; 1 old pass + 2 epochs = 9 forwards
     assert len(calls) == 9

@@ -1,0 +1,202 @@
+"""Scale-out behind the driver's two handles: a pool of rollout engine actors and a group of policy ranks.
+
+`EnginePool` (rollout.num_workers engine actors) is a plain `rollout.Engine` to the driver: `generate` splits a
+step's requests into contiguous chunks balanced by sample count (one chunk per worker), sends them at once and
+reassembles the results in request order. Sampling does not depend on which worker serves a request: every
+engine seeds each request itself (the vLLM engine gives the request at sample offset k the seed `seed + k`), and a
+chunk starting at offset k is sent with `seed + k`, so each request keeps the seed it would have had in one call.
+(The `hf` engine seeds once per call, so its samples depend on the split; use vLLM for worker-invariant runs.)
+`update_weights(ref)` hands every worker the same object reference: the state dict sits in Ray's object store
+once and each worker reads it from there. A worker that dies (`RayActorError`) is recreated, given the last
+synced weights (the pool keeps that reference until the next sync) and its chunk is sent again, at most
+`rollout.max_retries` times per call; `restarts` counts them for the metrics. With `rollout.timeout_s`, a call
+that takes longer is treated the same way (the hung worker is killed and recreated).
+
+`PolicyGroup` (trainer.num_ranks policy ranks) starts the ranks as actors; with more than one they form a
+torch.distributed group (rendezvous on rank 0's node IP: 127.0.0.1 under a local Ray, a free port). Every
+rank gets the whole batch and trains its slice (rlkit/worker.py: gradients summed before clipping, identical
+steps). Rank 0 is the `leader`: it provides the weights for the sync, scores for rewards (RLPR) and writes
+checkpoints (model, optimizer, RNG). A rank that dies or fails stops the run: the others (blocked in a
+collective) are killed and `PolicyRankError` names the rank and the last complete checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import socket
+from typing import Callable, Sequence
+
+from rlkit.worker import PolicyWorker
+from rollout.base import RolloutRequest, SamplingConfig, requests_n
+
+
+def balanced_chunks(sizes: Sequence[int], parts: int) -> list[tuple[int, int]]:
+    """Contiguous (lo, hi) ranges over `sizes`, at most `parts` of them, non-empty, with sums as even as a
+    greedy cut at the running-total targets total*k/parts gives. Order is kept: chunks concatenate back."""
+    total, n = sum(sizes), len(sizes)
+    parts = max(1, min(parts, n))
+    bounds, acc, i = [0], 0, 0
+    for k in range(1, parts):
+        target = total * k / parts
+        while i < n - (parts - k) and (acc + sizes[i] <= target or i < bounds[-1] + 1):
+            acc += sizes[i]
+            i += 1
+        bounds.append(i)
+    bounds.append(n)
+    return [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+
+
+class EnginePool:
+    """`rollout.num_workers` engine actors seen as one engine. `make()` returns a new engine actor handle."""
+
+    def __init__(self, make: Callable[[], object], num_workers: int = 1, max_retries: int = 2,
+                 timeout_s: float = 0.0):
+        self._make = make
+        self.actors = [make() for _ in range(max(1, num_workers))]
+        self.max_retries = max_retries
+        self.timeout_s = timeout_s  # a call taking longer counts as a hung worker: killed and recreated (0: no limit)
+        self.restarts = 0  # workers recreated over the run (metric rollout/worker_restarts)
+        self._weights = None  # object ref of the last synced state dict (a recreated worker loads it)
+
+    def generate(self, requests: Sequence[RolloutRequest], sampling: SamplingConfig):
+        ns = requests_n(requests, sampling)
+        chunks = balanced_chunks(ns, len(self.actors))
+        offsets = [sum(ns[:lo]) for lo, _ in chunks]
+        jobs = [(list(requests[lo:hi]),
+                 sampling if sampling.seed is None else dataclasses.replace(sampling, seed=sampling.seed + off))
+                for (lo, hi), off in zip(chunks, offsets)]
+        refs = [self.actors[w].generate.remote(*job) for w, job in enumerate(jobs)]
+        out = []
+        for w, (ref, job) in enumerate(zip(refs, jobs)):
+            out += self._call(w, ref, lambda a, job=job: a.generate.remote(*job))
+        return out
+
+    def update_weights(self, state_dict_ref) -> None:
+        """Every worker loads the state dict behind `state_dict_ref` (an object ref: stored once)."""
+        self._weights = state_dict_ref
+        refs = [a.update_weights.remote(state_dict_ref) for a in self.actors]
+        for w, ref in enumerate(refs):
+            self._call(w, ref, None)  # a recreated worker already loaded self._weights
+
+    def _call(self, w: int, ref, resend):
+        """`ray.get(ref)` of worker `w`'s call; when the worker is dead, recreate it (it loads the last synced
+        weights first: an actor runs its calls in order) and `resend(actor)`, at most max_retries times."""
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        attempt = 0
+        while True:
+            try:
+                return None if ref is None else ray.get(ref, timeout=self.timeout_s or None)
+            except (RayActorError, GetTimeoutError) as e:
+                what = "hung (rollout.timeout_s)" if isinstance(e, GetTimeoutError) else "died"
+                attempt += 1
+                if attempt > self.max_retries:
+                    raise RuntimeError(f"rollout worker {w} {what} {attempt} times in one call (config key "
+                                       f"'rollout.max_retries' = {self.max_retries}); last error: "
+                                       f"{_last_line(e)}") from e
+                print(f"rlkit: rollout worker {w} {what} ({type(e).__name__}); recreating it "
+                      f"(retry {attempt} of {self.max_retries})")
+                ref = self._restart(w, resend)
+
+    def _restart(self, w: int, resend):
+        import ray
+
+        try:
+            ray.kill(self.actors[w], no_restart=True)
+        except Exception:
+            pass
+        actor = self.actors[w] = self._make()
+        self.restarts += 1
+        loaded = actor.update_weights.remote(self._weights) if self._weights is not None else None
+        return resend(actor) if resend is not None else loaded
+
+    def close(self) -> None:
+        import ray
+
+        for a in self.actors:
+            try:
+                ray.kill(a)
+            except Exception:
+                pass
+
+
+class PolicyRank(PolicyWorker):
+    """A policy worker that can host its group's rendezvous (the body of a policy rank actor)."""
+
+    def rendezvous_address(self) -> tuple[str, int]:
+        """(this node's IP as Ray sees it, a free TCP port on it); 127.0.0.1 under a local Ray."""
+        import ray
+
+        ip = ray.util.get_node_ip_address()
+        with socket.socket() as s:
+            s.bind((ip, 0))
+            return ip, s.getsockname()[1]
+
+
+class PolicyRankError(RuntimeError):
+    """A policy rank died or failed; the run stops (the last complete checkpoint is untouched)."""
+
+
+class PolicyGroup:
+    """`trainer.num_ranks` policy rank actors. `make(rank)` returns a new `PolicyRank` actor handle.
+    `where` names the last complete checkpoint for error messages (a callable, read when a rank fails)."""
+
+    def __init__(self, make: Callable[[int], object], num_ranks: int = 1, where: Callable[[], str] = lambda: "",
+                 timeout_s: float = 600.0):
+        self.where = where
+        self.ranks = [make(r) for r in range(max(1, num_ranks))]
+        if len(self.ranks) > 1:
+            addr, port = self._get([self.ranks[0].rendezvous_address.remote()])[0]
+            self._get([a.join_group.remote(addr, port, r, len(self.ranks), "", timeout_s)
+                       for r, a in enumerate(self.ranks)])
+
+    @property
+    def leader(self):
+        """Rank 0: weights for the sync, scoring for rewards, checkpoints."""
+        return self.ranks[0]
+
+    def train_step(self, items) -> dict:
+        return self._get([a.train_step.remote(items) for a in self.ranks])[0]
+
+    def state_dict(self):
+        """An object ref to rank 0's weights (every rank holds the same)."""
+        return self.leader.state_dict.remote()
+
+    def save(self, directory: str) -> None:
+        self._get([self.leader.save.remote(directory)])
+
+    def load_trainer_state(self, directory: str) -> None:
+        self._get([a.load_trainer_state.remote(directory) for a in self.ranks])
+
+    def _get(self, refs: list) -> list:
+        """Results of `refs` (one per rank, in rank order); the first failure kills every rank and raises."""
+        import ray
+
+        index = {r: i for i, r in enumerate(refs)}
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                ray.get(done[0])
+            except Exception as e:
+                rank = index[done[0]] if len(refs) == len(self.ranks) else 0
+                self.close()
+                last = self.where() or "none yet"
+                raise PolicyRankError(f"policy rank {rank} failed ({_last_line(e)}); the run stops. "
+                                      f"Last complete checkpoint: {last} (continue with --resume)") from e
+        return ray.get(list(refs))
+
+    def close(self) -> None:
+        import ray
+
+        for a in self.ranks:
+            try:
+                ray.kill(a)
+            except Exception:
+                pass
+
+
+def _last_line(e: BaseException) -> str:
+    """The informative line of a Ray error: its last non-empty line (the remote exception), with the type."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[-1] if lines else ''}"
