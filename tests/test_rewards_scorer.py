@@ -11,15 +11,20 @@ from rewards import (RewardError, RewardScorer, RewardSpec, available_rewards, c
                      unregister_reward)
 
 PLUGIN = textwrap.dedent('''
-    import asyncio, os
+    import asyncio, os, time
+
+    def hang():
+        """Far past every time limit here, then return. Sleeping, not spinning: a call abandoned in-process
+        (inline isolation cannot kill it) must not hold the GIL for the rest of the test session, which once
+        slowed every later test in the run several-fold."""
+        time.sleep(60)
 
     def score(prompts, completions, **kwargs):
         """len(completion), with misbehaviours on request."""
         out = []
         for c in completions:
             if "HANG" in c:
-                while True:
-                    pass
+                hang()
             if "DIE" in c:
                 os._exit(3)
             if "RAISE" in c:
@@ -47,8 +52,7 @@ PLUGIN = textwrap.dedent('''
     group_size.batched = True
 
     def slow_batch(prompts, completions, **kwargs):
-        while True:
-            pass
+        hang()
     slow_batch.batched = True
 ''')
 
