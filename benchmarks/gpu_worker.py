@@ -82,11 +82,13 @@ def make_items(worker, prompts, n, tokens, image_size, seed=0):
     return items
 
 
-def swap_model(worker, model):
+def swap_model(worker, model, gradient_checkpointing=False):
     """Put a model built directly on the device into a worker (writing multi-GB random weights to disk and
     reading them back would dominate the run)."""
     import torch
 
+    if gradient_checkpointing:  # as PolicyWorker.__init__ does
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     worker.model = model.train()
     worker.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
     worker._encoded.clear()
@@ -101,13 +103,14 @@ def run_size(name, spec, args, tiny_dir, texts):
 
     micro = spec.pop("micro")
     model_dir = build_tiny("vlm", pathlib.Path(tiny_dir) / name, texts=texts, image_size=spec["image_size"])
-    worker = W.PolicyWorker(str(model_dir), dtype="bfloat16", micro_batch_size=micro, device=args.device)
+    worker = W.PolicyWorker(str(model_dir), dtype="bfloat16", micro_batch_size=micro, device=args.device,
+                            gradient_checkpointing=args.gradient_checkpointing)
     if name != "tiny":
         torch.set_default_dtype(torch.bfloat16)
         with torch.device(args.device):
             model = build_vlm_model(tokenizer_of(worker.processor), TinySpec(**spec))
         torch.set_default_dtype(torch.float32)
-        swap_model(worker, model)
+        swap_model(worker, model, args.gradient_checkpointing)
     params = sum(p.numel() for p in worker.model.parameters())
     items = make_items(worker, args.prompts, args.n, args.tokens, spec["image_size"])
     cuda = worker.device.type == "cuda"
@@ -126,7 +129,7 @@ def run_size(name, spec, args, tiny_dir, texts):
     del worker
     if cuda:
         torch.cuda.empty_cache()
-    return {"size": name, "params_b": params / 1e9, "micro_batch": micro, "sequences": len(items),
+    return {"size": name, "gradient_checkpointing": args.gradient_checkpointing, "params_b": params / 1e9, "micro_batch": micro, "sequences": len(items),
             "tokens": seq_tokens, "train_step_s": train, "score_pass_s": score, "score_over_train": score / train,
             "train_step_no_dedup_s": train_plain, "dedup_speedup": train_plain / train,
             "train_tokens_per_s": seq_tokens / train, "peak_gib": peak_train}
@@ -158,6 +161,8 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--out", default="benchmarks/results/gpu_worker.json")
+    ap.add_argument("--gradient-checkpointing", action="store_true", help="trainer.gradient_checkpointing on")
+    ap.add_argument("--skip-checks", action="store_true", help="skip the tiny-model CUDA/CPU comparison")
     ap.add_argument("--device", default="cuda", help="cpu: a dry run of the script itself (use --sizes tiny)")
     args = ap.parse_args()
 
@@ -177,8 +182,9 @@ def main() -> int:
     tiny_dir = tempfile.mkdtemp(prefix="rlkit-gpu-")
     result = {"env": env, "args": vars(args), "rows": [], "errors": {}}
     try:
-        result["checks"] = check_tiny(tiny_dir, texts, args.device)
-        print(json.dumps(result["checks"]))
+        if not args.skip_checks:
+            result["checks"] = check_tiny(tiny_dir, texts, args.device)
+            print(json.dumps(result["checks"]))
     except Exception:
         result["errors"]["checks"] = traceback.format_exc()
         print(result["errors"]["checks"], file=sys.stderr)
@@ -193,7 +199,7 @@ def main() -> int:
         out = pathlib.Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1))
-    cols = ("size", "params_b", "micro_batch", "tokens", "train_step_s", "score_pass_s", "score_over_train",
+    cols = ("size", "gradient_checkpointing", "params_b", "micro_batch", "tokens", "train_step_s", "score_pass_s", "score_over_train",
             "train_step_no_dedup_s", "dedup_speedup", "train_tokens_per_s", "peak_gib")
     print(f"\npolicy worker on {env['device'] if args.device == 'cuda' else 'cpu'}, bf16, {args.prompts} prompts x {args.n}, {args.tokens} completion tokens")
     print("| " + " | ".join(cols) + " |")
