@@ -239,13 +239,16 @@ def test_rlkit_ablation_end_to_end(tmp_path, capsys):
         totals = [r["tokens_sampled_total"] for r in run["curve"]]
         assert totals[0] == 0 and totals[1] > 0 and totals[2] > totals[1]
         metrics = [json.loads(l) for l in (out / name / "metrics.jsonl").read_text().splitlines()]
-        assert run["tokens_sampled_total"] == metrics[-1]["tokens/sampled_total"]
+        steps = [m for m in metrics if "reward/mean" in m]  # training records (eval records lie between them)
+        assert run["tokens_sampled_total"] == steps[-1]["tokens/sampled_total"] == totals[-1]
         assert set(run["final"]) == {"fast", "deep"} and all(0 <= v["accuracy"] <= 1 for v in run["final"].values())
         import yaml
 
         assert yaml.safe_load((out / name / "config.yaml").read_text())["model"]["path"] == cold  # the same start
     assert result["runs"]["deep_only"]["train"]["deep"]["share"] == 1.0
-    assert result["runs"]["deep_only"]["curve"][0] == result["runs"]["hybrid"]["curve"][0]  # shared step-0 eval
+    start = [{k: v for k, v in result["runs"][r]["curve"][0].items() if k.startswith("eval/") or k == "step"}
+             for r in ("deep_only", "hybrid")]
+    assert start[0] == start[1] and "eval/deep/accuracy" in start[0]  # both start from the same cold-start policy
     with Image.open(out / "ablation.png") as im:
         assert im.format == "PNG"
 
