@@ -21,7 +21,7 @@ import json
 import pathlib
 import time
 
-from rlkit.config import ConfigError, GRPOConfig, _build, _merge, check_grpo, dump_config, parse_overrides, to_dict
+from rlkit.config import ConfigError, GRPOConfig, _build, check_grpo, dump_config, load_tree, to_dict
 from rlkit.records import DEEP, FAST, MODES
 
 
@@ -63,18 +63,7 @@ RUNS = ("deep_only", "hybrid")
 def load_ablation_config(path=None, overrides: list[str] | None = None) -> tuple[GRPOConfig, AblationSection]:
     """(GRPO config shared by both runs, ablation section) from a YAML file and dotted overrides
     (`ablation.cold_start.steps=100`, `trainer.lr=1e-4`); errors name the key."""
-    import yaml
-
-    tree: dict = {}
-    if path is not None:
-        p = pathlib.Path(path)
-        if not p.exists():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
-    tree = _merge(tree, parse_overrides(overrides or []))
+    tree = load_tree(path, overrides)
     section = tree.pop("ablation", None) or {}
     grpo = _build(GRPOConfig, tree, "")
     abl = _build(AblationSection, section, "ablation.")

@@ -267,8 +267,8 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def load_config(cls, path: str | pathlib.Path | None = None, overrides: list[str] | None = None):
-    """Load `cls` from a YAML file (optional) plus dotted overrides; raise ConfigError naming the bad key."""
+def load_tree(path: str | pathlib.Path | None = None, overrides: list[str] | None = None) -> dict:
+    """The raw config tree: a YAML file (optional) with dotted overrides merged in; ConfigError on a bad file."""
     tree: dict = {}
     if path is not None:
         p = pathlib.Path(path)
@@ -278,9 +278,12 @@ def load_config(cls, path: str | pathlib.Path | None = None, overrides: list[str
             tree = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
-    tree = _merge(tree, parse_overrides(overrides or []))
-    cfg = _build(cls, tree, "")
-    return cfg
+    return _merge(tree, parse_overrides(overrides or []))
+
+
+def load_config(cls, path: str | pathlib.Path | None = None, overrides: list[str] | None = None):
+    """Load `cls` from a YAML file (optional) plus dotted overrides; raise ConfigError naming the bad key."""
+    return _build(cls, load_tree(path, overrides), "")
 
 
 def to_dict(cfg) -> dict:
