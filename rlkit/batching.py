@@ -3,8 +3,9 @@
     [left pad][prompt (images expanded)][completion][right pad]
                                       ^ every completion starts in the same column P
 
-so `logits_to_keep = Tc + 1` returns exactly the logits that predict the completion tokens. Plain functions
-over `TrainItem`s (rlkit.records), tested through the worker.
+so `logits_to_keep = Tc + 1` returns exactly the logits that predict the completion tokens. Also the helpers
+that carry per-item values across layouts and scale micro-batch losses to the whole batch's aggregate. Plain
+functions over `TrainItem`s (rlkit.records), tested through the worker.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 
+from rlkit.algorithms import aggregate
 from rlkit.records import TrainItem
 
 
@@ -77,3 +79,46 @@ def build_batch(items: list[TrainItem], prompts: list[dict], pad: int) -> dict[s
         # equal keys = the same processor output (a shared prompt): its images are encoded once
         batch["image_keys"] = [(id(p), k) for p in imgs for k in range(len(p["image_grid_thw"]))]
     return batch
+
+
+# ---- per-item values and loss scaling across micro-batches (used by the worker's update)
+def _per_item(logprobs: torch.Tensor, mb: dict) -> dict[int, torch.Tensor]:
+    """(B, Tc) -> {item index: (L_i,) its completion's values}, keyed by `mb["rows"]`."""
+    lengths = mb["mask"].sum(-1).long().tolist()
+    return {r: logprobs[b, :lengths[b]].detach() for b, r in enumerate(mb["rows"])}
+
+
+def _gather(per_item, mb: dict, like: torch.Tensor) -> torch.Tensor:
+    """Per-item values back into the (B, Tc) layout of `mb`; padding holds `like` (detached), so a masked
+    position's difference to `like` is 0, never inf."""
+    out = like.detach().clone()
+    for b, r in enumerate(mb["rows"]):
+        out[b, :len(per_item[r])] = per_item[r]
+    return out
+
+
+def _length_mask(lengths: list[int]) -> torch.Tensor:
+    T = max(1, max(lengths) if lengths else 1)
+    return (torch.arange(T).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)).float()
+
+
+def _weights(mask: torch.Tensor, mode: str, norm_length) -> torch.Tensor:
+    """d aggregate / d values: the weight each token has in the aggregated scalar (all aggregations are linear)."""
+    v = torch.zeros_like(mask, requires_grad=True)
+    aggregate(v, mask, mode, norm_length=norm_length).backward()
+    return v.grad
+
+
+def _aggregation_scale(full_weights: torch.Tensor, start: int, micro_mask: torch.Tensor, mode: str,
+                       norm_length) -> float:
+    """Factor that turns a micro-batch's own aggregate into its share of the whole batch's aggregate.
+
+    `full_weights`: `_weights` of the whole (mini-)batch's mask, computed once per optimizer step. Every
+    registered aggregation is a weighted sum of token values whose weights, restricted to a subset of rows,
+    are proportional to the weights the subset gets on its own; the factor is the ratio of the two weight
+    totals. No branch on the aggregation's name.
+    """
+    B, T = micro_mask.shape
+    full_w = full_weights[start:start + B].sum()
+    own_w = _weights(micro_mask, mode, norm_length).sum()
+    return float(full_w / own_w) if float(own_w) > 0 else 0.0

@@ -43,13 +43,15 @@ import hashlib
 import math
 import os
 import pathlib
+import tempfile
 import time
 from typing import Any
 
 import torch
 
 from rlkit.algorithms import aggregate, get_kl_estimator, get_policy_loss
-from rlkit.batching import build_batch, encode_prompt, image_digest
+from rlkit.batching import (_aggregation_scale, _gather, _length_mask, _per_item, _weights, build_batch, encode_prompt,
+                            image_digest)
 from rlkit.lora import (ADAPTER_DIR, adapter_base_path, adapters_off, adapters_off_is_reference, apply_lora, load_lora,
                         lora_settings, merged_state_dict, save_lora)
 from rlkit.lora import trainable_counts as lora_trainable_counts
@@ -333,8 +335,9 @@ class PolicyWorker:
         before clipping, so every rank steps identically."""
         self.optimizer.zero_grad(set_to_none=True)
         mini_rows, mbs = mini
-        full_mask = _length_mask([len(items[r].completion_ids) for r in mini_rows])
         opts = dict(self.loss_opts)
+        full_weights = _weights(_length_mask([len(items[r].completion_ids) for r in mini_rows]), self.aggregation,
+                                opts.get("norm_length"))
         totals: dict[str, float] = {}
         weight_sum = 0.0
         loss_total = 0.0
@@ -354,7 +357,7 @@ class PolicyWorker:
                 loss = loss + self.kl_coef * kl
                 metrics["kl"] = float(kl.detach())
             # this micro-batch's share of the whole mini-batch's aggregate (over every rank's rows)
-            scale = _aggregation_scale(full_mask, mb["start"], mb["mask"].cpu(), self.aggregation,
+            scale = _aggregation_scale(full_weights, mb["start"], mb["mask"].cpu(), self.aggregation,
                                        opts.get("norm_length"))
             (loss * scale).backward()
             loss_total += float(loss.detach()) * scale
@@ -413,7 +416,14 @@ class PolicyWorker:
         import torch.distributed as dist
 
         backend = backend or ("nccl" if self.device.type == "cuda" else "gloo")
-        dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=rank, world_size=world_size,
+        init_method = f"tcp://{address}:{port}"
+        if backend == "gloo" and address == "127.0.0.1":
+            # A local run keeps every socket on loopback: torch's TCPStore listens on all interfaces whatever
+            # address it is given, so rendezvous through a file (every rank is on this machine), and gloo's own
+            # connections go over the loopback interface.
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+            init_method = "file://" + os.path.join(tempfile.gettempdir(), f"rlkit-rendezvous-{port}-{world_size}")
+        dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(seconds=timeout_s))
         self.rank, self.world_size = rank, world_size
 
@@ -484,43 +494,3 @@ def sequence_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.
 def kl_penalized_rewards(rewards: torch.Tensor, seq_kl: torch.Tensor, kl_coef: float) -> torch.Tensor:
     """(N,), (N,) -> (N,): `r - kl_coef * sum_t k1`, the KL-in-reward form (InstructGPT / PPO-RLHF)."""
     return rewards - kl_coef * seq_kl
-
-
-def _per_item(logprobs: torch.Tensor, mb: dict) -> dict[int, torch.Tensor]:
-    """(B, Tc) -> {item index: (L_i,) its completion's values}, keyed by `mb["rows"]`."""
-    lengths = mb["mask"].sum(-1).long().tolist()
-    return {r: logprobs[b, :lengths[b]].detach() for b, r in enumerate(mb["rows"])}
-
-
-def _gather(per_item, mb: dict, like: torch.Tensor) -> torch.Tensor:
-    """Per-item values back into the (B, Tc) layout of `mb`; padding holds `like` (detached), so a masked
-    position's difference to `like` is 0, never inf."""
-    out = like.detach().clone()
-    for b, r in enumerate(mb["rows"]):
-        out[b, :len(per_item[r])] = per_item[r]
-    return out
-
-
-def _length_mask(lengths: list[int]) -> torch.Tensor:
-    T = max(1, max(lengths) if lengths else 1)
-    return (torch.arange(T).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)).float()
-
-
-def _weights(mask: torch.Tensor, mode: str, norm_length) -> torch.Tensor:
-    """d aggregate / d values: the weight each token has in the aggregated scalar (all aggregations are linear)."""
-    v = torch.zeros_like(mask, requires_grad=True)
-    aggregate(v, mask, mode, norm_length=norm_length).backward()
-    return v.grad
-
-
-def _aggregation_scale(full_mask: torch.Tensor, start: int, micro_mask: torch.Tensor, mode: str, norm_length) -> float:
-    """Factor that turns a micro-batch's own aggregate into its share of the whole batch's aggregate.
-
-    Every registered aggregation is a weighted sum of token values whose weights, restricted to a subset of
-    rows, are proportional to the weights the subset gets on its own; the factor is the ratio of the two
-    weight totals. No branch on the aggregation's name.
-    """
-    B, T = micro_mask.shape
-    full_w = _weights(full_mask, mode, norm_length)[start:start + B].sum()
-    own_w = _weights(micro_mask, mode, norm_length).sum()
-    return float(full_w / own_w) if float(own_w) > 0 else 0.0
