@@ -4,7 +4,10 @@ Why: the loop must not know how rewards are found, isolated, timed or summed. It
 from the config's `rewards:` list (unknown names or paths fail here, at load time, listing what exists),
 calls it once per step, and gets per-reward values, the weighted total used for advantages, and the
 failures with their samples. A reward that raises or times out gives None for that sample and a
-`RewardFailure`; training goes on unless `strict=True`.
+`RewardFailure`; training goes on unless `strict=True`. A call that hung (ran out of time) or whose worker
+process died is retried on those samples, at most `retries` times (`reward_retries` in the config): a hang or a
+crash can be transient (a loaded machine, a flaky service the reward calls), while a reward that raises
+would raise again on the same input, so that is not retried. Retries are counted (`reward/retries`).
 
 Composition (`compose`, the only place it is defined): total = sum over rewards of weight * value, skipping
 None (not applicable, or failed). A sample for which every reward gave None gets total 0.0; how often that
@@ -19,7 +22,7 @@ import os
 import warnings
 from typing import Callable
 
-from rewards.calling import unknown_kwargs
+from rewards.calling import slice_columns, unknown_kwargs
 from rewards.isolation import InlineRunner, NotPicklable, ProcessRunner
 from rewards.registry import get_reward, is_batched, is_path, load_path, needs_of
 
@@ -93,6 +96,7 @@ class ScoreResult:
     total: list[float]  # `compose(per_reward, weights)`
     failures: list[RewardFailure]
     weights: dict[str, float] = dataclasses.field(default_factory=dict)
+    retries: int = 0  # sample calls retried after a hang or a dead worker (see `retryable`)
 
     def stats(self) -> dict[str, float]:
         """Per reward: mean over non-None values (NaN if none), share returned None, share failed; the total's mean."""
@@ -109,6 +113,7 @@ class ScoreResult:
         out["reward/mean"] = sum(self.total) / n if n else float("nan")
         all_none = sum(all(vs[i] is None for vs in self.per_reward.values()) for i in range(n))
         out["reward/all_none_frac"] = all_none / n if n else 0.0
+        out["reward/retries"] = float(self.retries)
         return out
 
 
@@ -149,14 +154,18 @@ class RewardScorer:
     - `workers`: worker processes sharing a batch; `memory_mb`: extra address space a worker may use per call.
     - `resources`: an object whose attributes are model handles (e.g. `.policy`); a reward declaring
       `needs = ("policy",)` gets it as the keyword `resources` and runs in-process.
+    - `retries`: a sample whose call hung or whose worker died is scored again, at most this many times.
     """
 
     def __init__(self, specs: list[RewardSpec], timeout_s: float = 10.0, strict: bool = False, resources=None,
-                 isolation: str = "process", workers: int = 1, memory_mb: int = 2048):
+                 isolation: str = "process", workers: int = 1, memory_mb: int = 2048, retries: int = 0):
         if not specs:
             raise ValueError("at least one reward is needed")
         if not (timeout_s > 0):
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
+        self.retries = retries
         if isolation not in ("process", "inline"):
             raise ValueError(f"isolation must be 'process' or 'inline', got {isolation!r}")
         self.timeout_s, self.strict, self.resources, self.isolation = timeout_s, strict, resources, isolation
@@ -234,8 +243,20 @@ class RewardScorer:
                 raise ValueError(f"column {key!r} has {len(col)} values for {n} completions")
         per_reward: dict[str, list] = {}
         failures: list[RewardFailure] = []
+        retried = 0
         for plan in plans:
             outcomes = self._run(plan, prompts, completions, columns) if n else []
+            for attempt in range(1, self.retries + 1):
+                redo = [i for i, (_, error) in enumerate(outcomes) if retryable(error)]
+                if not redo:
+                    break
+                retried += len(redo)
+                print(f"rlkit: reward {plan.name!r} hung or lost its worker on {len(redo)} sample(s); "
+                      f"retrying them (attempt {attempt} of {self.retries}, config key 'reward_retries')")
+                again = self._run(plan, [prompts[i] for i in redo], [completions[i] for i in redo],
+                                  slice_columns(columns, redo, n))
+                for i, outcome in zip(redo, again):
+                    outcomes[i] = outcome
             per_reward[plan.name] = [v for v, _ in outcomes]
             for i, (_, error) in enumerate(outcomes):
                 if error is not None:
@@ -244,7 +265,7 @@ class RewardScorer:
                         raise RewardError(str(failure))
                     failures.append(failure)
         weights = {p.name: float(p.spec.weight) for p in plans}
-        return ScoreResult(per_reward, compose(per_reward, weights, n), failures, weights)
+        return ScoreResult(per_reward, compose(per_reward, weights, n), failures, weights, retried)
 
     def _run(self, plan: _Plan, prompts: list, completions: list, columns: dict) -> list:
         if plan.spec.completion_format == "messages":
@@ -261,6 +282,12 @@ class RewardScorer:
                 warnings.warn(f"reward {plan.name!r}: inputs cannot be sent to a worker process ({e}); running it "
                               "in-process", RuntimeWarning)
         return self._inline.run(plan.fn, kwargs, prompts, completions, columns, not plan.batched, self.timeout_s)
+
+
+def retryable(error: str | None) -> bool:
+    """Whether a failed call may succeed when made again: it ran out of time, or its worker process died
+    (texts from rewards/isolation.py). An exception raised by the reward itself is not retryable."""
+    return bool(error) and (error.startswith("timeout") or error.startswith("the worker process"))
 
 
 def _trunc(x) -> str:

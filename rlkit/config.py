@@ -148,6 +148,7 @@ class GRPOConfig:
     seed: int = 0  # seed for data order, mode draws and sampling
     max_steps: int = 10  # GRPO steps to run
     reward_timeout_s: float = 10.0  # time limit of each reward call
+    reward_retries: int = 1  # a reward call that hung (over reward_timeout_s) or whose worker process died is retried on those samples at most this many times (a reward that raises is not)
     strict_rewards: bool = False  # a reward that raises or times out stops the run (default: None for that sample, counted)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -328,7 +329,8 @@ def check_grpo(cfg: GRPOConfig) -> None:
         if bool(r.name) == bool(r.path):
             raise ConfigError(f"config key 'rewards[{i}]': give exactly one of 'name' or 'path'")
     for key, v, lo in (("rollout.num_workers", cfg.rollout.num_workers, 1), ("rollout.max_retries",
-                       cfg.rollout.max_retries, 0), ("trainer.num_ranks", cfg.trainer.num_ranks, 1)):
+                       cfg.rollout.max_retries, 0), ("trainer.num_ranks", cfg.trainer.num_ranks, 1),
+                      ("reward_retries", cfg.reward_retries, 0)):
         if v < lo:
             raise ConfigError(f"config key '{key}': must be >= {lo}, got {v}")
     if cfg.rollout.timeout_s < 0:

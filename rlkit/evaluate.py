@@ -200,6 +200,7 @@ def run_eval(cfg: GRPOConfig, checkpoint: str, *, out: str | None = None, split:
     model_dir = resolve_checkpoint(checkpoint)
     try:
         scorer = RewardScorer(reward_specs(cfg), timeout_s=cfg.reward_timeout_s, strict=cfg.strict_rewards,
+                              retries=cfg.reward_retries,
                               resources=RewardResources())
     except (ValueError, ImportError, FileNotFoundError) as e:
         raise ConfigError(f"config key 'rewards': {e}") from e

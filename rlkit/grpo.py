@@ -111,6 +111,7 @@ def prepare(cfg: GRPOConfig, resume: bool = False) -> Prepared:
     try:
         resources = RewardResources()
         scorer = RewardScorer(reward_specs(cfg), timeout_s=cfg.reward_timeout_s, strict=cfg.strict_rewards,
+                              retries=cfg.reward_retries,
                               resources=resources)
     except (ValueError, ImportError, FileNotFoundError) as e:
         raise ConfigError(f"config key 'rewards': {e}") from e

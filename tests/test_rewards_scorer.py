@@ -271,3 +271,60 @@ def test_the_example_plug_in_runs():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "failures: none" in proc.stdout and "reward/score/mean" in proc.stdout
+
+
+FLAKY = textwrap.dedent('''
+    import os, pathlib, time
+
+    def flaky(prompts, completions, marks, **kwargs):
+        """Misbehaves on the first call per completion (a marker file remembers it), then scores 1.0.
+        Every call is counted in `<marks>/<completion>.calls`."""
+        out = []
+        for c in completions:
+            calls = pathlib.Path(marks) / f"{c}.calls"
+            calls.write_text(calls.read_text() + "x" if calls.exists() else "x")
+            first = len(calls.read_text()) == 1
+            if "ALWAYS_HANG" in c or (first and "HANG" in c):
+                time.sleep(60)
+            if first and "DIE" in c:
+                os._exit(7)
+            if "RAISE" in c:
+                raise ValueError("bad input")
+            out.append(1.0)
+        return out
+''')
+
+
+def _flaky_scorer(tmp_path, retries):
+    (tmp_path / "flaky_rewards.py").write_text(FLAKY)
+    marks = tmp_path / f"marks{retries}"
+    marks.mkdir()
+    spec = RewardSpec(path=f"{tmp_path / 'flaky_rewards.py'}:flaky", kwargs={"marks": str(marks)})
+    return RewardScorer([spec], timeout_s=1.0, retries=retries), marks
+
+
+def test_hung_or_dead_reward_calls_are_retried_raising_ones_are_not(tmp_path):
+    """A hang (timeout, worker killed) and a dead worker are retried once and then succeed; a reward that
+    raises is called exactly once per attempt of its sample (never retried); a sample that hangs every time
+    fails after 1 + retries attempts."""
+    comps = ["ok", "HANG", "DIE", "RAISE", "ALWAYS_HANG"]
+    s, marks = _flaky_scorer(tmp_path, retries=1)
+    with s:
+        r = s([""] * len(comps), comps)
+    assert r.per_reward["flaky"] == [1.0, 1.0, 1.0, None, None]
+    errors = {f.index: f.error for f in r.failures}
+    assert set(errors) == {3, 4}
+    assert "ValueError: bad input" in errors[3] and errors[4].startswith("timeout")
+    calls = {c: len((marks / f"{c}.calls").read_text()) for c in comps}
+    assert calls == {"ok": 1, "HANG": 2, "DIE": 2, "RAISE": 1, "ALWAYS_HANG": 2}
+    assert r.retries == 3 and r.stats()["reward/retries"] == 3.0  # HANG, DIE, ALWAYS_HANG once each
+
+
+def test_without_retries_a_hang_is_a_failure(tmp_path):
+    s, marks = _flaky_scorer(tmp_path, retries=0)
+    with s:
+        r = s(["", ""], ["ok", "HANG"])
+    assert r.per_reward["flaky"] == [1.0, None] and r.retries == 0
+    assert len((marks / "HANG.calls").read_text()) == 1
+    with pytest.raises(ValueError, match="retries"):
+        RewardScorer([RewardSpec(name="exact_match")], retries=-1)
