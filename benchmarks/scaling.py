@@ -75,7 +75,7 @@ def main() -> int:
                      "rollout": [], "update": [], "settings": vars(args)}
 
     for w in [int(x) for x in args.workers.split(",")]:
-        pool = EnginePool(lambda: spawn(EngineActor, "vllm", model_path=model, num_cpus=0.5, seed=0,
+        pool = EnginePool(lambda _: spawn(EngineActor, "vllm", model_path=model, num_cpus=0.5, seed=0,
                                         max_model_len=512), w)
         try:
             t, out = _median_time(lambda: pool.generate(requests, sampling), args.reps)

@@ -78,6 +78,7 @@ class RolloutConfig:
     num_workers: int = 1  # rollout engine actors; each step's requests are split across them balanced by sample count (vLLM: same samples as one worker, per-request seeds)
     max_retries: int = 2  # a rollout worker that dies is recreated (with the last synced weights) and its requests resent, at most this many times per call
     timeout_s: float = 0.0  # a rollout worker call (generate, weight sync) longer than this counts as hung: killed, recreated, retried like a dead one (0: no limit)
+    sleep: bool = False  # engines free their memory while the policy trains (vLLM sleep mode level 1 on GPUs; the hf engine moves its weights off the GPU); no effect where the backend cannot (vLLM's CPU build)
     engine_kwargs: dict = dataclasses.field(default_factory=dict)  # extra vllm.LLM arguments for every engine, e.g. {tensor_parallel_size: 2} on GPUs (give each actor that many rollout.num_gpus)
 
 
@@ -109,6 +110,7 @@ class TrainerConfig:
     shuffle_minibatches: bool = True  # every PPO epoch cuts a fresh permutation of the rollout batch into mini-batches, seeded by (seed, step, epoch) (no effect with one mini-batch)
     num_cpus: float = 1.0  # Ray CPUs reserved for each policy rank actor
     num_gpus: float = 0.0  # Ray GPUs reserved for each policy rank actor (0: none; 0.5 with rollout.num_gpus 0.5 shares one GPU with the engine)
+    timeout_s: float = 0.0  # a call to the policy ranks (train step, checkpoint, the first one includes loading the model) longer than this counts as a hung rank: every rank is stopped and the run ends naming the last checkpoint (0: no limit)
     num_ranks: int = 1  # policy ranks (Ray actors in one torch.distributed group: gloo on CPU, NCCL on GPU); each trains a slice of every mini-batch, gradients summed before clipping (docs/scaling.md)
     gradient_checkpointing: bool = False  # recompute activations during backward (transformers' gradient checkpointing): on an H100, 0.5-3.3B models, 2-6x less peak memory for a 2.4-2.7x slower update (docs/performance.md)
     device: str = "auto"  # where the policy worker trains: "auto" (CUDA when the process sees a GPU, else CPU), "cpu", "cuda", "cuda:1"
@@ -140,6 +142,9 @@ class RayConfig:
     address: str = ""  # "" starts a local Ray on this machine (see ray.loopback); "auto" or host:port joins a cluster started with `ray start` (docs/scaling.md)
     num_cpus: int = 0  # CPUs for a local Ray (0: all of this machine's)
     loopback: bool = True  # a local Ray listens on 127.0.0.1 only (false: on the machine's address, reachable from other hosts)
+    placement: str = "none"  # "none": Ray places each actor where it fits; "colocate": rollout worker i and policy rank i share one placement-group bundle (same device/node); "separate": one placement group per pool (docs/scaling.md)
+    placement_strategy: str = "PACK"  # Ray placement-group strategy of the bundles: PACK, SPREAD, STRICT_PACK, STRICT_SPREAD
+    placement_timeout_s: float = 120.0  # wait at most this long for Ray to reserve the bundles; then stop, naming them
 
 
 @dataclasses.dataclass
@@ -333,8 +338,17 @@ def check_grpo(cfg: GRPOConfig) -> None:
                       ("reward_retries", cfg.reward_retries, 0)):
         if v < lo:
             raise ConfigError(f"config key '{key}': must be >= {lo}, got {v}")
-    if cfg.rollout.timeout_s < 0:
-        raise ConfigError("config key 'rollout.timeout_s': must be >= 0 (0: no limit)")
+    for key, v in (("rollout.timeout_s", cfg.rollout.timeout_s), ("trainer.timeout_s", cfg.trainer.timeout_s)):
+        if v < 0:
+            raise ConfigError(f"config key '{key}': must be >= 0 (0: no limit)")
+    from rlkit.orchestration import PLACEMENTS
+
+    if cfg.ray.placement not in PLACEMENTS:
+        raise ConfigError(f"config key 'ray.placement': {cfg.ray.placement!r}; use one of {', '.join(PLACEMENTS)}")
+    strategies = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+    if cfg.ray.placement_strategy not in strategies:
+        raise ConfigError(f"config key 'ray.placement_strategy': {cfg.ray.placement_strategy!r}; use one of "
+                          f"{', '.join(strategies)}")
     if cfg.algorithm.refill_rounds < 0:
         raise ConfigError("config key 'algorithm.refill_rounds': must be >= 0")
     if cfg.trainer.mini_batch_size < 0:

@@ -140,30 +140,42 @@ def engine_options(cfg: GRPOConfig) -> dict:
     r = cfg.rollout
     if r.engine == "vllm":
         return dict(max_model_len=r.max_model_len, seed=cfg.seed, kv_cache_gib=r.kv_cache_gib,
-                    gpu_memory_utilization=r.gpu_memory_utilization, **dict(r.engine_kwargs))
-    return {}
+                    gpu_memory_utilization=r.gpu_memory_utilization, sleep_mode=r.sleep, **dict(r.engine_kwargs))
+    return {"device": "cuda"} if r.num_gpus > 0 else {}  # hf: on the GPU Ray gives the actor
 
 
-def _engines(cfg: GRPOConfig, model_path: str):
-    """rollout.num_workers engine actors as one engine (rlkit/pool.py)."""
+def _placement(cfg: GRPOConfig):
+    """The placement groups of ray.placement (rlkit/orchestration.py), reserved before any actor starts."""
+    from rlkit.orchestration import place
+
+    r, t = cfg.rollout, cfg.trainer
+    return place(cfg.ray.placement, cfg.ray.placement_strategy, r.num_workers, t.num_ranks,
+                 {"CPU": r.num_cpus, "GPU": r.num_gpus}, {"CPU": t.num_cpus, "GPU": t.num_gpus},
+                 cfg.ray.placement_timeout_s)
+
+
+def _engines(cfg: GRPOConfig, model_path: str, placement):
+    """rollout.num_workers engine actors as one engine (rlkit/pool.py); worker i in its placement bundle."""
     from rlkit.orchestration import EngineActor, spawn
     from rlkit.pool import EnginePool
 
     r = cfg.rollout
-    return EnginePool(lambda: spawn(EngineActor, r.engine, model_path=model_path, num_cpus=r.num_cpus,
-                                    num_gpus=r.num_gpus, env={"VLLM_CPU_KVCACHE_SPACE": str(max(1, int(r.kv_cache_gib)))},
-                                    **engine_options(cfg)),
+    return EnginePool(lambda i: spawn(EngineActor, r.engine, model_path=model_path, num_cpus=r.num_cpus,
+                                      num_gpus=r.num_gpus, bundle=placement.worker(i),
+                                      env={"VLLM_CPU_KVCACHE_SPACE": str(max(1, int(r.kv_cache_gib)))},
+                                      **engine_options(cfg)),
                       r.num_workers, r.max_retries, r.timeout_s)
 
 
-def _policy(cfg: GRPOConfig, model_path: str, base_model: str, out: pathlib.Path):
-    """trainer.num_ranks policy rank actors (rlkit/pool.py); rank 0 leads."""
+def _policy(cfg: GRPOConfig, model_path: str, base_model: str, out: pathlib.Path, placement):
+    """trainer.num_ranks policy rank actors (rlkit/pool.py); rank 0 leads; rank j in its placement bundle."""
     from rlkit.orchestration import spawn
     from rlkit.pool import PolicyGroup, PolicyRank
 
     t, a = cfg.trainer, cfg.algorithm
     return PolicyGroup(lambda rank: spawn(
                  PolicyRank, model_path, num_cpus=t.num_cpus, num_gpus=t.num_gpus, device=t.device,
+                 bundle=placement.rank(rank),
                  gradient_checkpointing=t.gradient_checkpointing, dtype=cfg.model.dtype, freeze=list(cfg.model.freeze),
                  lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas), max_grad_norm=t.max_grad_norm,
                  micro_batch_size=t.micro_batch_size, mini_batch_size=t.mini_batch_size, ppo_epochs=t.ppo_epochs,
@@ -172,7 +184,7 @@ def _policy(cfg: GRPOConfig, model_path: str, base_model: str, out: pathlib.Path
                  kl_estimator=a.kl_estimator, kl_in_reward=a.kl_in_reward, reference_path=base_model,
                  temperature=cfg.rollout.temperature, lora=dict(cfg.model.lora) or None, seed=cfg.seed,
                  num_threads=max(1, int(t.num_cpus))),
-        t.num_ranks, where=lambda: str(ckpt.latest(out) or ""))
+        t.num_ranks, where=lambda: str(ckpt.latest(out) or ""), call_timeout_s=t.timeout_s)
 
 
 class StepRows:
@@ -230,8 +242,9 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
                  resume_step=start if p.resume_from else None)
 
     init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.loopback)
-    policy = _policy(cfg, p.start_model, p.base_model, p.out)
-    engine = _engines(cfg, p.start_model)
+    placement = _placement(cfg)
+    policy = _policy(cfg, p.start_model, p.base_model, p.out, placement)
+    engine = _engines(cfg, p.start_model, placement)
     engine.restarts = state.get("rollout_worker_restarts", 0)
     p.resources.policy = PolicyLogprobs(policy.leader, tokenizer_of(processor))
     p.scorer.start()  # reward worker processes warm up while the engine starts
@@ -239,6 +252,7 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
         policy.load_trainer_state(str(p.resume_from))
     held_out = _held_out(cfg, p, engine, processor)
     last: dict = {}
+    told_no_sleep = False
     bar = tqdm(total=cfg.max_steps, initial=start, disable=not cfg.logging.progress, desc="grpo", unit="step")
     try:
         if held_out and start == 0:  # the curve's starting point: the initial policy
@@ -266,6 +280,14 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
                                             cfg.algorithm.mode_groups)  # prompt groups, or (prompt, mode) subgroups
                 for s, a in zip(samples, adv_fn(rewards_t, groups_t, **cfg.algorithm.advantage_opts).tolist()):
                     s.advantage = a
+
+            # ---- rollout.sleep: engines free their memory for the update (colocated GPUs); the sync wakes them
+            t0 = time.perf_counter()
+            if cfg.rollout.sleep and not engine.sleep() and not told_no_sleep:
+                told_no_sleep = True
+                print("rlkit: rollout.sleep: this engine cannot free its memory here (vLLM's CPU build has no sleep "
+                      "mode; the hf engine on a CPU has nothing to free); engines keep their memory")
+            t_sleep = time.perf_counter() - t0
 
             # ---- update (skipped when the filter left nothing to train on)
             t0 = time.perf_counter()
@@ -295,7 +317,8 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
                        "data/skipped_rows": rows_src.skipped, "reward/failures": len(result.failures),
                        "rollout/worker_restarts": engine.restarts,
                        "time/rollout_s": t_rollout, "time/reward_s": t_reward, "time/update_s": t_update,
-                       "time/sync_s": t_sync, "time/step_s": t_rollout + t_reward + t_update + t_sync}
+                       "time/sync_s": t_sync, "time/sleep_s": t_sleep,
+                       "time/step_s": t_rollout + t_reward + t_sleep + t_update + t_sync}
             log.log_step(step, metrics, [s.log_record() for s in samples])
             last = {"step": step, **metrics}
             bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", tokens=int(metrics["completion/tokens_mean"]))
@@ -327,6 +350,7 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
             p.resources.claim_lm.engine.close()
         for group in (engine, policy):
             group.close()
+        placement.remove()
     return last
 
 

@@ -4,10 +4,20 @@ The only modules (with rlkit/pool.py and the drivers) that import Ray. Local run
 127.0.0.1 and turn off its dashboard and token auth (`init_ray`); `ray.address` joins an existing cluster
 (`ray start --head` on the head node, docs/scaling.md).
 Every actor gets one torch/OpenMP thread per reserved CPU (2-core machines are 10-30x slower otherwise).
+
+Placement (`ray.placement`): by default Ray's scheduler puts each actor wherever its resources fit. With
+"colocate", rollout worker i and policy rank i share one placement-group bundle holding both their resources
+(one GPU split 0.5 + 0.5, say), so an engine and a rank always sit on the same device and node, as in verl's
+and OpenRLHF's colocated mode; the engines can then free their memory while the rank trains (`rollout.sleep`).
+With "separate", the rollout workers and the policy ranks get a placement group each, one bundle per actor:
+two disjoint pools, each packed (or spread) by `ray.placement_strategy`. Bundles are reserved before any
+actor starts, so a placement the cluster cannot hold fails at once, naming what was asked (`place`).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import time
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -61,18 +71,133 @@ def init_ray(address: str = "", num_cpus: int = 0, loopback: bool = True) -> Non
         )
 
 
-def spawn(cls, *args, num_cpus: float = 1.0, num_gpus: float = 0.0, env: dict | None = None, **kwargs):
+PLACEMENTS = ("none", "colocate", "separate")
+
+
+def bundles(placement: str, num_workers: int, num_ranks: int, rollout: dict, trainer: dict):
+    """The placement groups to reserve and where each actor goes (pure: no Ray call).
+
+    rollout / trainer: one actor's resources, e.g. {"CPU": 1, "GPU": 0.5}. Returns (groups, workers, ranks):
+    groups is a list of bundle lists (one per placement group), workers[i] and ranks[j] are (group, bundle)
+    indices. "none" reserves nothing (empty lists).
+
+    >>> bundles("colocate", 2, 1, {"CPU": 1, "GPU": 0.5}, {"CPU": 2, "GPU": 0.5})
+    ([[{'CPU': 3, 'GPU': 1.0}, {'CPU': 1, 'GPU': 0.5}]], [(0, 0), (0, 1)], [(0, 0)])
+    >>> bundles("separate", 1, 2, {"CPU": 1}, {"CPU": 1})
+    ([[{'CPU': 1}], [{'CPU': 1}, {'CPU': 1}]], [(0, 0)], [(1, 0), (1, 1)])
+    """
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
+    if placement == "none":
+        return [], [], []
+    if placement == "separate":
+        return ([[_nonzero(rollout)] * num_workers, [_nonzero(trainer)] * num_ranks],
+                [(0, i) for i in range(num_workers)], [(1, j) for j in range(num_ranks)])
+    group = []
+    for i in range(max(num_workers, num_ranks)):
+        parts = ([rollout] if i < num_workers else []) + ([trainer] if i < num_ranks else [])
+        group.append(_nonzero({k: sum(p.get(k, 0) for p in parts) for k in ("CPU", "GPU")}))
+    return [group], [(0, i) for i in range(num_workers)], [(0, j) for j in range(num_ranks)]
+
+
+def _nonzero(resources: dict) -> dict:
+    return {k: v for k, v in resources.items() if v}
+
+
+@dataclasses.dataclass
+class Placement:
+    """Reserved placement groups, and the (group, bundle) of each rollout worker and policy rank."""
+
+    groups: list
+    workers: list
+    ranks: list
+
+    def worker(self, i: int):
+        return self._at(self.workers, i)
+
+    def rank(self, j: int):
+        return self._at(self.ranks, j)
+
+    def _at(self, where: list, i: int):
+        if not where:
+            return None
+        g, b = where[i]
+        return self.groups[g], b
+
+    def remove(self) -> None:
+        from ray.util import remove_placement_group
+
+        for pg in self.groups:
+            try:
+                remove_placement_group(pg)
+            except Exception:
+                pass
+
+
+def place(placement: str, strategy: str, num_workers: int, num_ranks: int, rollout: dict, trainer: dict,
+          timeout_s: float = 120.0) -> Placement:
+    """Reserve the placement groups of `bundles(...)` and wait until Ray has placed every bundle; a placement
+    the cluster cannot satisfy within `timeout_s` raises, naming the bundles and what the cluster has."""
+    import ray
+    from ray.util import placement_group
+
+    specs, workers, ranks = bundles(placement, num_workers, num_ranks, rollout, trainer)
+    groups = [placement_group(b, strategy=strategy, name=f"rlkit-{placement}-{k}") for k, b in enumerate(specs)]
+    out = Placement(groups, workers, ranks)
+    deadline = time.monotonic() + timeout_s
+    for pg, spec in zip(groups, specs):
+        try:
+            ray.get(pg.ready(), timeout=max(0.1, deadline - time.monotonic()))
+        except ray.exceptions.GetTimeoutError:
+            out.remove()
+            raise RuntimeError(
+                f"config key 'ray.placement' = {placement!r} (strategy {strategy}): Ray could not place the bundles "
+                f"{spec} within {timeout_s:g} s (ray.placement_timeout_s); the cluster has "
+                f"{ray.cluster_resources()}. Lower rollout/trainer num_cpus or num_gpus, or add nodes.") from None
+    return out
+
+
+def rendezvous_file(port: int, world_size: int, token: str = "") -> str:
+    """Where the ranks of a local gloo group rendezvous (the driver removes it when the group closes)."""
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), f"rlkit-rendezvous-{port}-{world_size}{'-' + token if token else ''}")
+
+
+def spawn(cls, *args, num_cpus: float = 1.0, num_gpus: float = 0.0, env: dict | None = None, bundle=None,
+          **kwargs):
     """`cls(*args, **kwargs)` inside a Ray actor with `num_cpus` (and `num_gpus`) reserved and its thread env set.
-    Ray makes only the reserved GPUs visible to the actor (CUDA_VISIBLE_DEVICES)."""
+    Ray makes only the reserved GPUs visible to the actor (CUDA_VISIBLE_DEVICES). `bundle`: (placement group,
+    bundle index) to take those resources from (`Placement.worker(i)` / `.rank(j)`), None for anywhere."""
     import ray
 
+    options, env = {}, dict(env or {})
+    if bundle is not None:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+            placement_group=bundle[0], placement_group_bundle_index=bundle[1],
+            placement_group_capture_child_tasks=True)  # e.g. vLLM's own workers stay in the bundle
+        env["RLKIT_BUNDLE"] = str(bundle[1])  # Ray does not tell an actor its bundle index (`where_am_i`)
     actor_cls = ray.remote(cls).options(
         num_cpus=num_cpus,
         num_gpus=num_gpus,
         runtime_env={"env_vars": actor_env(num_cpus, env)},
         max_concurrency=1,
+        **options,
     )
     return actor_cls.remote(*args, **kwargs)
+
+
+def where_am_i() -> dict:
+    """Inside an actor: its placement group id as Ray reports it (hex; None outside one), the bundle index it was
+    spawned into (None: any) and its node id."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    bundle = os.environ.get("RLKIT_BUNDLE")
+    return {"placement_group": ctx.get_placement_group_id(), "bundle": None if bundle is None else int(bundle),
+            "node": ctx.get_node_id()}
 
 
 def shutdown() -> None:
@@ -96,8 +221,14 @@ class EngineActor:
     def generate(self, requests, sampling):
         return self.engine.generate(requests, sampling)
 
+    def where(self) -> dict:
+        return where_am_i()
+
     def update_weights(self, state_dict) -> None:
         self.engine.update_weights(state_dict)
+
+    def sleep(self) -> bool:
+        return self.engine.sleep()
 
     def close(self) -> None:
         self.engine.close()

@@ -17,14 +17,20 @@ torch.distributed group (rendezvous on rank 0's node IP: 127.0.0.1 under a local
 rank gets the whole batch and trains its slice (rlkit/worker.py: gradients summed before clipping, identical
 steps). Rank 0 is the `leader`: it provides the weights for the sync, scores for rewards (RLPR) and writes
 checkpoints (model, optimizer, RNG). A rank that dies or fails stops the run: the others (blocked in a
-collective) are killed and `PolicyRankError` names the rank and the last complete checkpoint.
+collective) are killed and `PolicyRankError` names the rank and the last complete checkpoint. With
+`trainer.timeout_s`, a call that gets no answer in time is a hung rank and ends the same way (without it, only
+gloo's collective timeout ends a rank stuck waiting for a peer that hangs).
 """
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 import socket
+import time
+import uuid
 from typing import Callable, Sequence
 
+from rlkit.orchestration import rendezvous_file
 from rlkit.worker import PolicyWorker
 from rollout.base import RolloutRequest, SamplingConfig, requests_n
 
@@ -46,12 +52,13 @@ def balanced_chunks(sizes: Sequence[int], parts: int) -> list[tuple[int, int]]:
 
 
 class EnginePool:
-    """`rollout.num_workers` engine actors seen as one engine. `make()` returns a new engine actor handle."""
+    """`rollout.num_workers` engine actors seen as one engine. `make(i)` returns a new actor handle for worker i
+    (a recreated worker gets its predecessor's index, hence its placement bundle)."""
 
-    def __init__(self, make: Callable[[], object], num_workers: int = 1, max_retries: int = 2,
+    def __init__(self, make: Callable[[int], object], num_workers: int = 1, max_retries: int = 2,
                  timeout_s: float = 0.0):
         self._make = make
-        self.actors = [make() for _ in range(max(1, num_workers))]
+        self.actors = [make(i) for i in range(max(1, num_workers))]
         self.max_retries = max_retries
         self.timeout_s = timeout_s  # a call taking longer counts as a hung worker: killed and recreated (0: no limit)
         self.restarts = 0  # workers recreated over the run (metric rollout/worker_restarts)
@@ -76,6 +83,11 @@ class EnginePool:
         refs = [a.update_weights.remote(state_dict_ref) for a in self.actors]
         for w, ref in enumerate(refs):
             self._call(w, ref, None)  # a recreated worker already loaded self._weights
+
+    def sleep(self) -> bool:
+        """Every worker frees its memory until its next call (rollout.sleep); False if any cannot."""
+        refs = [a.sleep.remote() for a in self.actors]
+        return all([self._call(w, ref, lambda a: a.sleep.remote()) for w, ref in enumerate(refs)])
 
     def _call(self, w: int, ref, resend):
         """`ray.get(ref)` of worker `w`'s call; when the worker is dead, recreate it (it loads the last synced
@@ -105,7 +117,7 @@ class EnginePool:
             ray.kill(self.actors[w], no_restart=True)
         except Exception:
             pass
-        actor = self.actors[w] = self._make()
+        actor = self.actors[w] = self._make(w)
         self.restarts += 1
         loaded = actor.update_weights.remote(self._weights) if self._weights is not None else None
         return resend(actor) if resend is not None else loaded
@@ -132,6 +144,11 @@ class PolicyRank(PolicyWorker):
             s.bind((ip, 0))
             return ip, s.getsockname()[1]
 
+    def where(self) -> dict:
+        from rlkit.orchestration import where_am_i
+
+        return where_am_i()
+
 
 class PolicyRankError(RuntimeError):
     """A policy rank died or failed; the run stops (the last complete checkpoint is untouched)."""
@@ -142,12 +159,16 @@ class PolicyGroup:
     `where` names the last complete checkpoint for error messages (a callable, read when a rank fails)."""
 
     def __init__(self, make: Callable[[int], object], num_ranks: int = 1, where: Callable[[], str] = lambda: "",
-                 timeout_s: float = 600.0):
+                 timeout_s: float = 600.0, call_timeout_s: float = 0.0):
         self.where = where
+        self.call_timeout_s = call_timeout_s  # trainer.timeout_s: a call to the ranks longer than this = hung (0: none)
         self.ranks = [make(r) for r in range(max(1, num_ranks))]
+        self._rendezvous = None
         if len(self.ranks) > 1:
             addr, port = self._get([self.ranks[0].rendezvous_address.remote()])[0]
-            self._get([a.join_group.remote(addr, port, r, len(self.ranks), "", timeout_s)
+            token = uuid.uuid4().hex[:12]
+            self._rendezvous = rendezvous_file(port, len(self.ranks), token)
+            self._get([a.join_group.remote(addr, port, r, len(self.ranks), "", timeout_s, token)
                        for r, a in enumerate(self.ranks)])
 
     @property
@@ -157,6 +178,10 @@ class PolicyGroup:
 
     def train_step(self, items) -> dict:
         return self._get([a.train_step.remote(items) for a in self.ranks])[0]
+
+    def where_placed(self) -> list[dict]:
+        """Each rank's placement group, bundle and node (`orchestration.where_am_i`)."""
+        return self._get([a.where.remote() for a in self.ranks])
 
     def state_dict(self):
         """An object ref to rank 0's weights (every rank holds the same)."""
@@ -174,8 +199,17 @@ class PolicyGroup:
 
         index = {r: i for i, r in enumerate(refs)}
         pending = list(refs)
+        deadline = time.monotonic() + self.call_timeout_s if self.call_timeout_s else None
         while pending:
-            done, pending = ray.wait(pending, num_returns=1)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, pending = ray.wait(pending, num_returns=1, timeout=left)
+            if not done:  # past trainer.timeout_s: a rank is stuck (a deadlock, a stalled device, a lost peer)
+                hung = [index[r] for r in pending] if len(refs) == len(self.ranks) else [0]
+                self.close()
+                raise PolicyRankError(
+                    f"policy rank(s) {hung} hung: no result within {self.call_timeout_s:g} s (config key "
+                    f"'trainer.timeout_s'); every rank was stopped. Last complete checkpoint: "
+                    f"{self.where() or 'none yet'} (continue with --resume)")
             try:
                 ray.get(done[0])
             except Exception as e:
@@ -194,6 +228,8 @@ class PolicyGroup:
                 ray.kill(a)
             except Exception:
                 pass
+        if self._rendezvous:  # a local group's rendezvous file (none on a cluster's TCP rendezvous)
+            pathlib.Path(self._rendezvous).unlink(missing_ok=True)
 
 
 def _last_line(e: BaseException) -> str:

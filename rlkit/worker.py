@@ -43,7 +43,6 @@ import hashlib
 import math
 import os
 import pathlib
-import tempfile
 import time
 from typing import Any
 
@@ -408,9 +407,10 @@ class PolicyWorker:
 
     # ------------------------------------------------------------------------------------------ ranks
     def join_group(self, address: str, port: int, rank: int, world_size: int, backend: str = "",
-                   timeout_s: float = 600.0) -> None:
+                   timeout_s: float = 600.0, token: str = "") -> None:
         """Join the torch.distributed group of trainer.num_ranks policy ranks (gloo on CPU, NCCL on CUDA).
-        Every rank must have loaded the same weights (they all load the same path)."""
+        Every rank must have loaded the same weights (they all load the same path). `token` makes a local
+        group's rendezvous file unique (`rendezvous_file`): a stale file of a killed group must not be reused."""
         import datetime
 
         import torch.distributed as dist
@@ -422,7 +422,9 @@ class PolicyWorker:
             # address it is given, so rendezvous through a file (every rank is on this machine), and gloo's own
             # connections go over the loopback interface.
             os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-            init_method = "file://" + os.path.join(tempfile.gettempdir(), f"rlkit-rendezvous-{port}-{world_size}")
+            from rlkit.orchestration import rendezvous_file
+
+            init_method = "file://" + rendezvous_file(port, world_size, token)
         dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(seconds=timeout_s))
         self.rank, self.world_size = rank, world_size

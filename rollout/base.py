@@ -102,6 +102,11 @@ class Engine(Protocol):
         """Free the engine's memory / processes. The engine is unusable afterwards."""
         ...
 
+    def sleep(self) -> bool:
+        """Free what memory the engine can until its next call (a colocated trainer needs it); the next
+        `generate` or `update_weights` restores it. Returns False where the backend cannot (then a no-op)."""
+        ...
+
 
 # Config fields naming the vision placeholder tokens of Qwen2-VL / Qwen2.5-VL / Qwen3-VL-style models.
 _PLACEHOLDER_FIELDS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")

@@ -49,6 +49,9 @@ class HFEngine:
         Not modified (left padding is asked for per call).
     device: where the model runs.
     dtype: dtype used when loading from a path.
+    `sleep()` moves the weights to host memory and empties the CUDA cache (a colocated trainer gets the GPU
+    memory back); the next `generate` or `update_weights` moves them back. On a CPU device there is nothing to
+    free: `sleep()` returns False.
     max_batch_size: most sequences generated in one `generate` call.
     """
 
@@ -70,6 +73,7 @@ class HFEngine:
             raise ValueError("HFEngine needs a processor/tokenizer when given a model object")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self.asleep = False
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.is_multimodal = hasattr(processor, "image_processor")
@@ -115,8 +119,24 @@ class HFEngine:
             return_dict_in_generate=True,
         )
 
+    def sleep(self) -> bool:
+        """Free the accelerator memory until the next call (see the class docstring); False: nothing to free."""
+        if self.device.type == "cpu":
+            return False
+        if not self.asleep:
+            self.model.to("cpu")
+            torch.cuda.empty_cache()
+            self.asleep = True
+        return True
+
+    def _wake(self) -> None:
+        if self.asleep:
+            self.model.to(self.device)
+            self.asleep = False
+
     @torch.no_grad()
     def generate(self, requests: Sequence[RolloutRequest], sampling: SamplingConfig) -> list[list[Completion]]:
+        self._wake()
         ns = requests_n(requests, sampling)
         rows = [(i, req) for i, (req, n) in enumerate(zip(requests, ns)) for _ in range(n)]
         eos_ids = self.eos_ids + [t for t in (sampling.stop_token_ids or []) if t not in self.eos_ids]
@@ -155,6 +175,7 @@ class HFEngine:
     @torch.no_grad()
     def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Copy (a subset of) transformers-named weights into the model; unknown names raise."""
+        self._wake()
         known = self.model.state_dict().keys()
         unknown = [k for k in state_dict if k not in known]
         if unknown:  # checked first so a bad call changes nothing

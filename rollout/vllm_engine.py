@@ -161,6 +161,10 @@ class VLLMEngine:
     gpu_memory_utilization: fraction of GPU memory for weights + KV cache (GPU only).
     enforce_eager: None means True on CPU (no graph capture there) and False on GPU.
     weight_transport: 'auto' (tensors in-process, safetensors bytes otherwise), 'tensors' or 'bytes'.
+    sleep_mode: on GPUs, start vLLM with its sleep mode, so `sleep()` offloads the weights to host memory and
+        discards the KV cache (vLLM's level 1) while a colocated trainer uses the GPU; `update_weights` wakes
+        the weights first, loads, then reallocates the cache; `generate` wakes everything. vLLM's CPU build
+        has no sleep mode: there `sleep()` returns False and nothing changes.
     engine_kwargs: passed to `vllm.LLM` as they are (e.g. tensor_parallel_size, max_num_seqs); except
         `worker_extension_cls`, which is ours (`WeightSyncExtension`, the worker side of `update_weights`).
     """
@@ -177,6 +181,7 @@ class VLLMEngine:
         gpu_memory_utilization: float = 0.5,
         enforce_eager: bool | None = None,
         weight_transport: str = "auto",
+        sleep_mode: bool = False,
         **engine_kwargs: Any,
     ) -> None:
         from vllm import LLM
@@ -204,6 +209,9 @@ class VLLMEngine:
             kwargs["max_num_batched_tokens"] = max(CPU_MAX_BATCHED_TOKENS, max_model_len)
         else:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+            if sleep_mode:
+                kwargs["enable_sleep_mode"] = True
+        self.can_sleep, self.asleep = bool(sleep_mode and not on_cpu), False
         if self.is_multimodal:
             kwargs["limit_mm_per_prompt"] = {"image": limit_images_per_prompt, "video": 0}
         kwargs.update(engine_kwargs)
@@ -221,10 +229,25 @@ class VLLMEngine:
         self.weight_transport = weight_transport
         self.weight_version = 0
 
+    # ------------------------------------------------------------------ sleep (GPU, colocated training)
+    def sleep(self) -> bool:
+        """Offload the weights and drop the KV cache until the next call; False where vLLM cannot (CPU)."""
+        if not self.can_sleep:
+            return False
+        if not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+        return True
+
+    def _wake(self, tags: list[str] | None = None) -> None:
+        if self.asleep:
+            self.asleep = not self.llm.wake_up(tags)  # True once every allocation is back
+
     # ------------------------------------------------------------------ sampling
     def generate(self, requests: Sequence[RolloutRequest], sampling: SamplingConfig) -> list[list[Completion]]:
         from vllm import SamplingParams
 
+        self._wake()
         ns = requests_n(requests, sampling)
         bias = {t: float("-inf") for t in banned_ids(sampling, self.placeholder_ids)}
         prompts, params, offset = [], [], 0
@@ -274,7 +297,9 @@ class VLLMEngine:
 
     # ------------------------------------------------------------------ weight sync
     def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Load transformers-named weights in place (all or a chunk of whole layers), then drop caches."""
+        """Load transformers-named weights in place (all or a chunk of whole layers), then drop caches.
+        An engine asleep gets its weights back first and its KV cache only after loading (lower peak memory)."""
+        self._wake(["weights"])
         items = _dedupe(state_dict)
         _check_fused_complete(name for name, _ in items)
         transport = self.weight_transport
@@ -287,6 +312,7 @@ class VLLMEngine:
         else:
             payload = items
         self.llm.collective_rpc("rlkit_reload_weights", args=(payload,))
+        self._wake(["kv_cache"])
         self.llm.reset_prefix_cache()
         if self.is_multimodal:
             self.llm.llm_engine.reset_encoder_cache()

@@ -106,7 +106,9 @@ def test_grpo_two_workers_two_ranks_match_one_and_one(tmp_path):
     from safetensors.torch import load_file
 
     a = _run(tmp_path, "one")
-    b = _run(tmp_path, "two", "rollout.num_workers=2", "trainer.num_ranks=2")
+    # colocated placement (worker i and rank i share a bundle) and rollout.sleep (a no-op on CPU) change nothing
+    b = _run(tmp_path, "two", "rollout.num_workers=2", "trainer.num_ranks=2", "ray.placement=colocate",
+             "rollout.sleep=true")
     sa, sb = _jsonl(tmp_path / "one/samples.jsonl"), _jsonl(tmp_path / "two/samples.jsonl")
     assert len(sa) == len(sb) == 2 * 3 * 4
     assert [s["completion"] for s in sa] == [s["completion"] for s in sb]
@@ -132,7 +134,7 @@ def test_killed_rollout_worker_is_recreated_with_the_synced_weights(tiny_text_pa
     from rlkit.pool import EnginePool
     from rollout import RolloutRequest, SamplingConfig
 
-    pool = EnginePool(lambda: spawn(EngineActor, "vllm", model_path=tiny_text_path, num_cpus=0.5, seed=0,
+    pool = EnginePool(lambda _: spawn(EngineActor, "vllm", model_path=tiny_text_path, num_cpus=0.5, seed=0,
                                     max_model_len=256), num_workers=2, max_retries=1)
     try:
         reqs = [RolloutRequest(prompt=f"What is {i} + {i}?", n=2) for i in range(4)]
@@ -191,7 +193,8 @@ def test_dead_policy_rank_stops_with_a_clear_message(tiny_text_path, ray_local):
 
 
 @pytest.mark.parametrize("key", ["rollout.num_workers=0", "trainer.num_ranks=0", "rollout.max_retries=-1",
-                                 "rollout.timeout_s=-1"])
+                                 "rollout.timeout_s=-1", "trainer.timeout_s=-1", "reward_retries=-1",
+                                 "ray.placement=packed", "ray.placement_strategy=pack"])
 def test_scale_keys_are_checked(key, tmp_path):
     from rlkit.config import ConfigError, GRPOConfig, check_grpo, load_config
 
@@ -301,7 +304,7 @@ def test_hung_rollout_worker_is_recreated_then_the_call_fails_naming_the_key(tin
     from rlkit.pool import EnginePool
     from rollout import RolloutRequest, SamplingConfig
 
-    pool = EnginePool(lambda: spawn(EngineActor, "hf", model_path=tiny_text_path, num_cpus=0.5), 1,
+    pool = EnginePool(lambda _: spawn(EngineActor, "hf", model_path=tiny_text_path, num_cpus=0.5), 1,
                       max_retries=1, timeout_s=1e-4)
     try:
         with pytest.raises(RuntimeError, match=r"hung \(rollout.timeout_s\) 2 times .*'rollout.max_retries' = 1"):
