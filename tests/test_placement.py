@@ -120,3 +120,40 @@ def test_hung_policy_rank_stops_the_run_naming_the_key(tiny_text_path, ray_local
         group.train_step(items)
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(group.ranks[0].where.remote(), timeout=30)
+
+
+def test_colocate_benchmark_dry_run_checks_sleep_exactness(tmp_path):
+    """benchmarks/gpu_colocate.py on the CPU (what the GPU run executes, minus the memory figures): the engine
+    cannot sleep there, and its exactness checks pass."""
+    import json
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    out = tmp_path / "colo.json"
+    proc = subprocess.run([sys.executable, str(root / "benchmarks/gpu_colocate.py"), "--device", "cpu", "--sizes",
+                           "tiny", "--prompts", "2", "--n", "2", "--tokens", "6", "--out", str(out)],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["slept"] is False
+    assert row["same_samples_after_generate_wake"] and row["same_samples_after_update_wake"]
+    assert row["samples_changed_by_training"]
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_hf_engine_sleep_frees_gpu_memory_and_changes_no_sample(tiny_text_path):
+    import torch
+
+    from rollout import RolloutRequest, SamplingConfig
+    from rollout.hf_engine import HFEngine
+
+    engine = HFEngine(tiny_text_path, device="cuda")
+    reqs, sampling = [RolloutRequest(prompt="1 + 1 =", n=3)], SamplingConfig(max_tokens=5, seed=0)
+    before = engine.generate(reqs, sampling)
+    held = torch.cuda.memory_allocated()
+    assert engine.sleep() is True
+    assert torch.cuda.memory_allocated() < held
+    after = engine.generate(reqs, sampling)
+    assert [c.token_ids for c in after[0]] == [c.token_ids for c in before[0]]

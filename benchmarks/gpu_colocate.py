@@ -1,0 +1,168 @@
+"""A rollout engine and the policy worker sharing one GPU: what `rollout.sleep` gives back, and that it is exact.
+
+    python benchmarks/gpu_colocate.py [--sizes s,m] [--prompts 8] [--n 8] [--tokens 64] [--out FILE]
+    python benchmarks/gpu_colocate.py --device cpu --sizes tiny     # dry run of the script itself
+
+Why: `ray.placement: colocate` puts rollout worker i and policy rank i on one device, and `rollout.sleep` makes the
+engine free its memory while the rank trains. vLLM's sleep mode needs vLLM's CUDA build, which the lent GPU
+machine does not have, so this script checks the same contract on the transformers (`hf`) engine, in one
+process without Ray: a policy worker and an `HFEngine` on one CUDA device, bf16, Qwen2.5-VL-shaped random
+models (benchmarks/gpu_worker.py's sizes). Per size it measures
+
+- memory held while the engine is awake vs asleep (`torch.cuda.memory_allocated`);
+- the train step's peak memory with the engine awake vs asleep, and the step time either way;
+- the cost of sleeping and of waking through `update_weights` (the weight sync wakes the engine);
+
+and checks that sleeping changes no sample: an engine that slept and was woken by `generate` samples what it
+sampled before (same seed, same weights), and an engine woken by `update_weights` samples what an engine that
+never slept samples after the same update. Prints a table; writes JSON (default
+benchmarks/results/gpu_colocate.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import tempfile
+import time
+import traceback
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from gpu_worker import SIZES, make_items, swap_model  # noqa: E402
+
+
+def _gib(device) -> float:
+    import torch
+
+    if device.type != "cuda":
+        return float("nan")
+    torch.cuda.synchronize()
+    return torch.cuda.memory_allocated() / 2**30
+
+
+def _requests(items, n):
+    from rollout import RolloutRequest
+
+    return [RolloutRequest(prompt=it.prompt_text, images=list(it.images), n=n) for it in items[::n]]
+
+
+def run_size(name, spec, args, tiny_dir, texts):
+    import torch
+
+    from rlkit.models.loading import build_tiny, tokenizer_of
+    from rlkit.models.tiny import TinySpec, build_vlm_model
+    from rlkit.worker import PolicyWorker
+    from rollout import SamplingConfig
+    from rollout.hf_engine import HFEngine
+
+    spec.pop("micro")
+    model_dir = build_tiny("vlm", pathlib.Path(tiny_dir) / name, texts=texts, image_size=spec["image_size"])
+    worker = PolicyWorker(str(model_dir), dtype="bfloat16", micro_batch_size=8, device=args.device)
+    dev = worker.device
+    if name != "tiny":
+        torch.set_default_dtype(torch.bfloat16)
+        with torch.device(dev):
+            swap_model(worker, build_vlm_model(tokenizer_of(worker.processor), TinySpec(**spec)))
+            engine_model = build_vlm_model(tokenizer_of(worker.processor), TinySpec(**spec))
+        torch.set_default_dtype(torch.float32)
+    else:
+        engine_model = str(model_dir)
+    engine = HFEngine(engine_model, worker.processor, device=dev, dtype=torch.bfloat16)
+    engine.update_weights(worker.state_dict())  # the engine starts from the policy's weights
+    items = make_items(worker, args.prompts, args.n, args.tokens, spec["image_size"])
+    reqs = _requests(items, args.n)
+    sampling = SamplingConfig(max_tokens=args.tokens, temperature=1.0, seed=0)
+    ids = lambda out: [c.token_ids for group in out for c in group]  # noqa: E731
+    row = {"size": name, "params_b": sum(p.numel() for p in worker.model.parameters()) / 1e9}
+
+    t = time.perf_counter()
+    before = ids(engine.generate(reqs, sampling))
+    row["generate_s"] = time.perf_counter() - t
+    row["held_awake_gib"] = _gib(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    worker.train_step(items)  # engine awake (also creates the optimizer state)
+    row["train_awake_s"] = time.perf_counter() - t
+    row["peak_train_awake_gib"] = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan")
+
+    t = time.perf_counter()
+    row["slept"] = engine.sleep()
+    row["sleep_s"] = time.perf_counter() - t
+    row["held_asleep_gib"] = _gib(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    worker.train_step(items)  # engine asleep
+    row["train_asleep_s"] = time.perf_counter() - t
+    row["peak_train_asleep_gib"] = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan")
+
+    # exactness 1: woken by generate, unchanged weights -> the samples of before (same seed)
+    engine.update_weights(worker.state_dict())
+    ref = ids(engine.generate(reqs, sampling))
+    engine.sleep()
+    row["same_samples_after_generate_wake"] = ids(engine.generate(reqs, sampling)) == ref
+    # exactness 2: woken by update_weights -> what an engine that never slept samples after the same update
+    worker.train_step(items)
+    sd = worker.state_dict()
+    engine.update_weights(sd)
+    awake_after = ids(engine.generate(reqs, sampling))
+    engine.sleep()
+    t = time.perf_counter()
+    engine.update_weights(sd)
+    row["wake_update_s"] = time.perf_counter() - t
+    row["same_samples_after_update_wake"] = ids(engine.generate(reqs, sampling)) == awake_after
+    row["samples_changed_by_training"] = awake_after != before  # not vacuous: the weights did move
+    del worker, engine
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="s,m")
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--out", default="benchmarks/results/gpu_colocate.json")
+    ap.add_argument("--device", default="cuda", help="cpu: a dry run of the script itself (use --sizes tiny)")
+    args = ap.parse_args()
+
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("gpu_colocate: no CUDA device visible (--device cpu for a dry run)", file=sys.stderr)
+        return 2
+    torch.set_num_threads(1 if args.device == "cpu" else torch.get_num_threads())
+    env = {"torch": torch.__version__, "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"}
+    texts = [f"what is in the image? {w}" for w in "red blue green circle square triangle yes no".split()]
+    tiny_dir = tempfile.mkdtemp(prefix="rlkit-colocate-")
+    result = {"env": env, "args": vars(args), "rows": [], "errors": {}}
+    for name in args.sizes.split(","):
+        try:
+            row = run_size(name, dict(SIZES[name]), args, tiny_dir, texts)
+            result["rows"].append(row)
+            print(json.dumps(row), flush=True)
+        except Exception:
+            result["errors"][name] = traceback.format_exc()
+            print(result["errors"][name], file=sys.stderr, flush=True)
+        out = pathlib.Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+    cols = ("size", "params_b", "held_awake_gib", "held_asleep_gib", "peak_train_awake_gib", "peak_train_asleep_gib",
+            "train_awake_s", "train_asleep_s", "sleep_s", "wake_update_s", "same_samples_after_generate_wake",
+            "same_samples_after_update_wake", "samples_changed_by_training")
+    print(f"\nhf engine + policy worker on one device ({env['device']}), bf16, {args.prompts} prompts x {args.n}, "
+          f"{args.tokens} tokens")
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in result["rows"]:
+        print("| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    ok = all(r["same_samples_after_generate_wake"] and r["same_samples_after_update_wake"] for r in result["rows"])
+    return 0 if ok and not result["errors"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
