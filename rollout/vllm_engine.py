@@ -143,6 +143,18 @@ class WeightSyncExtension:
         return _refresh_output_heads(runner.get_model())
 
 
+def cpu_bind_groups(cpus: list[int], parts: int) -> str:
+    """`VLLM_CPU_OMP_THREADS_BIND` for `parts` CPU workers: the CPUs cut into contiguous, near-equal groups.
+
+    >>> cpu_bind_groups([0, 1, 2, 3, 4], 2)
+    '0,1|2,3,4'
+    """
+    if len(cpus) < parts:
+        raise ValueError(f"tensor_parallel_size {parts} on CPU needs at least {parts} usable cores, got {len(cpus)}")
+    cut = [cpus[k * len(cpus) // parts:(k + 1) * len(cpus) // parts] for k in range(parts)]
+    return "|".join(",".join(map(str, group)) for group in cut)
+
+
 def _on_cpu() -> bool:
     from vllm.platforms import current_platform
 
@@ -215,6 +227,11 @@ class VLLMEngine:
         if self.is_multimodal:
             kwargs["limit_mm_per_prompt"] = {"image": limit_images_per_prompt, "video": 0}
         kwargs.update(engine_kwargs)
+        tp = int(kwargs.get("tensor_parallel_size", 1))
+        if on_cpu and tp > 1 and not os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):
+            # vLLM's CPU build binds each tensor-parallel worker's OpenMP threads to a NUMA node and refuses
+            # more workers than nodes; split the cores this process may use between the workers instead.
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_bind_groups(sorted(os.sched_getaffinity(0)), tp)
         ext = kwargs.setdefault("worker_extension_cls", f"{__name__}.WeightSyncExtension")
         if ext != f"{__name__}.WeightSyncExtension":
             raise ValueError("worker_extension_cls is taken by rollout's weight sync; subclass WeightSyncExtension")

@@ -158,3 +158,36 @@ def test_tied_head_refresh_is_what_keeps_logprobs_right(pair, monkeypatch):
     if stale_diff < 1e-3:
         pytest.skip("this vLLM build refreshes tied output heads itself; the workaround is now redundant")
 
+
+
+@pytest.mark.slow
+def test_tensor_parallel_engine_loads_synced_weights(tiny_text_path):
+    """rollout.engine_kwargs {tensor_parallel_size: 2} reaches vLLM (two CPU workers, each bound to its own
+    cores by `cpu_bind_groups`), and the weight sync shards full transformers tensors across them: after a
+    sync of perturbed weights, greedy tokens and their logprobs match the transformers reference."""
+    import os
+
+    assert len(os.sched_getaffinity(0)) >= 2
+    eng = make_engine("vllm", model_path=tiny_text_path, max_model_len=256, kv_cache_gib=0.25, seed=0,
+                      tensor_parallel_size=2, distributed_executor_backend="mp")
+    try:
+        assert eng.llm.llm_engine.vllm_config.parallel_config.tensor_parallel_size == 2
+        trainer = HFEngine(tiny_text_path)
+        req = _requests(eng)[0]
+        greedy = SamplingConfig(temperature=0.0, max_tokens=8)
+        before = eng.generate([req], greedy)[0][0]
+        assert _max_diff(before.logprobs, _ref(trainer, req, before.token_ids)[1]) < 1e-3
+        perturb_(trainer.model, scale=0.05, seed=1)
+        eng.update_weights(trainer.model.state_dict())
+        after = eng.generate([req], greedy)[0][0]
+        assert _max_diff(after.logprobs, _ref(trainer, req, after.token_ids)[1]) < 1e-3
+        assert _max_diff(before.logprobs, _ref(trainer, req, before.token_ids)[1]) > 1e-2  # weights did change
+    finally:
+        eng.close()
+
+
+def test_cpu_bind_groups():
+    assert vllm_engine.cpu_bind_groups([0, 1], 2) == "0|1"
+    assert vllm_engine.cpu_bind_groups([2, 3, 5, 7], 2) == "2,3|5,7"
+    with pytest.raises(ValueError, match="tensor_parallel_size 3"):
+        vllm_engine.cpu_bind_groups([0, 1], 3)
