@@ -110,6 +110,7 @@ class TrainerConfig:
     num_cpus: float = 1.0  # Ray CPUs reserved for each policy rank actor
     num_gpus: float = 0.0  # Ray GPUs reserved for each policy rank actor (0: none; 0.5 with rollout.num_gpus 0.5 shares one GPU with the engine)
     num_ranks: int = 1  # policy ranks (Ray actors in one torch.distributed group: gloo on CPU, NCCL on GPU); each trains a slice of every mini-batch, gradients summed before clipping (docs/scaling.md)
+    strategy: str = "replicate"  # data parallelism over trainer.num_ranks: "replicate" (every rank holds the whole model and AdamW state) or "fsdp2" (FSDP2 shards weights, gradients and AdamW state per layer across the ranks; no LoRA) (docs/scaling.md)
     gradient_checkpointing: bool = False  # recompute activations during backward (transformers' gradient checkpointing): on an H100, 0.5-3.3B models, 2-6x less peak memory for a 2.4-2.7x slower update (docs/performance.md)
     device: str = "auto"  # where the policy worker trains: "auto" (CUDA when the process sees a GPU, else CPU), "cpu", "cuda", "cuda:1"
     accuracy_reward: str = ""  # the reward (name as in reward/<name>/mean) whose score is "accuracy" in mode/<m>/accuracy and evaluations ("": the first reward listed)
@@ -331,6 +332,12 @@ def check_grpo(cfg: GRPOConfig) -> None:
                        cfg.rollout.max_retries, 0), ("trainer.num_ranks", cfg.trainer.num_ranks, 1)):
         if v < lo:
             raise ConfigError(f"config key '{key}': must be >= {lo}, got {v}")
+    from rlkit.sharding import check_strategy
+
+    try:
+        check_strategy(cfg.trainer.strategy, lora=bool(cfg.model.lora))
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     if cfg.rollout.timeout_s < 0:
         raise ConfigError("config key 'rollout.timeout_s': must be >= 0 (0: no limit)")
     if cfg.algorithm.refill_rounds < 0:
