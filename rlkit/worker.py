@@ -175,7 +175,8 @@ class PolicyWorker:
         """(B, Tc) logprobs of the completion tokens and (B, Tc) entropy (detached)."""
         kwargs = {k: batch[k] for k in ("mm_token_type_ids",) if k in batch}
         if "pixel_values" in batch:
-            kwargs.update(image_inputs(model, batch["pixel_values"], batch["image_grid_thw"], batch["image_keys"]))
+            kwargs.update(image_inputs(model, batch["pixel_values"], batch["image_grid_thw"], batch["image_keys"],
+                                       always=self.sharded))  # fsdp2: the same path on every rank
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                     logits_to_keep=batch["Tc"] + 1, use_cache=False, **kwargs)
         logits = out.logits[:, :-1].float()
@@ -300,6 +301,9 @@ class PolicyWorker:
         with more, they are computed once, before the first update, over the first epoch's layout, and reused.
         """
         t0 = time.perf_counter()
+        if self.sharded and len({bool(it.images) for it in items}) > 1:
+            raise ValueError("trainer.strategy fsdp2: a batch mixes rows with and without images (ranks would "
+                             "run the vision tower a different number of times); use trainer.strategy replicate")
         prompts = self._encode_prompts(items)
         n_mini = math.ceil(len(items) / (self.mini_batch_size or len(items)))
         n_steps = self.ppo_epochs * n_mini

@@ -4,7 +4,8 @@ optimizer steps as 1 replicate worker on the same batch.
 - tiny text model, after one and after two train steps (weights, loss, grad norm);
 - uneven slices: 5 rows over 2 ranks with micro-batches of 2 (one rank runs 2 passes, the other 1 real + 1
   padding pass) and a mini-batch of 1 row (one rank has an empty slice);
-- tiny VLM (the vision tower runs outside the root forward to encode each distinct image once);
+- tiny VLM (the vision tower runs outside the root forward to encode each distinct image once), also with
+  gradient checkpointing;
 - a NaN advantage skips the step on both ranks; a checkpoint written under fsdp2 has the replicate format
   (from_pretrained loads it; load_trainer_state restores the same optimizer state under either strategy);
 - the config refuses unknown strategies and fsdp2 with LoRA.
@@ -29,7 +30,8 @@ def _text_items(worker):
 def _vlm_items(worker):
     from test_worker import vqa_items
 
-    return vqa_items(worker, k=2, per=2)
+    items = vqa_items(worker, k=3, per=2)  # a a b b c c
+    return [items[i] for i in (0, 1, 2, 4, 5)]  # rank 0: (a a) encodes a once; rank 1: (b c) plain, then (c)
 
 
 def _rank_main(rank, world, tmp, path, kw, kind, steps, nan, save, load_from):
@@ -129,12 +131,15 @@ def test_fsdp2_empty_slice_does_not_hang(tiny_text_path, tmp_path):
     assert_same(r0["weights"][0], r0["metrics"][0], ref_w[0], ref_m[0], base)
 
 
-def test_fsdp2_vlm_vision_tower_path(tiny_vlm_path, tmp_path):
-    """2 prompts x 2 samples: each image repeats, so rlkit/vision.py calls the vision tower unit directly."""
+@pytest.mark.parametrize("gc", [False, True], ids=["plain", "gradient-checkpointing"])
+def test_fsdp2_vlm_vision_tower_path(tiny_vlm_path, tmp_path, gc):
+    """Images a a b c c: rank 0's micro-batch repeats an image (rlkit/vision.py encodes it once, calling the
+    vision tower unit before the root), rank 1's does not; under fsdp2 both take the same path (a rank on the
+    plain path would all-gather the root first: the ranks' collectives would not meet)."""
     from rlkit.worker import PolicyWorker
 
     base = {k: v.clone() for k, v in PolicyWorker(tiny_vlm_path).state_dict().items()}
-    kw = dict(KW)
+    kw = dict(KW, gradient_checkpointing=gc)
     _, ref_m, ref_w = replicate(tiny_vlm_path, kw, kind="vlm")
     r0, _ = run_ranks(tmp_path, tiny_vlm_path, kw, kind="vlm")
     assert_same(r0["weights"][0], r0["metrics"][0], ref_w[0], ref_m[0], base)
