@@ -193,3 +193,24 @@ def test_strategy_is_checked(override, match, tmp_path):
     cfg = load_config(GRPOConfig, None, [f"output_dir={tmp_path}", "trainer.strategy=fsdp2", override])
     with pytest.raises(ConfigError, match=match):
         check_grpo(cfg)
+
+
+def test_gpu_fsdp_script_smoke_on_cpu(tmp_path):
+    """benchmarks/gpu_fsdp.py (run on a GPU with NCCL) also runs on CPU with gloo: fsdp2 on a 1-rank group
+    takes exactly replicate's steps, the checkpoint's AdamW state included, and the steps moved the weights."""
+    import json
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    out = tmp_path / "gpu_fsdp.json"
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    subprocess.run([sys.executable, str(root / "benchmarks/gpu_fsdp.py"), "--device", "cpu", "--sizes", "tiny",
+                    "--steps", "2", "--prompts", "2", "--n", "2", "--tokens", "6", "--out", str(out)],
+                   check=True, env=env, cwd=root, timeout=300)
+    result = json.loads(out.read_text())
+    assert not result["errors"]
+    (row,) = result["rows"]
+    assert row["same_keys"] and row["replicate"]["rel_update"] > 1e-3
+    assert row["max_rel_weight_diff"] < 1e-6 and row["max_rel_adam_diff"] < 1e-6
+    assert row["fsdp2"]["grad_norms"] == pytest.approx(row["replicate"]["grad_norms"], rel=1e-6)
