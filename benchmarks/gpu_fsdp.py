@@ -15,7 +15,10 @@ weights and the same GRPO-like batch (prompts x n sequences, each image shared b
 step time, the peak memory and the relative update of all weights together (the steps moved the
 weights: the comparison is not vacuous; lr 1e-3 so bf16 weights move), and between them the largest relative difference (in norm) of any weight
 tensor and of any AdamW moment (from the fsdp2 checkpoint's trainer_state.pt against replicate's optimizer),
-and the per-step gradient norms (before clipping). JSON to benchmarks/results/gpu_fsdp.json. `--device cpu --sizes tiny` is a smoke
+and the per-step gradient norms (before clipping). Replicate runs twice: the difference between its
+two runs is the noise floor (CUDA kernels that add with atomics are not bitwise deterministic, and Adam turns
+a last-bit difference in a near-zero gradient into a visible one on small tensors such as zero-initialised
+biases); `--deterministic` turns on torch.use_deterministic_algorithms. JSON to benchmarks/results/gpu_fsdp.json. `--device cpu --sizes tiny` is a smoke
 run of the script itself (tests/test_fsdp.py runs it).
 """
 from __future__ import annotations
@@ -111,13 +114,16 @@ def run_size(name, args, work, texts):
 
         s = {k: v for k, v in spec.items() if k != "micro"}
         init = build_vlm_model(tokenizer_of(load_processor(str(model_dir))), TinySpec(**s)).state_dict()
-    rep, wr = run_strategy("replicate", model_dir, spec, init, args)
-    ref_w = {k: v.detach().float().cpu() for k, v in wr.state_dict().items()}
-    ref_opt = {i: {k: v.float().cpu() for k, v in s.items() if k != "step"}
-               for i, s in wr.optimizer.state_dict()["state"].items()}
-    del wr
-    if args.device == "cuda":
-        torch.cuda.empty_cache()
+    runs = []
+    for _ in range(2):  # twice: the second run measures the noise floor (CUDA kernels with atomics)
+        rep, wr = run_strategy("replicate", model_dir, spec, init, args)
+        runs.append(({k: v.detach().float().cpu() for k, v in wr.state_dict().items()},
+                     {i: {k: v.float().cpu() for k, v in s.items() if k != "step"}
+                      for i, s in wr.optimizer.state_dict()["state"].items()}))
+        del wr
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+    (ref_w, ref_opt), (again_w, again_opt) = runs
     fs, wf = run_strategy("fsdp2", model_dir, spec, init, args)
     got_w = wf.state_dict()
     ck = work / f"{name}-ck"
@@ -130,7 +136,13 @@ def run_size(name, args, work, texts):
     return {"size": name, "dtype": args.dtype, "params_b": rep["params_b"], "steps": args.steps,
             "sequences": args.prompts * args.n, "replicate": rep, "fsdp2": fs,
             "max_rel_weight_diff": max(rel_diff(got_w[k], ref_w[k]) for k in ref_w),
+            "worst_tensor": max(ref_w, key=lambda k: rel_diff(got_w[k], ref_w[k])),
+            "rel_weight_diff": global_rel_diff(got_w, ref_w),
             "max_rel_adam_diff": max(rel_diff(saved[i][k], v) for i, s in ref_opt.items() for k, v in s.items()),
+            "noise_max_rel_weight_diff": max(rel_diff(again_w[k], ref_w[k]) for k in ref_w),
+            "noise_rel_weight_diff": global_rel_diff(again_w, ref_w),
+            "noise_max_rel_adam_diff": max(rel_diff(again_opt[i][k], v) for i, s in ref_opt.items()
+                                           for k, v in s.items()),
             "same_keys": set(got_w) == set(ref_w)}
 
 
@@ -144,6 +156,7 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--lr", type=float, default=1e-3, help="large enough to move bf16 weights")
+    ap.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms (CUDA)")
     ap.add_argument("--out", default="benchmarks/results/gpu_fsdp.json")
     args = ap.parse_args()
 
@@ -158,6 +171,11 @@ def main() -> int:
         return 2
     if args.device == "cpu":
         torch.set_num_threads(1)
+    if args.deterministic:
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
     texts = [f"what is in the image? {w}" for w in "red blue green circle square triangle yes no".split()]
     work = pathlib.Path(tempfile.mkdtemp(prefix="rlkit-gpu-fsdp-"))
     result = {"env": env, "args": vars(args), "rows": [], "errors": {}}
@@ -175,13 +193,16 @@ def main() -> int:
     print(f"\nfsdp2 (1-rank group, {'NCCL' if args.device == 'cuda' else 'gloo'}) vs replicate on {env['device']}, "
           f"{args.dtype}, {args.prompts} prompts x {args.n}, {args.tokens} completion tokens, {args.steps} steps")
     print("| size | params (B) | replicate step s | fsdp2 step s | replicate peak GiB | fsdp2 peak GiB "
-          "| rel update | max rel weight diff | max rel AdamW diff | grad norms replicate / fsdp2 |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| rel update | rel weight diff (all / worst tensor) | max rel AdamW diff "
+          "| replicate twice: same three | grad norms replicate / fsdp2 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in result["rows"]:
         a, b = r["replicate"], r["fsdp2"]
         print(f"| {r['size']} | {r['params_b']:.3g} | {a['step_s_median']:.3g} | {b['step_s_median']:.3g} "
-              f"| {a['peak_gib']:.3g} | {b['peak_gib']:.3g} | {a['rel_update']:.2e} | {r['max_rel_weight_diff']:.2e} "
-              f"| {r['max_rel_adam_diff']:.2e} | {', '.join(f'{x:.4g}' for x in a['grad_norms'])} / "
+              f"| {a['peak_gib']:.3g} | {b['peak_gib']:.3g} | {a['rel_update']:.2e} "
+              f"| {r['rel_weight_diff']:.1e} / {r['max_rel_weight_diff']:.1e} | {r['max_rel_adam_diff']:.1e} "
+              f"| {r['noise_rel_weight_diff']:.1e} / {r['noise_max_rel_weight_diff']:.1e} / "
+              f"{r['noise_max_rel_adam_diff']:.1e} | {', '.join(f'{x:.4g}' for x in a['grad_norms'])} / "
               f"{', '.join(f'{x:.4g}' for x in b['grad_norms'])} |")
     print(f"JSON: {out}")
     return 1 if result["errors"] else 0
