@@ -214,3 +214,48 @@ def test_gpu_fsdp_script_smoke_on_cpu(tmp_path):
     assert row["same_keys"] and row["replicate"]["rel_update"] > 1e-3
     assert row["max_rel_weight_diff"] < 1e-6 and row["max_rel_adam_diff"] < 1e-6
     assert row["fsdp2"]["grad_norms"] == pytest.approx(row["replicate"]["grad_norms"], rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    from rlkit.orchestration import init_ray, shutdown
+
+    init_ray("", 4)
+    yield
+    shutdown()
+
+
+def test_policy_group_fans_leader_calls_out_under_fsdp2(tiny_text_path, ray_local, tmp_path):
+    """PolicyGroup (Ray actors, as the GRPO driver uses it): under fsdp2 the leader handle runs RLPR's scoring,
+    the weight sync's state dict and the checkpoint on every rank (each forward all-gathers), with rank 0's
+    result; under replicate the leader stays rank 0's actor."""
+    import ray
+
+    from rlkit.orchestration import spawn
+    from rlkit.pool import AllRanks, PolicyGroup, PolicyRank
+    from rlkit.worker import PolicyWorker
+
+    single = PolicyWorker(tiny_text_path, **KW)
+    items = _text_items(single)
+    expected = single.train_step(items)
+    group = PolicyGroup(lambda rank: spawn(PolicyRank, tiny_text_path, num_cpus=0.5, strategy="fsdp2", **KW), 2,
+                        strategy="fsdp2")
+    try:
+        assert isinstance(group.leader, AllRanks)
+        got = group.train_step(items)
+        lp = ray.get(group.leader.compute_logprobs.remote(items[:2]))  # RLPR's path (rlkit/grpo.py)
+        weights = ray.get(group.state_dict())  # the sync's object ref: rank 0's full weights
+        group.save(str(tmp_path / "ck"))
+    finally:
+        group.close()
+    assert got["train/grad_norm"] == pytest.approx(expected["train/grad_norm"], rel=1e-4)
+    for a, b in zip(lp, single.compute_logprobs(items[:2])):
+        assert a == pytest.approx(b, abs=1e-5)
+    ref = single.state_dict()
+    assert set(weights) == set(ref)
+    for k in ref:
+        torch.testing.assert_close(weights[k], ref[k], rtol=1e-4, atol=1e-5)
+    assert (tmp_path / "ck" / "trainer_state.pt").exists() and (tmp_path / "ck" / "config.json").exists()
+    for strategy in ("replicate", "fsdp2"):  # one rank: no group, nothing sharded: rank 0's own handle
+        one = PolicyGroup(lambda rank: object(), 1, strategy=strategy)
+        assert one.leader is one.ranks[0]
