@@ -157,13 +157,18 @@ def full_state_dict(model, rank: int) -> dict[str, torch.Tensor]:
     """The unsharded weights under the module's own names (the same keys as an unsharded `state_dict()`),
     detached on the CPU, on rank 0; {} on the other ranks. Collective: every rank must call it."""
     out: dict[str, torch.Tensor] = {}
-    done: dict[int, torch.Tensor] = {}  # tied weights: gathered once
+    # tied weights (one parameter under two names, e.g. embeddings and output head) are gathered once and
+    # stay one tensor, so save_pretrained drops the tied copy as it does unsharded. Keyed by the parameter
+    # (state_dict() hands out a new DTensor per name), which every rank sees the same way: the same gathers.
+    param_of = {name: id(p) for name, p in model.named_parameters(remove_duplicate=False)}
+    done: dict[int, torch.Tensor] = {}
     for k, v in model.state_dict().items():
-        if id(v) not in done:
+        key = param_of.get(k, id(v))
+        if key not in done:
             full = _full(v.detach())
-            done[id(v)] = full.cpu() if rank == 0 else None
+            done[key] = full.cpu() if rank == 0 else None
         if rank == 0:
-            out[k] = done[id(v)]
+            out[k] = done[key]
     return out
 
 

@@ -146,9 +146,7 @@ def test_fsdp2_vlm_vision_tower_path(tiny_vlm_path, tmp_path, gc):
     assert any(not torch.equal(ref_w[0][k], base[k]) for k in ref_w[0] if "visual" in k)  # the tower trained
 
 
-def test_fsdp2_nan_skip_agrees_and_checkpoint_resumes_under_either_strategy(tiny_text_path, tmp_path):
-    from transformers import AutoModelForCausalLM
-
+def test_fsdp2_nan_skip_agrees(tiny_text_path, tmp_path):
     from rlkit.worker import PolicyWorker
 
     base = {k: v.clone() for k, v in PolicyWorker(tiny_text_path).state_dict().items()}
@@ -157,12 +155,24 @@ def test_fsdp2_nan_skip_agrees_and_checkpoint_resumes_under_either_strategy(tiny
         assert r["metrics"][0]["train/update_skipped"] == 1.0 and r["metrics"][0]["train/skipped_updates"] == 1.0
     assert all(torch.equal(r0["weights"][0][k], base[k]) for k in base)
 
+
+def test_fsdp2_checkpoint_resumes_under_either_strategy(tiny_text_path, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from rlkit.worker import PolicyWorker
+
+    base = {k: v.clone() for k, v in PolicyWorker(tiny_text_path).state_dict().items()}
     ck = str(tmp_path / "ck")
     r0, r1 = run_ranks(tmp_path, tiny_text_path, KW, steps=2, save=ck)
     w, ref_m, ref_w = replicate(tiny_text_path, KW, steps=2)
     assert_same(r0["weights"][1], r0["metrics"][1], ref_w[1], ref_m[1], base)
     loaded = AutoModelForCausalLM.from_pretrained(ck).state_dict()  # the replicate format: from_pretrained loads it
     assert set(loaded) <= set(r0["weights"][1])
+    w.save(str(tmp_path / "ck-replicate"))
+    from safetensors import safe_open
+
+    keys = lambda d: set(safe_open(str(pathlib.Path(d) / "model.safetensors"), "pt").keys())
+    assert keys(ck) == keys(tmp_path / "ck-replicate")  # the same file: a tied output head is not written twice
     assert all(torch.equal(loaded[k], r0["weights"][1][k]) for k in loaded)
     state = torch.load(pathlib.Path(ck) / "trainer_state.pt", weights_only=False)
     ref_opt = w.optimizer.state_dict()
@@ -259,3 +269,30 @@ def test_policy_group_fans_leader_calls_out_under_fsdp2(tiny_text_path, ray_loca
     for strategy in ("replicate", "fsdp2"):  # one rank: no group, nothing sharded: rank 0's own handle
         one = PolicyGroup(lambda rank: object(), 1, strategy=strategy)
         assert one.leader is one.ranks[0]
+
+
+@pytest.mark.slow
+def test_grpo_fsdp2_two_ranks_match_one_rank(tmp_path):
+    """The GRPO driver end to end (vLLM rollout, Ray ranks) with the KL penalty in the reward, so the driver
+    calls `policy.leader.reference_kl` every step: 2 fsdp2 ranks sample the same completions and end with the
+    same weights as 1 rank (same seed)."""
+    from safetensors.torch import load_file
+
+    from test_scale import _jsonl, _run
+
+    kl = ("algorithm.kl_coef=0.05", "algorithm.kl_in_reward=true")
+    a = _run(tmp_path, "one", *kl)
+    b = _run(tmp_path, "fsdp", *kl, "trainer.num_ranks=2", "trainer.strategy=fsdp2")
+    sa, sb = _jsonl(tmp_path / "one/samples.jsonl"), _jsonl(tmp_path / "fsdp/samples.jsonl")
+    assert [s["completion"] for s in sa] == [s["completion"] for s in sb]
+    ma, mb = _jsonl(tmp_path / "one/metrics.jsonl"), _jsonl(tmp_path / "fsdp/metrics.jsonl")
+    for x, y in zip(ma, mb):
+        assert y["train/loss"] == pytest.approx(x["train/loss"], rel=1e-4, abs=1e-6)
+        assert y["kl/reward_seq_k1_mean"] == pytest.approx(x["kl/reward_seq_k1_mean"], rel=1e-3, abs=1e-5)
+    wa = load_file(pathlib.Path(a["checkpoint"]) / "model.safetensors")
+    wb = load_file(pathlib.Path(b["checkpoint"]) / "model.safetensors")
+    base = load_file(tmp_path / "one/base_model/model.safetensors")
+    assert set(wa) == set(wb)
+    for k in wa:
+        update = (wa[k] - base[k]).norm()
+        assert (wb[k] - wa[k]).norm() <= 1e-3 * update + 1e-6, k
