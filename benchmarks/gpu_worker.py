@@ -120,7 +120,7 @@ def run_size(name, spec, args, tiny_dir, texts):
     peak_train = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     score = timed(lambda: worker.compute_logprobs(items))
     orig = W.image_inputs
-    W.image_inputs = lambda m, pv, g, k: {"pixel_values": pv, "image_grid_thw": g}
+    W.image_inputs = lambda m, pv, g, k, **_: {"pixel_values": pv, "image_grid_thw": g}
     try:
         train_plain = timed(lambda: worker.train_step(items), repeats=2)
     finally:

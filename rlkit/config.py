@@ -112,6 +112,7 @@ class TrainerConfig:
     num_gpus: float = 0.0  # Ray GPUs reserved for each policy rank actor (0: none; 0.5 with rollout.num_gpus 0.5 shares one GPU with the engine)
     timeout_s: float = 0.0  # a call to the policy ranks (train step, checkpoint, the first one includes loading the model) longer than this counts as a hung rank: every rank is stopped and the run ends naming the last checkpoint (0: no limit)
     num_ranks: int = 1  # policy ranks (Ray actors in one torch.distributed group: gloo on CPU, NCCL on GPU); each trains a slice of every mini-batch, gradients summed before clipping (docs/scaling.md)
+    strategy: str = "replicate"  # data parallelism over trainer.num_ranks: "replicate" (every rank holds the whole model and AdamW state) or "fsdp2" (FSDP2 shards weights, gradients and AdamW state per layer across the ranks; no LoRA) (docs/scaling.md)
     gradient_checkpointing: bool = False  # recompute activations during backward (transformers' gradient checkpointing): on an H100, 0.5-3.3B models, 2-6x less peak memory for a 2.4-2.7x slower update (docs/performance.md)
     device: str = "auto"  # where the policy worker trains: "auto" (CUDA when the process sees a GPU, else CPU), "cpu", "cuda", "cuda:1"
     accuracy_reward: str = ""  # the reward (name as in reward/<name>/mean) whose score is "accuracy" in mode/<m>/accuracy and evaluations ("": the first reward listed)
@@ -338,6 +339,12 @@ def check_grpo(cfg: GRPOConfig) -> None:
                       ("reward_retries", cfg.reward_retries, 0)):
         if v < lo:
             raise ConfigError(f"config key '{key}': must be >= {lo}, got {v}")
+    from rlkit.sharding import check_strategy
+
+    try:
+        check_strategy(cfg.trainer.strategy, lora=bool(cfg.model.lora))
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     for key, v in (("rollout.timeout_s", cfg.rollout.timeout_s), ("trainer.timeout_s", cfg.trainer.timeout_s)):
         if v < 0:
             raise ConfigError(f"config key '{key}': must be >= 0 (0: no limit)")

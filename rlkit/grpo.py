@@ -183,8 +183,8 @@ def _policy(cfg: GRPOConfig, model_path: str, base_model: str, out: pathlib.Path
                  policy_loss=a.policy_loss, loss_opts=dict(a.loss_opts), kl_coef=a.kl_coef,
                  kl_estimator=a.kl_estimator, kl_in_reward=a.kl_in_reward, reference_path=base_model,
                  temperature=cfg.rollout.temperature, lora=dict(cfg.model.lora) or None, seed=cfg.seed,
-                 num_threads=max(1, int(t.num_cpus))),
-        t.num_ranks, where=lambda: str(ckpt.latest(out) or ""), call_timeout_s=t.timeout_s)
+                 num_threads=max(1, int(t.num_cpus)), strategy=t.strategy),
+        t.num_ranks, where=lambda: str(ckpt.latest(out) or ""), strategy=t.strategy, call_timeout_s=t.timeout_s)
 
 
 class StepRows:

@@ -16,10 +16,12 @@ that takes longer is treated the same way (the hung worker is killed and recreat
 torch.distributed group (rendezvous on rank 0's node IP: 127.0.0.1 under a local Ray, a free port). Every
 rank gets the whole batch and trains its slice (rlkit/worker.py: gradients summed before clipping, identical
 steps). Rank 0 is the `leader`: it provides the weights for the sync, scores for rewards (RLPR) and writes
-checkpoints (model, optimizer, RNG). A rank that dies or fails stops the run: the others (blocked in a
-collective) are killed and `PolicyRankError` names the rank and the last complete checkpoint. With
-`trainer.timeout_s`, a call that gets no answer in time is a hung rank and ends the same way (without it, only
-gloo's collective timeout ends a rank stuck waiting for a peer that hangs).
+checkpoints (model, optimizer, RNG). Under trainer.strategy "fsdp2" every forward pass all-gathers weight
+shards (a collective), so the `leader` handle fans each call out to every rank and returns rank 0's result. A
+rank that dies or fails stops the run: the others (blocked in a collective) are killed and `PolicyRankError`
+names the rank and the last complete checkpoint. With `trainer.timeout_s`, a call that gets no answer in time
+is a hung rank and ends the same way (without it, only gloo's collective timeout ends a rank stuck waiting for a
+peer that hangs).
 """
 from __future__ import annotations
 
@@ -150,6 +152,24 @@ class PolicyRank(PolicyWorker):
         return where_am_i()
 
 
+class AllRanks:
+    """Rank 0's actor handle as the driver uses it (`h.method.remote(*args)` -> object ref), for sharded ranks:
+    the call goes to every rank in rank order (their collectives meet) and rank 0's ref is returned."""
+
+    def __init__(self, ranks: list):
+        self.ranks = ranks
+
+    def __getattr__(self, name: str):
+        methods = [getattr(a, name) for a in self.ranks]
+
+        class _Method:
+            @staticmethod
+            def remote(*args, **kwargs):
+                return [m.remote(*args, **kwargs) for m in methods][0]
+
+        return _Method()
+
+
 class PolicyRankError(RuntimeError):
     """A policy rank died or failed; the run stops (the last complete checkpoint is untouched)."""
 
@@ -159,8 +179,9 @@ class PolicyGroup:
     `where` names the last complete checkpoint for error messages (a callable, read when a rank fails)."""
 
     def __init__(self, make: Callable[[int], object], num_ranks: int = 1, where: Callable[[], str] = lambda: "",
-                 timeout_s: float = 600.0, call_timeout_s: float = 0.0):
+                 timeout_s: float = 600.0, strategy: str = "replicate", call_timeout_s: float = 0.0):
         self.where = where
+        self.strategy = strategy
         self.call_timeout_s = call_timeout_s  # trainer.timeout_s: a call to the ranks longer than this = hung (0: none)
         self.ranks = [make(r) for r in range(max(1, num_ranks))]
         self._rendezvous = None
@@ -172,9 +193,14 @@ class PolicyGroup:
                        for r, a in enumerate(self.ranks)])
 
     @property
+    def sharded(self) -> bool:
+        return self.strategy == "fsdp2" and len(self.ranks) > 1
+
+    @property
     def leader(self):
-        """Rank 0: weights for the sync, scoring for rewards, checkpoints."""
-        return self.ranks[0]
+        """Rank 0: weights for the sync, scoring for rewards, checkpoints. Sharded (fsdp2): a handle whose
+        `h.method.remote(...)` calls the method on every rank (same arguments) and returns rank 0's ref."""
+        return AllRanks(self.ranks) if self.sharded else self.ranks[0]
 
     def train_step(self, items) -> dict:
         return self._get([a.train_step.remote(items) for a in self.ranks])[0]
@@ -188,7 +214,7 @@ class PolicyGroup:
         return self.leader.state_dict.remote()
 
     def save(self, directory: str) -> None:
-        self._get([self.leader.save.remote(directory)])
+        self._get([a.save.remote(directory) for a in (self.ranks if self.sharded else self.ranks[:1])])
 
     def load_trainer_state(self, directory: str) -> None:
         self._get([a.load_trainer_state.remote(directory) for a in self.ranks])

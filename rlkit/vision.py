@@ -11,7 +11,11 @@ enter the same places, and in backward the gradients of the copies add up in the
 Applies only where it is safe: the model's forward takes `mm_encoder_outputs`, it has `get_image_features`,
 and the encoder output carries nothing per image but `pooler_output` (a model that also returns per-image
 side features, such as Qwen3-VL's deepstack features, keeps the plain path). Otherwise, and when a batch
-has no repeated image, the batch is passed through unchanged.
+has no repeated image, the batch is passed through unchanged, unless `always` (trainer.strategy fsdp2): then
+the tower runs here, before the model's forward, whatever the batch holds, because under FSDP2 the vision
+tower and the root are separate units whose weight all-gathers are collectives: every rank must reach them
+in the same order, and a rank whose micro-batch happens to repeat an image must not take another path than
+one whose micro-batch does not.
 """
 from __future__ import annotations
 
@@ -39,7 +43,8 @@ def supports_dedup(model) -> bool:
     return "mm_encoder_outputs" in params and callable(getattr(base, "get_image_features", None))
 
 
-def image_inputs(model, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, image_keys: list) -> dict[str, Any]:
+def image_inputs(model, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, image_keys: list,
+                 always: bool = False) -> dict[str, Any]:
     """The image keyword arguments for `model(...)`, encoding each distinct image once.
 
     pixel_values: (sum_i patches_i, D) patch rows of every image in batch order (patches_i = prod(grid_thw[i]));
@@ -52,7 +57,7 @@ def image_inputs(model, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor
     first: dict = {}
     for i, k in enumerate(image_keys):
         first.setdefault(k, i)
-    if len(first) == len(image_keys) or not supports_dedup(model):
+    if (len(first) == len(image_keys) and not always) or not supports_dedup(model):
         return plain
     sizes = image_grid_thw.prod(-1).tolist()
     starts = [0]

@@ -22,14 +22,15 @@ computed once, in one no-grad pass over the first epoch's layout, before the fir
 accumulate gradients; each micro-batch's loss is rescaled so that the sum equals the loss of its whole
 mini-batch under the configured aggregation (see `_aggregation_scale`).
 
-Several ranks (`join_group`, trainer.num_ranks): every rank holds a full replica (model and optimizer) and
-receives the whole rollout batch; each mini-batch's rows are cut into `world_size` contiguous slices and a
-rank runs forward/backward on its slice only. Each micro-batch's loss is scaled as its share of the WHOLE
-mini-batch's aggregate (the same `_aggregation_scale`, with the slice's offset), so the summed gradient is
-the mini-batch's gradient; it is all-reduced (one flat buffer, sum) before clipping, and every rank takes
-the identical optimizer step (the same decision on non-finite values too). Metrics are merged across ranks.
-That is DDP's data parallelism written out (gloo on CPU, NCCL on GPUs); FSDP2 sharding is the path for
-models whose optimizer state does not fit one device (not done here, see docs/scaling.md).
+Several ranks (`join_group`, trainer.num_ranks): every rank receives the whole rollout batch; each
+mini-batch's rows are cut into `world_size` contiguous slices and a rank runs forward/backward on its slice
+only, each micro-batch's loss scaled as its share of the WHOLE mini-batch (`_aggregation_scale` with the
+slice's offset), so gradients are SUMMED over ranks; metrics are merged, and every rank takes the same step
+(and the same decision on non-finite values). trainer.strategy picks who holds what (rlkit/sharding.py):
+"replicate" (a full replica of model and AdamW per rank, gradients all-reduced in one flat buffer: DDP written
+out) or "fsdp2" (FSDP2 shards weights, gradients and AdamW moments per layer; forwards all-gather, backward
+reduce-scatters; every rank runs the same passes, padded with zero-loss ones; full state dicts are gathered
+on rank 0 for the sync and the checkpoint, whose format is the same under both strategies).
 
 KL to the reference policy: in the loss (`kl_coef * aggregation(k)`, default), or, with `kl_in_reward`, as a
 k1 penalty the driver subtracts from each reward before advantages (`reference_kl`, `kl_penalized_rewards`).
@@ -56,6 +57,9 @@ from rlkit.lora import (ADAPTER_DIR, adapter_base_path, adapters_off, adapters_o
 from rlkit.lora import trainable_counts as lora_trainable_counts
 from rlkit.models.loading import apply_freeze, load_policy, tokenizer_of
 from rlkit.records import TrainItem
+from rlkit.sharding import (all_reduce_grads, check_strategy, full_optimizer_state, full_state_dict, global_norm,
+                            init_group, merge_metrics, pass_counts, rebuild_optimizer, shard_optimizer_state,
+                            shard_policy)
 from rlkit.vision import image_inputs
 
 TRAINER_STATE = "trainer_state.pt"
@@ -88,11 +92,14 @@ class PolicyWorker:
         num_threads: int = 1,
         device: str = "auto",
         gradient_checkpointing: bool = False,
+        strategy: str = "replicate",
     ):
         torch.set_num_threads(num_threads)
         torch.manual_seed(seed)
         self.device = resolve_device(device)
         self.lora = lora_settings(lora)
+        check_strategy(strategy, lora=bool(self.lora))
+        self.strategy, self.sharded = strategy, False  # fsdp2: sharded when join_group forms the group
         resume_base = adapter_base_path(model_path) if self.lora else None
         self.model, self.processor, self.is_vlm = load_policy(resume_base or model_path, dtype)
         self.tokenizer = tokenizer_of(self.processor)
@@ -168,7 +175,8 @@ class PolicyWorker:
         """(B, Tc) logprobs of the completion tokens and (B, Tc) entropy (detached)."""
         kwargs = {k: batch[k] for k in ("mm_token_type_ids",) if k in batch}
         if "pixel_values" in batch:
-            kwargs.update(image_inputs(model, batch["pixel_values"], batch["image_grid_thw"], batch["image_keys"]))
+            kwargs.update(image_inputs(model, batch["pixel_values"], batch["image_grid_thw"], batch["image_keys"],
+                                       always=self.sharded))  # fsdp2: the same path on every rank
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                     logits_to_keep=batch["Tc"] + 1, use_cache=False, **kwargs)
         logits = out.logits[:, :-1].float()
@@ -256,6 +264,10 @@ class PolicyWorker:
                 rows = part[s:min(s + self.micro_batch_size, hi)]
                 mbs.append({**self._batch([items[r] for r in rows], [prompts[r] for r in rows]), "rows": rows,
                             "start": s})
+            if self.sharded:  # every forward is a collective: pad to the most passes any rank runs (loss x 0)
+                pad = max(pass_counts(len(part), self.world_size, self.micro_batch_size)) - len(mbs)
+                mbs += [{**self._batch([items[part[0]]], [prompts[part[0]]]), "rows": [part[0]], "start": 0,
+                         "pad": True}] * pad
             out.append((part, mbs))
         return out
 
@@ -268,7 +280,9 @@ class PolicyWorker:
         old: dict[int, torch.Tensor] = {}
         for _, mbs in layout:
             for mb in mbs:
-                old.update(_per_item(self._logprobs(self.model, mb)[0], mb))
+                lp = self._logprobs(self.model, mb)[0]
+                if not mb.get("pad"):
+                    old.update(_per_item(lp, mb))
         self.model.train(was)
         if self.world_size > 1:  # each rank scored its own slices: gather every item's
             import torch.distributed as dist
@@ -287,6 +301,9 @@ class PolicyWorker:
         with more, they are computed once, before the first update, over the first epoch's layout, and reused.
         """
         t0 = time.perf_counter()
+        if self.sharded and len({bool(it.images) for it in items}) > 1:
+            raise ValueError("trainer.strategy fsdp2: a batch mixes rows with and without images (ranks would "
+                             "run the vision tower a different number of times); use trainer.strategy replicate")
         prompts = self._encode_prompts(items)
         n_mini = math.ceil(len(items) / (self.mini_batch_size or len(items)))
         n_steps = self.ppo_epochs * n_mini
@@ -343,6 +360,9 @@ class PolicyWorker:
         for mb in mbs:
             rows = [items[r] for r in mb["rows"]]
             logp, entropy = self._logprobs(self.model, mb)
+            if mb.get("pad"):  # fsdp2: a pass that only keeps the ranks' collectives in step; zero gradient
+                (torch.where(mb["mask"] > 0, logp, torch.zeros_like(logp)).sum() * 0.0).backward()
+                continue
             old_lp = _gather(old, mb, logp) if old is not None else logp.detach()
             adv = torch.tensor([it.advantage for it in rows], dtype=logp.dtype, device=logp.device)
             has_rollout = all(it.rollout_logprobs for it in rows)
@@ -366,11 +386,12 @@ class PolicyWorker:
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + float(v) * w
         params = [p for p in self.model.parameters() if p.requires_grad]
-        if self.world_size > 1:
-            loss_total, weight_sum, totals = self._all_reduce(params, loss_total, weight_sum, totals)
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            params, self.max_grad_norm if self.max_grad_norm > 0 else float("inf")
-        )
+        if self.world_size > 1:  # fsdp2 already summed the gradients (reduce-scatter in backward)
+            if not self.sharded:
+                all_reduce_grads(params)
+            loss_total, weight_sum, totals = merge_metrics(self.world_size, loss_total, weight_sum, totals)
+        grad_norm = global_norm(torch.nn.utils.clip_grad_norm_(  # over DTensor gradients: the global norm
+            params, self.max_grad_norm if self.max_grad_norm > 0 else float("inf")))
         finite = math.isfinite(loss_total) and bool(torch.isfinite(grad_norm))
         if finite:
             self.optimizer.step()
@@ -382,52 +403,23 @@ class PolicyWorker:
                     "_weight": weight_sum})
         return out
 
-    def _all_reduce(self, params, loss_total: float, weight_sum: float, totals: dict) -> tuple[float, float, dict]:
-        """Sum the gradients (one flat buffer) and the metric sums over ranks; a rank whose slice was empty
-        contributes zeros."""
-        import torch.distributed as dist
-
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
-            offset += n
-        parts: list = [None] * self.world_size
-        dist.all_gather_object(parts, (loss_total, weight_sum, totals))
-        merged: dict[str, float] = {}
-        for _, _, t in parts:
-            for k, v in t.items():
-                merged[k] = merged.get(k, 0.0) + v
-        return sum(p[0] for p in parts), sum(p[1] for p in parts), merged
-
     # ------------------------------------------------------------------------------------------ ranks
     def join_group(self, address: str, port: int, rank: int, world_size: int, backend: str = "",
                    timeout_s: float = 600.0, token: str = "") -> None:
-        """Join the torch.distributed group of trainer.num_ranks policy ranks (gloo on CPU, NCCL on CUDA).
-        Every rank must have loaded the same weights (they all load the same path). `token` makes a local
-        group's rendezvous file unique (`rendezvous_file`): a stale file of a killed group must not be reused."""
-        import datetime
-
-        import torch.distributed as dist
-
-        backend = backend or ("nccl" if self.device.type == "cuda" else "gloo")
-        init_method = f"tcp://{address}:{port}"
-        if backend == "gloo" and address == "127.0.0.1":
-            # A local run keeps every socket on loopback: torch's TCPStore listens on all interfaces whatever
-            # address it is given, so rendezvous through a file (every rank is on this machine), and gloo's own
-            # connections go over the loopback interface.
-            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-            from rlkit.orchestration import rendezvous_file
-
-            init_method = "file://" + rendezvous_file(port, world_size, token)
-        dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        """Join the torch.distributed group of trainer.num_ranks policy ranks (gloo on CPU, NCCL on CUDA;
+        rlkit.sharding.init_group). Every rank must have loaded the same weights (they all load the same path).
+        With trainer.strategy fsdp2 the model is then sharded over the group. `token` makes a local group's
+        rendezvous file unique (a stale file of a killed group must not be reused)."""
+        init_group(self.device, address, port, rank, world_size, backend, timeout_s, token)
         self.rank, self.world_size = rank, world_size
+        if self.strategy == "fsdp2":
+            self._shard()
+
+    def _shard(self) -> None:
+        """FSDP2 over the group (rlkit/sharding.py); AdamW (no step taken yet) is rebuilt on the sharded parameters."""
+        shard_policy(self.model, self.device, self.world_size)
+        self.optimizer = rebuild_optimizer(self.optimizer, [p for p in self.model.parameters() if p.requires_grad])
+        self.sharded = True
 
     def leave_group(self) -> None:
         import torch.distributed as dist
@@ -445,6 +437,8 @@ class PolicyWorker:
         """
         if self.lora:
             return merged_state_dict(self.model)
+        if self.sharded:  # gathered whole on rank 0 (collective: every rank calls it; the others get {})
+            return full_state_dict(self.model, self.rank)
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
 
     def trainable_counts(self) -> dict[str, int]:
@@ -455,18 +449,26 @@ class PolicyWorker:
         """Model + processor (loadable by from_pretrained) and the optimizer/RNG state needed to resume
         (with LoRA also the adapter, see rlkit/lora.py)."""
         d = pathlib.Path(directory)
+        # fsdp2: the same files (either strategy resumes them), gathered whole (collective), written by rank 0
+        weights = full_state_dict(self.model, self.rank) if self.sharded else None  # None: the model's own
+        optim = full_optimizer_state(self.optimizer) if self.sharded else self.optimizer.state_dict()
+        if self.rank > 0 and self.sharded:
+            return
         d.mkdir(parents=True, exist_ok=True)
         if self.lora:  # adapter in d/adapter, merged model at the top (from_pretrained)
             save_lora(self.model, self.processor, d)
         else:
-            self.model.save_pretrained(d)
+            self.model.save_pretrained(d, state_dict=weights)
             self.processor.save_pretrained(d)
-        torch.save({"optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+        torch.save({"optimizer": optim, "torch_rng": torch.get_rng_state(),
                     "step": self.step, "skipped_updates": self.skipped_updates}, d / TRAINER_STATE)
 
     def load_trainer_state(self, directory: str) -> None:
         state = torch.load(pathlib.Path(directory) / TRAINER_STATE, weights_only=False, map_location="cpu")
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:  # each rank keeps its slices of the full state
+            shard_optimizer_state(self.optimizer, state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         self.step = state["step"]
         self.skipped_updates = state.get("skipped_updates", 0)

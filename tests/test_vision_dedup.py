@@ -12,7 +12,7 @@ from rlkit.vision import image_inputs, supports_dedup
 from rlkit.worker import PolicyWorker
 
 
-def _plain(model, pixel_values, image_grid_thw, image_keys):
+def _plain(model, pixel_values, image_grid_thw, image_keys, always=False):
     return {"pixel_values": pixel_values, "image_grid_thw": image_grid_thw}
 
 
