@@ -408,8 +408,7 @@ class PolicyWorker:
                    timeout_s: float = 600.0, token: str = "") -> None:
         """Join the torch.distributed group of trainer.num_ranks policy ranks (gloo on CPU, NCCL on CUDA;
         rlkit.sharding.init_group). Every rank must have loaded the same weights (they all load the same path).
-        With trainer.strategy fsdp2 the model is then sharded over the group. `token` makes a local group's
-        rendezvous file unique (a stale file of a killed group must not be reused)."""
+        With trainer.strategy fsdp2 the model is then sharded over the group. `token`: see init_group."""
         init_group(self.device, address, port, rank, world_size, backend, timeout_s, token)
         self.rank, self.world_size = rank, world_size
         if self.strategy == "fsdp2":
