@@ -186,3 +186,15 @@ def test_reload_warnings_quieted_without_clearing_logger_caches(monkeypatch):
     assert records == ["bad", "after"]
     assert clears == [] and lg.level == level
 
+
+def test_tied_head_sent_without_shared_storage(pair):
+    """A state dict whose tied head arrives as its own buffer, not sharing the embedding's storage (what Ray's
+    zero-copy tensor serialisation delivers from rlkit.grpo's policy actors), loads as the shared one does."""
+    eng, trainer = pair
+    req = _requests(eng)[0]
+    perturb_(trainer.model, scale=0.05, seed=4, prefix="model.embed_tokens." if not eng.is_multimodal else "")
+    sd = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    assert any(k.endswith("lm_head.weight") for k in sd) and trainer.model.config.get_text_config().tie_word_embeddings
+    eng.update_weights(sd)
+    c = eng.generate([req], SamplingConfig(temperature=0.0, max_tokens=6))[0][0]
+    assert _max_diff(c.logprobs, _ref(trainer, req, c.token_ids)[1]) < 1e-3
