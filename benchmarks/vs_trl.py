@@ -44,7 +44,8 @@ SIZES = {  # prompts, n, max new tokens
 }
 MICRO_BATCH = 64  # sequences per forward/backward pass on every side (rlkit's default micro_batch_size)
 LR = 1e-4
-ACTORS = ("PolicyWorker", "EngineActor")  # rlkit's Ray actors (Ray's own agents are left out)
+ACTORS = {"PolicyWorker": "PolicyWorker", "PolicyRank": "PolicyWorker",  # rlkit's Ray actors, by process name
+          "EngineActor": "EngineActor"}  # (Ray's own agents are left out); policy ranks keep the old label
 
 
 @dataclasses.dataclass
@@ -120,6 +121,14 @@ def _hwm_kib(pid: int) -> int:
     return 0
 
 
+def actor_key(process_name: str) -> str:
+    """The label of an rlkit actor's process, '' for any other. Ray renames an actor's process after the method
+    it runs (ray::PolicyRank.train_step); policy ranks (rlkit.pool.PolicyRank) are labelled PolicyWorker."""
+    if not process_name.startswith("ray::"):
+        return ""
+    return ACTORS.get(process_name.split()[0][len("ray::"):].split(".")[0], "")
+
+
 class PeakRSS:
     """Peak resident memory (VmHWM) of this process and of its Ray actor descendants, polled every 0.5 s."""
 
@@ -155,8 +164,8 @@ class PeakRSS:
                 name = " ".join(c.cmdline()[:1]) or c.name()
             except self.psutil.Error:
                 continue
-            key = name.split()[0][len("ray::"):].split(".")[0] if name.startswith("ray::") else ""
-            if key in ACTORS:  # Ray renames an actor's process after the method it runs (ray::PolicyWorker.train_step)
+            key = actor_key(name)
+            if key:
                 self.peaks[key] = max(self.peaks.get(key, 0), _hwm_kib(c.pid))
 
     def mib(self) -> dict[str, float]:

@@ -167,6 +167,15 @@ def _engines(cfg: GRPOConfig, model_path: str, placement):
                       r.num_workers, r.max_retries, r.timeout_s)
 
 
+# The policy ranks' only tensor-valued result is the state dict of the weight sync. Ray pickles a torch tensor
+# through torch's own reducer (a copy of its bytes into the pickle stream, ~10 ms a sync on the tiny model);
+# zero-copy serialisation passes each tensor's memory as a pickle-5 out-of-band buffer instead (one copy into
+# the object store, read in place by the engine actors, which copy it into vLLM's weights). A tied output head
+# then arrives as its own buffer (no shared storage to dedupe); vLLM loads it into the shared weight again
+# (tests/test_rollout_vllm.py::test_tied_head_sent_without_shared_storage).
+POLICY_ENV = {"RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": "1"}
+
+
 def _policy(cfg: GRPOConfig, model_path: str, base_model: str, out: pathlib.Path, placement):
     """trainer.num_ranks policy rank actors (rlkit/pool.py); rank 0 leads; rank j in its placement bundle."""
     from rlkit.orchestration import spawn
@@ -183,7 +192,7 @@ def _policy(cfg: GRPOConfig, model_path: str, base_model: str, out: pathlib.Path
                  policy_loss=a.policy_loss, loss_opts=dict(a.loss_opts), kl_coef=a.kl_coef,
                  kl_estimator=a.kl_estimator, kl_in_reward=a.kl_in_reward, reference_path=base_model,
                  temperature=cfg.rollout.temperature, lora=dict(cfg.model.lora) or None, seed=cfg.seed,
-                 num_threads=max(1, int(t.num_cpus)), strategy=t.strategy),
+                 num_threads=max(1, int(t.num_cpus)), strategy=t.strategy, env=POLICY_ENV),
         t.num_ranks, where=lambda: str(ckpt.latest(out) or ""), strategy=t.strategy, call_timeout_s=t.timeout_s)
 
 

@@ -63,6 +63,7 @@ def init_ray(address: str = "", num_cpus: int = 0, loopback: bool = True) -> Non
             os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # inherited by every Ray process started here
             ray_constants.ENABLE_RAY_CLUSTER = False  # Ray may have been imported before the line above
         ray.init(
+            address="local",  # a new local instance even when another user's cluster runs on this machine
             num_cpus=num_cpus or os.cpu_count(),
             include_dashboard=False,
             _node_ip_address="127.0.0.1",

@@ -79,3 +79,10 @@ def test_summary_and_tables(vs_trl):
     sweep = [{"tokens": 64, **_rep(0.1, 0, 0)["rlkit"]}, {"tokens": 256, "error": "exit 1"}]
     text = vs_trl.format_sweep(sweep)
     assert "| 64 | 0.100 | 0.050 |" in text and "| 256 | error: exit 1 |" in text
+
+
+def test_actor_processes_are_labelled(vs_trl):
+    assert vs_trl.actor_key("ray::PolicyRank.train_step") == "PolicyWorker"  # the GRPO driver's policy ranks
+    assert vs_trl.actor_key("ray::PolicyWorker") == "PolicyWorker"
+    assert vs_trl.actor_key("ray::EngineActor.generate") == "EngineActor"
+    assert vs_trl.actor_key("ray::IDLE") == "" and vs_trl.actor_key("python") == ""
