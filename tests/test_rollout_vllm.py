@@ -193,13 +193,11 @@ def test_cpu_bind_groups():
         vllm_engine.cpu_bind_groups([0, 1], 3)
 
 
-def test_reload_warnings_quieted_without_clearing_logger_caches(monkeypatch):
+def test_reload_warnings_quieted_without_clearing_logger_caches():
     """Partial-load warnings are dropped during a reload and only then, and without `Logger.setLevel`, whose
     process-wide cache clearing cost ~1 ms a call with vLLM's loggers (4 calls a sync before)."""
     import logging
 
-    clears = []
-    monkeypatch.setattr(logging.Logger.manager, "_clear_cache", lambda: clears.append(1))
     records = []
 
     class Keep(logging.Handler):
@@ -207,17 +205,25 @@ def test_reload_warnings_quieted_without_clearing_logger_caches(monkeypatch):
             records.append(record.getMessage())
 
     lg = logging.getLogger(vllm_engine._RELOAD_LOGGERS[1])
-    handler, level = Keep(), lg.level
+    handler, level, disabled = Keep(), lg.level, logging.root.manager.disable
+    lg.setLevel(logging.DEBUG)  # independent of what earlier tests (or vLLM) did to these loggers' levels
+    logging.disable(logging.NOTSET)
     lg.addHandler(handler)
+    clear, clears = logging.Logger.manager._clear_cache, []
+    logging.Logger.manager._clear_cache = lambda: clears.append(1)
     try:
         with vllm_engine._quiet_partial_load_warnings():
             lg.warning("partial")
             lg.error("bad")
         lg.warning("after")
+        level_inside = lg.level
     finally:
+        logging.Logger.manager._clear_cache = clear
         lg.removeHandler(handler)
+        lg.setLevel(level)
+        logging.disable(disabled)
     assert records == ["bad", "after"]
-    assert clears == [] and lg.level == level
+    assert clears == [] and level_inside == logging.DEBUG
 
 
 def test_tied_head_sent_without_shared_storage(pair):
