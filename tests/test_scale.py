@@ -156,7 +156,7 @@ def test_killed_rollout_worker_is_recreated_with_the_synced_weights(tiny_text_pa
         for x, y in zip([c for g in again for c in g], [c for g in after for c in g]):
             assert x.logprobs == pytest.approx(y.logprobs, abs=1e-4)
         ray.kill(pool.actors[0])  # dies again right after its restart: bounded by max_retries
-        pool._make = lambda: _dead_actor()
+        pool._make = lambda _: _dead_actor()
         with pytest.raises(RuntimeError, match="rollout.max_retries"):
             pool.generate(reqs, sampling)
     finally:
