@@ -27,10 +27,9 @@ import pathlib
 import sys
 import tempfile
 import time
-import traceback
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from gpu_worker import SIZES, make_items, swap_model  # noqa: E402
+from gpu_worker import make_items, run_sizes, swap_model  # noqa: E402
 
 
 def _gib(device) -> float:
@@ -50,11 +49,19 @@ def _equal(model, reference: dict) -> bool:
     return all(torch.equal(state[k].detach().cpu(), v.detach().cpu()) for k, v in reference.items())
 
 
-def sync():
+def _train(worker, items) -> tuple[float, float]:
+    """One train step: (seconds, peak GiB allocated during it; NaN off CUDA)."""
     import torch
 
-    if torch.cuda.is_available():
+    cuda = worker.device.type == "cuda"
+    if cuda:
         torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    worker.train_step(items)
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t, torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
 
 
 def _requests(items, n):
@@ -98,13 +105,7 @@ def run_size(name, spec, args, tiny_dir, texts):
     # control: is sampling itself repeatable on this device (same seed, same weights, never slept)?
     row["repeatable_without_sleep"] = ids(engine.generate(reqs, sampling)) == before
     worker.train_step(items)  # the first step creates the optimizer state; compare steps that both have it
-    sync()
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
-    worker.train_step(items)  # engine awake
-    row["train_awake_s"] = time.perf_counter() - t
-    row["peak_train_awake_gib"] = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan")
+    row["train_awake_s"], row["peak_train_awake_gib"] = _train(worker, items)  # engine awake
 
     weights = {k: v.detach().cpu().clone() for k, v in engine.model.state_dict().items()}
     row["held_awake_gib"] = _gib(dev)
@@ -112,12 +113,7 @@ def run_size(name, spec, args, tiny_dir, texts):
     row["slept"] = engine.sleep()
     row["sleep_s"] = time.perf_counter() - t
     row["held_asleep_gib"] = _gib(dev)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
-    worker.train_step(items)  # engine asleep
-    row["train_asleep_s"] = time.perf_counter() - t
-    row["peak_train_asleep_gib"] = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan")
+    row["train_asleep_s"], row["peak_train_asleep_gib"] = _train(worker, items)  # engine asleep
 
     # exactness 1: woken by generate -> the very same weights, and (where sampling repeats) the same samples
     after = ids(engine.generate(reqs, sampling))
@@ -157,17 +153,7 @@ def main() -> int:
     texts = [f"what is in the image? {w}" for w in "red blue green circle square triangle yes no".split()]
     tiny_dir = tempfile.mkdtemp(prefix="rlkit-colocate-")
     result = {"env": env, "args": vars(args), "rows": [], "errors": {}}
-    for name in args.sizes.split(","):
-        try:
-            row = run_size(name, dict(SIZES[name]), args, tiny_dir, texts)
-            result["rows"].append(row)
-            print(json.dumps(row), flush=True)
-        except Exception:
-            result["errors"][name] = traceback.format_exc()
-            print(result["errors"][name], file=sys.stderr, flush=True)
-        out = pathlib.Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1))
+    run_sizes(run_size, args, tiny_dir, texts, result)
     cols = ("size", "params_b", "held_awake_gib", "held_asleep_gib", "peak_train_awake_gib", "peak_train_asleep_gib",
             "train_awake_s", "train_asleep_s", "sleep_s", "wake_update_s", "weights_exact_after_generate_wake",
             "weights_exact_after_update_wake", "weights_changed_by_training", "repeatable_without_sleep",

@@ -135,6 +135,22 @@ def run_size(name, spec, args, tiny_dir, texts):
             "train_tokens_per_s": seq_tokens / train, "peak_gib": peak_train}
 
 
+def run_sizes(run_size, args, tiny_dir, texts, result: dict) -> None:
+    """`run_size` for each of args.sizes: rows (or the traceback) into `result`, written to args.out after each,
+    so a size that crashes or a run cut short keeps what was measured."""
+    for name in args.sizes.split(","):
+        try:
+            row = run_size(name, dict(SIZES[name]), args, tiny_dir, texts)
+            result["rows"].append(row)
+            print(json.dumps(row), flush=True)
+        except Exception:
+            result["errors"][name] = traceback.format_exc()
+            print(result["errors"][name], file=sys.stderr, flush=True)
+        out = pathlib.Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+
+
 def check_tiny(tiny_dir, texts, device):
     """CUDA fp32 logprobs equal CPU fp32 ones; bf16 within bf16 precision."""
     from rlkit.models.loading import build_tiny
@@ -188,17 +204,7 @@ def main() -> int:
     except Exception:
         result["errors"]["checks"] = traceback.format_exc()
         print(result["errors"]["checks"], file=sys.stderr)
-    for name in args.sizes.split(","):
-        try:
-            row = run_size(name, dict(SIZES[name]), args, tiny_dir, texts)
-            result["rows"].append(row)
-            print(json.dumps(row), flush=True)
-        except Exception:
-            result["errors"][name] = traceback.format_exc()
-            print(result["errors"][name], file=sys.stderr, flush=True)
-        out = pathlib.Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1))
+    run_sizes(run_size, args, tiny_dir, texts, result)
     cols = ("size", "gradient_checkpointing", "params_b", "micro_batch", "tokens", "train_step_s", "score_pass_s", "score_over_train",
             "train_step_no_dedup_s", "dedup_speedup", "train_tokens_per_s", "peak_gib")
     print(f"\npolicy worker on {env['device'] if args.device == 'cuda' else 'cpu'}, bf16, {args.prompts} prompts x {args.n}, {args.tokens} completion tokens")
