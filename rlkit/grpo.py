@@ -261,7 +261,7 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
         policy.load_trainer_state(str(p.resume_from))
     held_out = _held_out(cfg, p, engine, processor)
     last: dict = {}
-    told_no_sleep = False
+    can_sleep = cfg.rollout.sleep
     bar = tqdm(total=cfg.max_steps, initial=start, disable=not cfg.logging.progress, desc="grpo", unit="step")
     try:
         if held_out and start == 0:  # the curve's starting point: the initial policy
@@ -292,8 +292,8 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
 
             # ---- rollout.sleep: engines free their memory for the update (colocated GPUs); the sync wakes them
             t0 = time.perf_counter()
-            if cfg.rollout.sleep and not engine.sleep() and not told_no_sleep:
-                told_no_sleep = True
+            if can_sleep and not engine.sleep():  # asked once: a backend that cannot, never can
+                can_sleep = False
                 print("rlkit: rollout.sleep: this engine cannot free its memory here (vLLM's CPU build has no sleep "
                       "mode; the hf engine on a CPU has nothing to free); engines keep their memory")
             t_sleep = time.perf_counter() - t0
