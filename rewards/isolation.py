@@ -32,6 +32,12 @@ Outcome = tuple  # (float | None, str | None)
 _TIMEOUT, _DIED = object(), object()
 
 
+def transient(error: str | None) -> bool:
+    """Whether an outcome's error may go away when the call is made again: it ran out of time, or its worker
+    process died (the texts this module writes). An exception raised by the reward itself is not transient."""
+    return bool(error) and (error.startswith("timeout") or error.startswith("the worker process"))
+
+
 class NotPicklable(Exception):
     """The call's inputs cannot be sent to a worker process (the scorer then runs the reward in-process)."""
 

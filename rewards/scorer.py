@@ -23,7 +23,7 @@ import warnings
 from typing import Callable
 
 from rewards.calling import slice_columns, unknown_kwargs
-from rewards.isolation import InlineRunner, NotPicklable, ProcessRunner
+from rewards.isolation import InlineRunner, NotPicklable, ProcessRunner, transient
 from rewards.registry import get_reward, is_batched, is_path, load_path, needs_of
 
 _TRUNC = 200
@@ -96,7 +96,7 @@ class ScoreResult:
     total: list[float]  # `compose(per_reward, weights)`
     failures: list[RewardFailure]
     weights: dict[str, float] = dataclasses.field(default_factory=dict)
-    retries: int = 0  # sample calls retried after a hang or a dead worker (see `retryable`)
+    retries: int = 0  # sample calls retried after a hang or a dead worker (see `rewards.isolation.transient`)
 
     def stats(self) -> dict[str, float]:
         """Per reward: mean over non-None values (NaN if none), share returned None, share failed; the total's mean."""
@@ -247,7 +247,7 @@ class RewardScorer:
         for plan in plans:
             outcomes = self._run(plan, prompts, completions, columns) if n else []
             for attempt in range(1, self.retries + 1):
-                redo = [i for i, (_, error) in enumerate(outcomes) if retryable(error)]
+                redo = [i for i, (_, error) in enumerate(outcomes) if transient(error)]
                 if not redo:
                     break
                 retried += len(redo)
@@ -282,12 +282,6 @@ class RewardScorer:
                 warnings.warn(f"reward {plan.name!r}: inputs cannot be sent to a worker process ({e}); running it "
                               "in-process", RuntimeWarning)
         return self._inline.run(plan.fn, kwargs, prompts, completions, columns, not plan.batched, self.timeout_s)
-
-
-def retryable(error: str | None) -> bool:
-    """Whether a failed call may succeed when made again: it ran out of time, or its worker process died
-    (texts from rewards/isolation.py). An exception raised by the reward itself is not retryable."""
-    return bool(error) and (error.startswith("timeout") or error.startswith("the worker process"))
 
 
 def _trunc(x) -> str:
