@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import pathlib
 import random
 import statistics
@@ -176,7 +175,7 @@ class PeakRSS:
 
 
 # ------------------------------------------------------------------------------------------------ sides
-def side_rlkit(case: Case, model_dir: str, steps: int, warmup: int) -> dict:
+def side_rlkit(case: Case, model_dir: str, steps: int, warmup: int, stream_chunks: int = 1) -> dict:
     from rlkit.config import GRPOConfig, load_config
     from rlkit.grpo import run_grpo
 
@@ -186,7 +185,7 @@ def side_rlkit(case: Case, model_dir: str, steps: int, warmup: int) -> dict:
         f"data.source={_source(case)}", "rollout.engine=vllm", f"rollout.n={case.n}",
         f"rollout.max_tokens={case.tokens}", "rollout.temperature=1.0", f"trainer.prompts_per_step={case.prompts}",
         f"trainer.micro_batch_size={MICRO_BATCH}", f"trainer.lr={LR}", "logging.progress=false",
-        "logging.log_samples=false", "rewards=[{name: exact_match}]",
+        "logging.log_samples=false", "rewards=[{name: exact_match}]", f"rollout.stream_chunks={stream_chunks}",
     ])
     with PeakRSS() as mem:
         run_grpo(cfg)
@@ -331,11 +330,14 @@ def side_floor(case: Case, model_dir: str, steps: int, warmup: int) -> dict:
 
 # ------------------------------------------------------------------------------------------------ driver
 def run_side(side: str, case: Case, model_dir: str, args, tokens: int | None = None) -> dict:
-    """This script as a child process (`--side`): its own process, so its own peak memory and start-up."""
+    """This script as a child process (`--side`): its own process, so its own peak memory and start-up.
+    Side "rlkit_stream" is rlkit with rollout.stream_chunks = --stream-chunks."""
     out = tempfile.mktemp(prefix=f"vs_trl-{side}-", suffix=".json")
-    cmd = [sys.executable, __file__, "--side", side, "--model-dir", model_dir, "--side-out", out,
-           "--size", case.size, "--model", case.model, "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--trl-engine", args.trl_engine, "--side-tokens", str(tokens or case.tokens)]
+    chunks = args.stream_chunks if side == "rlkit_stream" else 1
+    cmd = [sys.executable, __file__, "--side", "rlkit" if side == "rlkit_stream" else side, "--model-dir", model_dir,
+           "--side-out", out, "--size", case.size, "--model", case.model, "--steps", str(args.steps),
+           "--warmup", str(args.warmup), "--trl-engine", args.trl_engine, "--side-tokens", str(tokens or case.tokens),
+           "--side-chunks", str(chunks)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -346,7 +348,7 @@ def run_side(side: str, case: Case, model_dir: str, args, tokens: int | None = N
     return result
 
 
-def summarize(case: Case, reps: list[dict]) -> dict:
+def summarize(case: Case, reps: list[dict], stream_chunks: int = 0) -> dict:
     """One entry per case: medians over the repetitions of each side's median step time."""
     def med(side, key):
         vals = [r[side][key] for r in reps if side in r and "error" not in r[side] and r[side].get(key) is not None]
@@ -360,17 +362,23 @@ def summarize(case: Case, reps: list[dict]) -> dict:
         return out
 
     rl, trl, floor = med("rlkit", "step_s"), med("trl", "step_s"), med("floor", "step_s")
+    st = med("rlkit_stream", "step_s")
+    sides = ("rlkit", "rlkit_stream", "trl", "floor")
     trl_modes = sorted({r["trl"].get("mode") for r in reps if "trl" in r and "error" not in r["trl"]})
     return {
         "size": case.size, "model": case.model, "prompts": case.prompts, "n": case.n, "max_tokens": case.tokens,
         "rlkit_step_s": rl, "trl_step_s": trl, "floor_s": floor,
         "ratio": rl / trl if rl and trl else None, "rlkit_over_floor": rl / floor if rl and floor else None,
+        "stream_chunks": stream_chunks if st else None, "rlkit_stream_step_s": st,
+        "stream_ratio": st / trl if st and trl else None, "stream_over_floor": st / floor if st and floor else None,
         "trl_mode": ",".join(m for m in trl_modes if m),
-        "rollout_tokens_per_s": {s: med(s, "rollout_tokens_per_s") for s in ("rlkit", "trl", "floor")},
-        "step_tokens_per_s": {s: med(s, "step_tokens_per_s") for s in ("rlkit", "trl", "floor")},
-        "tokens_per_step": {s: med(s, "tokens_per_step") for s in ("rlkit", "trl", "floor")},
-        "peak_rss_mib": {s: peak(s) for s in ("rlkit", "trl", "floor")},
+        "rollout_tokens_per_s": {s: med(s, "rollout_tokens_per_s") for s in sides},
+        "step_tokens_per_s": {s: med(s, "step_tokens_per_s") for s in sides},
+        "tokens_per_step": {s: med(s, "tokens_per_step") for s in sides},
+        "peak_rss_mib": {s: peak(s) for s in sides},
         "rlkit_phases": _median_dicts([r["rlkit"]["phases"] for r in reps if "phases" in r.get("rlkit", {})]),
+        "rlkit_stream_phases": _median_dicts([r["rlkit_stream"]["phases"] for r in reps
+                                              if "phases" in r.get("rlkit_stream", {})]),
         "floor_parts": {k: med("floor", k) for k in ("generation_s", "train_s")},
         "trl_settings": next((r["trl"]["settings"] for r in reps if "settings" in r.get("trl", {})), None),
         "errors": {f"rep{i}:{s}": r[s]["error"] + "\n" + r[s].get("log_tail", "")[-800:]
@@ -393,6 +401,8 @@ def parse_args(argv=None):
     ap.add_argument("--trl-engine", choices=("auto", "vllm", "transformers"), default="auto",
                     help="auto: try TRL's vLLM colocate mode, fall back to transformers generate")
     ap.add_argument("--tokens", default="", help="rlkit-only completion-length sweep, e.g. 64,128,256 (realistic)")
+    ap.add_argument("--stream-chunks", type=int, default=0,
+                    help="also run rlkit with rollout.stream_chunks=K (K > 1), reported as 'streamed'")
     ap.add_argument("--skip", default="", help="comma list of sides to skip: rlkit,trl,floor")
     ap.add_argument("--out", default="")
     ap.add_argument("--render", default="", help="only print the tables of earlier --out files (comma list)")
@@ -401,6 +411,7 @@ def parse_args(argv=None):
     ap.add_argument("--model-dir", default="", help=argparse.SUPPRESS)
     ap.add_argument("--side-out", default="", help=argparse.SUPPRESS)
     ap.add_argument("--side-tokens", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--side-chunks", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.tokens:
         args.token_list = [int(t) for t in args.tokens.split(",") if t.strip()]
@@ -425,9 +436,12 @@ def main(argv=None) -> int:
         return 0
     case = case_of(args)
     if args.side:
-        fn = {"rlkit": side_rlkit, "floor": side_floor}.get(args.side)
-        res = (side_trl(case, args.model_dir, args.steps, args.warmup, args.trl_engine) if args.side == "trl"
-               else fn(case, args.model_dir, args.steps, args.warmup))
+        if args.side == "trl":
+            res = side_trl(case, args.model_dir, args.steps, args.warmup, args.trl_engine)
+        elif args.side == "rlkit":
+            res = side_rlkit(case, args.model_dir, args.steps, args.warmup, args.side_chunks)
+        else:
+            res = side_floor(case, args.model_dir, args.steps, args.warmup)
         pathlib.Path(args.side_out).write_text(json.dumps(res))
         return 0
 
@@ -447,10 +461,10 @@ def main(argv=None) -> int:
         args.trl_engine = "vllm" if ok else "transformers"
         print(f"vs_trl: TRL vLLM colocate mode: {'works' if ok else 'failed, using transformers generate'}"
               + ("" if ok else ": " + trl_probe.get("log_tail", "")[-600:]), flush=True)
-    sides = [s for s in ("rlkit", "trl") if s not in skip]
+    sides = [s for s in ("rlkit", "trl") + (("rlkit_stream",) if args.stream_chunks > 1 else ()) if s not in skip]
     reps = []
     for rep in range(args.reps):
-        order = sides if rep % 2 == 0 else sides[::-1]
+        order = sides if rep % 2 == 0 else sides[::-1]  # A/B, then B/A
         r = {}
         for side in order + ([] if "floor" in skip else ["floor"]):
             r[side] = run_side(side, case, model_dir, args)
@@ -461,7 +475,7 @@ def main(argv=None) -> int:
         reps.append(r)
     out = pathlib.Path(args.out or f"benchmarks/results/vs_trl-{case.size}-{case.model}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"case": summarize(case, reps), "sweep": [], "trl_vllm_probe": trl_probe}
+    result = {"case": summarize(case, reps, args.stream_chunks), "sweep": [], "trl_vllm_probe": trl_probe}
     out.write_text(json.dumps(result, indent=1))  # written again after each sweep row: a long run keeps its results
     for t in args.token_list:
         row = run_side("rlkit", dataclasses.replace(case, tokens=t), model_dir, args, tokens=t)

@@ -20,20 +20,24 @@ def _mem(d: dict) -> str:
 def format_table(results: list[dict]) -> str:
     """Markdown: one row per case (medians), then peak RSS per process in MiB."""
     lines = ["| size | model | P x n x T | rlkit step s | TRL step s | floor s | rlkit/TRL | rlkit/floor "
-             "| rollout tok/s rlkit / TRL / floor | TRL mode |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+             "| streamed (K) step s | streamed/TRL | streamed/floor | rollout tok/s rlkit / TRL / floor | TRL mode |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
     for r in results:
         tps = r["rollout_tokens_per_s"]
+        k = f" ({r['stream_chunks']})" if r.get("stream_chunks") else ""
         lines.append(
             f"| {r['size']} | {r['model']} | {r['prompts']} x {r['n']} x {r['max_tokens']} | {_f(r['rlkit_step_s'])} "
             f"| {_f(r['trl_step_s'])} | {_f(r['floor_s'])} | {_f(r['ratio'], '{:.2f}')} "
-            f"| {_f(r['rlkit_over_floor'], '{:.2f}')} | {_f(tps['rlkit'], '{:.0f}')} / {_f(tps['trl'], '{:.0f}')} / "
+            f"| {_f(r['rlkit_over_floor'], '{:.2f}')} | {_f(r.get('rlkit_stream_step_s'))}{k} "
+            f"| {_f(r.get('stream_ratio'), '{:.2f}')} | {_f(r.get('stream_over_floor'), '{:.2f}')} "
+            f"| {_f(tps['rlkit'], '{:.0f}')} / {_f(tps['trl'], '{:.0f}')} / "
             f"{_f(tps['floor'], '{:.0f}')} | {r.get('trl_mode') or '-'} |")
-    lines += ["", "| size | model | peak RSS MiB: rlkit processes | TRL process | floor process |",
-              "| --- | --- | --- | --- | --- |"]
+    lines += ["", "| size | model | peak RSS MiB: rlkit processes | rlkit streamed | TRL process | floor process |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for r in results:
         m = r["peak_rss_mib"]
-        lines.append(f"| {r['size']} | {r['model']} | {_mem(m['rlkit'])} | {_mem(m['trl'])} | {_mem(m['floor'])} |")
+        lines.append(f"| {r['size']} | {r['model']} | {_mem(m['rlkit'])} | {_mem(m.get('rlkit_stream') or {})} "
+                     f"| {_mem(m['trl'])} | {_mem(m['floor'])} |")
     return "\n".join(lines)
 
 
@@ -56,10 +60,14 @@ def format_phases(results: list[dict]) -> str:
     lines = ["| size | model | rollout s | reward s | update s (worker compute) | sync s | step s "
              "| floor: generation s | floor: fwd+bwd+AdamW s |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
-        p, f = r.get("rlkit_phases") or {}, r.get("floor_parts") or {}
-        lines.append(f"| {r['size']} | {r['model']} | {_f(p.get('rollout_s'))} | {_f(p.get('reward_s'))} "
-                     f"| {_f(p.get('update_s'))} ({_f(p.get('update_compute_s'))}) | {_f(p.get('sync_s'))} "
-                     f"| {_f(p.get('step_s'))} | {_f(f.get('generation_s'))} | {_f(f.get('train_s'))} |")
+        f = r.get("floor_parts") or {}
+        for label, p in ((r["model"], r.get("rlkit_phases") or {}),
+                         (f"{r['model']}, streamed ({r.get('stream_chunks')})", r.get("rlkit_stream_phases") or {})):
+            if not p and label != r["model"]:
+                continue
+            lines.append(f"| {r['size']} | {label} | {_f(p.get('rollout_s'))} | {_f(p.get('reward_s'))} "
+                         f"| {_f(p.get('update_s'))} ({_f(p.get('update_compute_s'))}) | {_f(p.get('sync_s'))} "
+                         f"| {_f(p.get('step_s'))} | {_f(f.get('generation_s'))} | {_f(f.get('train_s'))} |")
     return "\n".join(lines)
 
 

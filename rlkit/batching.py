@@ -122,3 +122,24 @@ def _aggregation_scale(full_weights: torch.Tensor, start: int, micro_mask: torch
     full_w = full_weights[start:start + B].sum()
     own_w = _weights(micro_mask, mode, norm_length).sum()
     return float(full_w / own_w) if float(own_w) > 0 else 0.0
+
+
+def new_accumulator() -> dict:
+    """What the worker's `_accumulate` adds to over micro-batches: summed scaled loss, token count, and
+    token-weighted metric sums."""
+    return {"loss": 0.0, "weight": 0.0, "totals": {}}
+
+
+def relative_row_weights(lengths: list[int], mode: str, norm_length) -> torch.Tensor:
+    """(B,) each row's weight in the aggregate, relative to a fixed reference row (one token long).
+
+    The weights of a streamed step (rlkit/streaming.py), whose batch arrives in parts: the aggregate's
+    normaliser (total tokens, total sequences) is known only when the last part is in, but the ratio of two
+    rows' weights does not depend on the rest of the batch (the property `_aggregation_scale` relies on), so
+    each part's rows are weighted against a reference row appended to that part alone. The whole batch's
+    aggregate is these weights times `sum(_weights(batch)) / sum(relative weights of every row)`.
+    """
+    w = _weights(_length_mask(list(lengths) + [1]), mode, norm_length).sum(-1)
+    if not float(w[-1]) > 0:
+        raise ValueError(f"aggregation {mode!r} gives a one-token row no weight; it cannot be streamed")
+    return w[:-1] / w[-1]

@@ -79,6 +79,7 @@ class RolloutConfig:
     max_retries: int = 2  # a rollout worker that dies is recreated (with the last synced weights) and its requests resent, at most this many times per call
     timeout_s: float = 0.0  # a rollout worker call (generate, weight sync) longer than this counts as hung: killed, recreated, retried like a dead one (0: no limit)
     sleep: bool = False  # engines free their memory while the policy trains (vLLM sleep mode level 1 on GPUs; the hf engine moves its weights off the GPU); no effect where the backend cannot (vLLM's CPU build)
+    stream_chunks: int = 1  # generate each step's prompts in this many chunks of whole groups; the policy accumulates a chunk's gradient while the engines generate the next, one optimizer step at the end (same update as 1, on-policy; needs trainer.mini_batch_size 0, ppo_epochs 1, no rollout.sleep, a per-group advantage) (docs/performance.md)
     engine_kwargs: dict = dataclasses.field(default_factory=dict)  # extra vllm.LLM arguments for every engine, e.g. {tensor_parallel_size: 2} on GPUs (give each actor that many rollout.num_gpus)
 
 
@@ -362,6 +363,7 @@ def check_grpo(cfg: GRPOConfig) -> None:
         raise ConfigError("config key 'trainer.mini_batch_size': must be >= 0 (0: the whole rollout batch)")
     if cfg.trainer.ppo_epochs < 1:
         raise ConfigError("config key 'trainer.ppo_epochs': must be >= 1")
+    _check_streaming(cfg)
     if cfg.algorithm.kl_in_reward and cfg.algorithm.kl_coef <= 0:
         raise ConfigError("config key 'algorithm.kl_in_reward': needs algorithm.kl_coef > 0")
     if cfg.model.lora:
@@ -381,3 +383,27 @@ def check_grpo(cfg: GRPOConfig) -> None:
         filter_cls(**cfg.algorithm.group_filter_opts)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config key 'algorithm.group_filter_opts': {e}") from e
+
+
+def _check_streaming(cfg: GRPOConfig) -> None:
+    """rollout.stream_chunks > 1 (rlkit/streaming.py) needs an update that can start before the batch is whole."""
+    k = cfg.rollout.stream_chunks
+    if k < 1:
+        raise ConfigError(f"config key 'rollout.stream_chunks': must be >= 1, got {k}")
+    if k == 1:
+        return
+    from rlkit.algorithms import get_advantage_fn
+
+    try:
+        batch_level = getattr(get_advantage_fn(cfg.algorithm.advantage), "batch_level", False)
+    except ValueError as e:
+        raise ConfigError(f"config key 'algorithm.advantage': {e}") from e
+    clashes = [(key, why) for key, bad, why in (
+        ("trainer.mini_batch_size", cfg.trainer.mini_batch_size != 0, "0 (one optimizer step over the whole batch)"),
+        ("trainer.ppo_epochs", cfg.trainer.ppo_epochs != 1, "1"),
+        ("rollout.sleep", cfg.rollout.sleep, "false (the engines generate while the policy trains)"),
+        ("algorithm.advantage", batch_level, "a per-group estimator (this one normalises over the whole batch)"),
+    ) if bad]
+    if clashes:
+        raise ConfigError(f"config key 'rollout.stream_chunks': {k} needs " + "; ".join(
+            f"{key} {why}" for key, why in clashes))

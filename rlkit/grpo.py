@@ -14,19 +14,19 @@ import time
 
 import torch
 
-from rewards import RewardScorer, RewardSpec, ScoreResult
+from rewards import RewardScorer, RewardSpec
 from rlkit import checkpoint as ckpt
 from rlkit.algorithms import advantage_groups, get_advantage_fn
+from rlkit.collect import StepRows, collect
 from rlkit.config import ConfigError, GRPOConfig, check_grpo, dump_config
-from rlkit.data import DataError, PromptStream, load_source, map_columns, open_image, to_row
+from rlkit.data import DataError, PromptStream, load_source, map_columns
 from rlkit.evaluate import HeldOutEval, accuracy_reward_name, load_eval_rows, reward_score_fn
 from rlkit.filters import get_filter
 from rlkit.mode_metrics import ModeMetrics
 from rlkit.models.loading import build_tiny, check_model_path, load_processor, tokenizer_of
-from rlkit.modes import assign_modes, deep_ratio_at, render_prompt
-from rlkit.records import MODES, Sample, TrainItem, reward_columns
+from rlkit.modes import deep_ratio_at
+from rlkit.records import MODES, Sample, TrainItem
 from rlkit.runlog import RunLog
-from rollout import RolloutRequest, SamplingConfig
 
 REWARD_STATE = "reward_state.json"
 
@@ -196,37 +196,8 @@ def _policy(cfg: GRPOConfig, model_path: str, base_model: str, out: pathlib.Path
         t.num_ranks, where=lambda: str(ckpt.latest(out) or ""), strategy=t.strategy, call_timeout_s=t.timeout_s)
 
 
-class StepRows:
-    """Takes the next rows from the stream, skipping (and counting) bad ones when data.on_bad_row=skip."""
-
-    def __init__(self, cfg: GRPOConfig, stream: PromptStream):
-        self.cfg, self.stream, self.skipped = cfg, stream, 0
-
-    def take(self, k: int):
-        rows = []
-        tries = 0
-        while len(rows) < k:
-            for idx, raw in self.stream.take(k - len(rows)):
-                tries += 1
-                try:
-                    row = to_row(idx, raw, self.cfg.modes.mode_column)
-                    row.images = [open_image(im, idx) for im in row.images]
-                    if row.answer is None:
-                        raise DataError(f"row {idx}: 'answer' is missing or empty")
-                    rows.append(row)
-                except DataError as e:
-                    if self.cfg.data.on_bad_row == "error":
-                        raise
-                    self.skipped += 1
-                    print(f"rlkit: skipping bad row: {e}")
-            if tries > 100 * k and len(rows) < k:
-                raise DataError(f"{self.skipped} bad rows in a row; stopping (see the messages above)")
-        return rows
-
-
 def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
     """Run GRPO as configured; returns a summary (last metrics, checkpoint path)."""
-    import ray
     from tqdm import tqdm
 
     from rlkit.orchestration import init_ray
@@ -267,28 +238,24 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
         if held_out and start == 0:  # the curve's starting point: the initial policy
             log.log_step(0, held_out.run(tokens_total), [])
         for step in range(start + 1, cfg.max_steps + 1):
-            # ---- rollout + rewards (the group filter drops uninformative groups; fresh prompts refill the batch)
-            c = _collect(cfg, engine, processor, rows_src, p.scorer, group_filter, rng, step)
+            # ---- rollout + rewards (the group filter drops uninformative groups; fresh prompts refill the batch).
+            # rollout.stream_chunks > 1: each chunk's kept groups get their advantages and go to the policy, which
+            # accumulates their gradient while the engines generate the next chunk (rlkit/streaming.py)
+            t_start = time.perf_counter()
+            pending, seq_kls = [], []
+
+            def train_part(part):
+                seq_kls.append(_advantages(cfg, policy, part, adv_fn))
+                pending.extend(policy.train_part(_train_items(cfg, part)))
+
+            streamed = cfg.rollout.stream_chunks > 1
+            c = collect(cfg, engine, processor, rows_src, p.scorer, group_filter, rng, step,
+                         on_kept=train_part if streamed else None)
             samples, everything, result = c.samples, c.everything, c.result
             t_rollout, t_reward, seen, kept, rounds = c.t_rollout, c.t_reward, c.seen, c.kept, c.rounds
-
-            # ---- advantages over algorithm.mode_groups; with algorithm.kl_in_reward, r -= kl_coef * sum_t k1 first
-            kl_metrics = {}
-            if samples:
-                rewards_t = torch.tensor([s.reward for s in samples], dtype=torch.float32)
-                if cfg.algorithm.kl_in_reward:
-                    from rlkit.worker import kl_penalized_rewards
-
-                    seq_kl = torch.tensor(ray.get(policy.leader.reference_kl.remote(
-                        [TrainItem(s.prompt_text, s.row.images, s.completion_ids, 0.0, []) for s in samples])))
-                    rewards_t = kl_penalized_rewards(rewards_t, seq_kl, cfg.algorithm.kl_coef)
-                    kl_metrics = {"kl/reward_seq_k1_mean": float(seq_kl.mean()),
-                                  "kl/reward_penalty_mean": float(cfg.algorithm.kl_coef * seq_kl.mean())}
-                groups_t = advantage_groups(torch.tensor([s.group for s in samples]),
-                                            torch.tensor([MODES.index(s.mode) for s in samples]),
-                                            cfg.algorithm.mode_groups)  # prompt groups, or (prompt, mode) subgroups
-                for s, a in zip(samples, adv_fn(rewards_t, groups_t, **cfg.algorithm.advantage_opts).tolist()):
-                    s.advantage = a
+            if samples and not streamed:  # advantages over algorithm.mode_groups (batch-level ones see everything)
+                seq_kls.append(_advantages(cfg, policy, samples, adv_fn))
+            kl_metrics = _kl_metrics(cfg, seq_kls)
 
             # ---- rollout.sleep: engines free their memory for the update (colocated GPUs); the sync wakes them
             t0 = time.perf_counter()
@@ -298,19 +265,23 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
                       "mode; the hf engine on a CPU has nothing to free); engines keep their memory")
             t_sleep = time.perf_counter() - t0
 
-            # ---- update (skipped when the filter left nothing to train on)
+            # ---- update (skipped when the filter left nothing to train on); streamed: the wait for the parts
+            # still in progress and the one optimizer step
             t0 = time.perf_counter()
-            use_rollout_lp = cfg.rollout.temperature == 1.0  # engine logprobs are untempered
-            items = [TrainItem(s.prompt_text, s.row.images, s.completion_ids, s.advantage,
-                               s.rollout_logprobs if use_rollout_lp else []) for s in samples]
-            train_metrics = policy.train_step(items) if items else {"train/update_skipped": 1.0}
+            if not samples:
+                train_metrics = {"train/update_skipped": 1.0}
+            elif streamed:
+                train_metrics = policy.train_finish(pending)
+            else:
+                train_metrics = policy.train_step(_train_items(cfg, samples))
             t_update = time.perf_counter() - t0
 
             # ---- sync: weights go policy rank 0 -> object store (once) -> every engine actor (never the driver)
             t0 = time.perf_counter()
-            if items:
+            if samples:
                 engine.update_weights(policy.state_dict())
             t_sync = time.perf_counter() - t0
+            t_step = time.perf_counter() - t_start
 
             # ---- log
             sampled, n_all = sum(len(s.completion_ids) for s in everything), max(1, len(everything))
@@ -326,8 +297,7 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
                        "data/skipped_rows": rows_src.skipped, "reward/failures": len(result.failures),
                        "rollout/worker_restarts": engine.restarts,
                        "time/rollout_s": t_rollout, "time/reward_s": t_reward, "time/update_s": t_update,
-                       "time/sync_s": t_sync, "time/sleep_s": t_sleep,
-                       "time/step_s": t_rollout + t_reward + t_sleep + t_update + t_sync}
+                       "time/sync_s": t_sync, "time/sleep_s": t_sleep, "time/step_s": t_step}
             log.log_step(step, metrics, [s.log_record() for s in samples])
             last = {"step": step, **metrics}
             bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", tokens=int(metrics["completion/tokens_mean"]))
@@ -372,84 +342,39 @@ def _held_out(cfg: GRPOConfig, p: Prepared, engine, processor) -> HeldOutEval | 
     return HeldOutEval(cfg, p.eval_rows, engine, processor, score)
 
 
-@dataclasses.dataclass
-class Collected:
-    """One step's training samples after filtering, and what it took to get them."""
+def _advantages(cfg: GRPOConfig, policy, samples: list[Sample], adv_fn) -> torch.Tensor | None:
+    """Set each sample's advantage over algorithm.mode_groups; with algorithm.kl_in_reward the rewards are first
+    penalised by kl_coef * sum_t k1 (returned per sample for the metrics; None without it)."""
+    import ray
 
-    samples: list  # kept groups' samples, group ids renumbered 0..kept-1
-    everything: list  # every sample drawn this step (filtered ones included: the sampling cost)
-    result: ScoreResult  # reward results over everything
-    seen: int  # groups drawn
-    kept: int  # groups kept
-    rounds: int  # refill rounds used
-    t_rollout: float
-    t_reward: float
+    rewards_t = torch.tensor([s.reward for s in samples], dtype=torch.float32)
+    seq_kl = None
+    if cfg.algorithm.kl_in_reward:
+        from rlkit.algorithms.kl import kl_penalized_rewards
 
-
-def _collect(cfg: GRPOConfig, engine, processor, rows_src, scorer, group_filter, rng, step: int) -> Collected:
-    """Rollout and score `prompts_per_step` prompts; drop the groups the filter rejects and refill from fresh
-    prompts, at most `algorithm.refill_rounds` times, so the update keeps its configured size when it can."""
-    want, kept, results, everything, seen, rounds = cfg.trainer.prompts_per_step, [], [], [], 0, 0
-    t_rollout = t_reward = 0.0
-    while True:
-        t0 = time.perf_counter()
-        batch = _rollout(cfg, engine, processor, rows_src.take(want - len(kept)), rng, step, rounds)
-        t1 = time.perf_counter()
-        results.append(_score(scorer, batch))
-        everything += batch
-        t_rollout, t_reward = t_rollout + t1 - t0, t_reward + time.perf_counter() - t1
-        groups = [[s for s in batch if s.group == g] for g in sorted({s.group for s in batch})]
-        keep = group_filter.update_and_mask([[s.reward for s in g] for g in groups], step)
-        seen += len(groups)
-        kept += [g for g, k in zip(groups, keep) if k]
-        if len(kept) >= want or rounds >= cfg.algorithm.refill_rounds:
-            break
-        rounds += 1
-    samples = [dataclasses.replace(s, group=g) for g, group in enumerate(kept) for s in group]
-    return Collected(samples, everything, _merge_results(results), seen, len(kept), rounds, t_rollout, t_reward)
+        seq_kl = torch.tensor(ray.get(policy.leader.reference_kl.remote(
+            [TrainItem(s.prompt_text, s.row.images, s.completion_ids, 0.0, []) for s in samples])))
+        rewards_t = kl_penalized_rewards(rewards_t, seq_kl, cfg.algorithm.kl_coef)
+    groups_t = advantage_groups(torch.tensor([s.group for s in samples]),
+                                torch.tensor([MODES.index(s.mode) for s in samples]),
+                                cfg.algorithm.mode_groups)  # prompt groups, or (prompt, mode) subgroups
+    for s, a in zip(samples, adv_fn(rewards_t, groups_t, **cfg.algorithm.advantage_opts).tolist()):
+        s.advantage = a
+    return seq_kl
 
 
-def _rollout(cfg: GRPOConfig, engine, processor, rows, rng: random.Random, step: int, round_: int = 0) -> list[Sample]:
-    """Each row's n samples, grouped by mode into engine requests; group = the row's index in `rows`."""
-    ratio = deep_ratio_at(step, cfg.modes.deep_ratio, cfg.modes.schedule)
-    modes = assign_modes(rows, cfg.rollout.n, ratio, cfg.modes.per, rng)
-    requests, owners = [], []
-    for g, (row, row_modes) in enumerate(zip(rows, modes)):
-        for mode in MODES:
-            k = row_modes.count(mode)
-            if k:
-                text = render_prompt(processor, row, mode, cfg.data.system_prompt)
-                requests.append(RolloutRequest(prompt=text, images=row.images, n=k, request_id=(g, mode)))
-                owners.append((g, mode, text))
-    r = cfg.rollout
-    sampling = SamplingConfig(temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens, n=r.n,
-                              seed=cfg.seed * 100003 + step + 1000003 * round_)  # a refill round gets new seeds
-    outs = engine.generate(requests, sampling)
-    return [Sample(step, g, rows[g], mode, text, c.text, list(c.token_ids), list(c.logprobs), c.finish_reason)
-            for (g, mode, text), group in zip(owners, outs) for c in group]
+def _kl_metrics(cfg: GRPOConfig, seq_kls: list) -> dict:
+    kls = [k for k in seq_kls if k is not None]
+    if not kls:
+        return {}
+    mean = float(torch.cat(kls).mean())
+    return {"kl/reward_seq_k1_mean": mean, "kl/reward_penalty_mean": cfg.algorithm.kl_coef * mean}
 
 
-def _score(scorer: RewardScorer, samples: list[Sample]) -> ScoreResult:
-    """Score `samples` in place (rewards by name, total used for advantages)."""
-    result = scorer([s.row.prompt for s in samples], [s.completion for s in samples], _columns(samples))
-    for i, s in enumerate(samples):
-        s.rewards = {name: vals[i] for name, vals in result.per_reward.items()}
-        s.reward = float(result.total[i])
-    for f in result.failures:
-        print(f"rlkit: reward {f.reward!r} failed on sample {f.index} (row {samples[f.index].row.index}): {f.error}")
-    return result
-
-
-def _merge_results(results: list[ScoreResult]) -> ScoreResult:
-    """One ScoreResult over every round of a step (stats cover filtered groups too)."""
-    if len(results) == 1:
-        return results[0]
-    per = {k: [v for r in results for v in r.per_reward[k]] for k in results[0].per_reward}
-    failures, offset = [], 0
-    for r in results:
-        failures += [dataclasses.replace(f, index=f.index + offset) for f in r.failures]
-        offset += len(r.total)
-    return ScoreResult(per, [t for r in results for t in r.total], failures, results[0].weights)
+def _train_items(cfg: GRPOConfig, samples: list[Sample]) -> list[TrainItem]:
+    use_rollout_lp = cfg.rollout.temperature == 1.0  # engine logprobs are untempered
+    return [TrainItem(s.prompt_text, s.row.images, s.completion_ids, s.advantage,
+                      s.rollout_logprobs if use_rollout_lp else []) for s in samples]
 
 
 def reward_states(scorer: RewardScorer, resume_from: pathlib.Path | None) -> dict:
@@ -469,12 +394,6 @@ def reward_states(scorer: RewardScorer, resume_from: pathlib.Path | None) -> dic
             st.load_state_dict(saved[plan.name])
         out[plan.name] = st
     return out
-
-
-def _columns(samples: list[Sample]) -> dict[str, list]:
-    """The keyword columns every reward receives (`rlkit.records.reward_columns`)."""
-    return reward_columns([s.row for s in samples], [s.mode for s in samples], [s.completion_ids for s in samples],
-                          [s.prompt_text for s in samples])
 
 
 def _jsonable_state(state):

@@ -205,6 +205,15 @@ class PolicyGroup:
     def train_step(self, items) -> dict:
         return self._get([a.train_step.remote(items) for a in self.ranks])[0]
 
+    def train_part(self, items) -> list:
+        """Every rank starts accumulating one part of a streamed step (rlkit/streaming.py); returns the calls'
+        refs, waited for (and their failures raised) by `train_finish`, so the driver goes on generating."""
+        return [a.train_part.remote(items) for a in self.ranks]
+
+    def train_finish(self, pending: list) -> dict:
+        """The optimizer step of a streamed step, after the parts behind `pending` (from `train_part`)."""
+        return self._get(list(pending) + [a.train_finish.remote() for a in self.ranks])[-len(self.ranks)]
+
     def where_placed(self) -> list[dict]:
         """Each rank's placement group, bundle and node (`orchestration.where_am_i`)."""
         return self._get([a.where.remote() for a in self.ranks])
@@ -220,17 +229,18 @@ class PolicyGroup:
         self._get([a.load_trainer_state.remote(directory) for a in self.ranks])
 
     def _get(self, refs: list) -> list:
-        """Results of `refs` (one per rank, in rank order); the first failure kills every rank and raises."""
+        """Results of `refs` (one per rank, in rank order, possibly several rounds of them; a leader call is
+        one ref: rank 0); the first failure kills every rank and raises."""
         import ray
 
-        index = {r: i for i, r in enumerate(refs)}
+        index = {r: i % len(self.ranks) for i, r in enumerate(refs)}  # ref -> rank
         pending = list(refs)
         deadline = time.monotonic() + self.call_timeout_s if self.call_timeout_s else None
         while pending:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             done, pending = ray.wait(pending, num_returns=1, timeout=left)
             if not done:  # past trainer.timeout_s: a rank is stuck (a deadlock, a stalled device, a lost peer)
-                hung = [index[r] for r in pending] if len(refs) == len(self.ranks) else [0]
+                hung = sorted({index[r] for r in pending})
                 self.close()
                 raise PolicyRankError(
                     f"policy rank(s) {hung} hung: no result within {self.call_timeout_s:g} s (config key "
@@ -239,7 +249,7 @@ class PolicyGroup:
             try:
                 ray.get(done[0])
             except Exception as e:
-                rank = index[done[0]] if len(refs) == len(self.ranks) else 0
+                rank = index[done[0]]
                 self.close()
                 last = self.where() or "none yet"
                 raise PolicyRankError(f"policy rank {rank} failed ({_last_line(e)}); the run stops. "

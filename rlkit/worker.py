@@ -50,13 +50,15 @@ from typing import Any
 import torch
 
 from rlkit.algorithms import aggregate, get_kl_estimator, get_policy_loss
+from rlkit.algorithms.kl import sequence_k1
 from rlkit.batching import (_aggregation_scale, _gather, _length_mask, _per_item, _weights, build_batch, encode_prompt,
-                            image_digest)
+                            image_digest, new_accumulator)
 from rlkit.lora import (ADAPTER_DIR, adapter_base_path, adapters_off, adapters_off_is_reference, apply_lora, load_lora,
                         lora_settings, merged_state_dict, save_lora)
 from rlkit.lora import trainable_counts as lora_trainable_counts
-from rlkit.models.loading import apply_freeze, load_policy, tokenizer_of
+from rlkit.models.loading import apply_freeze, load_policy, resolve_device, tokenizer_of
 from rlkit.records import TrainItem
+from rlkit.streaming import StreamedStep
 from rlkit.sharding import (all_reduce_grads, check_strategy, full_optimizer_state, full_state_dict, global_norm,
                             init_group, merge_metrics, pass_counts, rebuild_optimizer, shard_optimizer_state,
                             shard_policy)
@@ -65,7 +67,7 @@ from rlkit.vision import image_inputs
 TRAINER_STATE = "trainer_state.pt"
 
 
-class PolicyWorker:
+class PolicyWorker(StreamedStep):
     def __init__(
         self,
         model_path: str,
@@ -292,6 +294,11 @@ class PolicyWorker:
             old = {k: v for part in parts for k, v in part.items()}
         return old
 
+    def _check_batch(self, items: list[TrainItem]) -> None:
+        if self.sharded and len({bool(it.images) for it in items}) > 1:
+            raise ValueError("trainer.strategy fsdp2: a batch mixes rows with and without images (ranks would "
+                             "run the vision tower a different number of times); use trainer.strategy replicate")
+
     def train_step(self, items: list[TrainItem]) -> dict[str, float]:
         """One rollout batch's update: `ppo_epochs` passes over mini-batches of `mini_batch_size` sequences,
         one optimizer step per mini-batch. Returns float metrics (token-weighted means over all optimizer
@@ -301,18 +308,13 @@ class PolicyWorker:
         with more, they are computed once, before the first update, over the first epoch's layout, and reused.
         """
         t0 = time.perf_counter()
-        if self.sharded and len({bool(it.images) for it in items}) > 1:
-            raise ValueError("trainer.strategy fsdp2: a batch mixes rows with and without images (ranks would "
-                             "run the vision tower a different number of times); use trainer.strategy replicate")
+        self._check_batch(items)
         prompts = self._encode_prompts(items)
         n_mini = math.ceil(len(items) / (self.mini_batch_size or len(items)))
         n_steps = self.ppo_epochs * n_mini
         layout = self._layout(items, prompts, self._order(0, len(items), n_mini))
         old = self._old_logprobs(layout) if n_steps > 1 else None
         ref: dict[int, torch.Tensor] = {}  # reference logprobs per item, computed on first use
-        totals: dict[str, float] = {}
-        weight_sum = loss_sum = grad_sum = 0.0
-        skipped = 0
         self.update_log = []
         for epoch in range(self.ppo_epochs):
             if epoch > 0 and self.shuffle_minibatches and n_mini > 1:
@@ -320,24 +322,31 @@ class PolicyWorker:
             for k, mini in enumerate(layout):
                 m = self._optimizer_step(items, mini, old, ref)
                 self.update_log.append({"epoch": epoch, "mini_batch": k, "items": list(mini[0]), **m})
-                w = m.pop("_weight")
-                weight_sum += w
-                loss_sum += m.pop("loss")
-                grad_sum += m.pop("grad_norm")
-                skipped += int(m.pop("update_skipped"))
-                for key, v in m.items():
+        return self._end_step([len(it.completion_ids) for it in items], time.perf_counter() - t0)
+
+    def _end_step(self, lengths: list[int], compute_s: float) -> dict[str, float]:
+        """Close the step: its metrics over `self.update_log` (token-weighted means of the optimizer steps'
+        metrics; loss, grad norm and skips averaged over steps); the next step brings new prompts."""
+        totals: dict[str, float] = {}
+        weight_sum = 0.0
+        n_steps = len(self.update_log)
+        for entry in self.update_log:
+            w = entry["_weight"]
+            weight_sum += w
+            for key, v in entry.items():
+                if key not in ("epoch", "mini_batch", "items", "_weight", "loss", "grad_norm", "update_skipped"):
                     totals[key] = totals.get(key, 0.0) + v * w
         self.step += 1
-        self._encoded.clear()  # the next step brings new prompts
+        self._encoded.clear()
         out = {f"train/{k}": v / max(weight_sum, 1.0) for k, v in totals.items()}
         out.update({
-            "train/loss": loss_sum / n_steps,
-            "train/grad_norm": grad_sum / n_steps,
+            "train/loss": sum(e["loss"] for e in self.update_log) / n_steps,
+            "train/grad_norm": sum(e["grad_norm"] for e in self.update_log) / n_steps,
             "train/skipped_updates": float(self.skipped_updates),
-            "train/update_skipped": skipped / n_steps,
+            "train/update_skipped": sum(e["update_skipped"] for e in self.update_log) / n_steps,
             "train/optimizer_steps": float(n_steps),
-            "train/tokens": float(_length_mask([len(it.completion_ids) for it in items]).sum()),
-            "time/update_compute_s": time.perf_counter() - t0,
+            "train/tokens": float(sum(lengths)),
+            "time/update_compute_s": compute_s,
         })
         return out
 
@@ -351,12 +360,17 @@ class PolicyWorker:
         before clipping, so every rank steps identically."""
         self.optimizer.zero_grad(set_to_none=True)
         mini_rows, mbs = mini
-        opts = dict(self.loss_opts)
         full_weights = _weights(_length_mask([len(items[r].completion_ids) for r in mini_rows]), self.aggregation,
-                                opts.get("norm_length"))
-        totals: dict[str, float] = {}
-        weight_sum = 0.0
-        loss_total = 0.0
+                                self.loss_opts.get("norm_length"))
+        return self._apply(self._accumulate(items, mbs, old, ref, full_weights, new_accumulator()))
+
+    def _accumulate(self, items: list[TrainItem], mbs: list[dict], old: dict[int, torch.Tensor] | None,
+                    ref: dict[int, torch.Tensor], row_weights: torch.Tensor, acc: dict) -> dict:
+        """Forward/backward of the micro-batches `mbs` into the parameters' gradients, each micro-batch's loss
+        scaled by its rows' weight (`row_weights[start:start+B]`, per token or per row) over its own total;
+        adds its loss, token count and token-weighted metrics to `acc` (`new_accumulator`)."""
+        opts = dict(self.loss_opts)
+        totals = acc["totals"]
         for mb in mbs:
             rows = [items[r] for r in mb["rows"]]
             logp, entropy = self._logprobs(self.model, mb)
@@ -376,20 +390,30 @@ class PolicyWorker:
                 loss = loss + self.kl_coef * kl
                 metrics["kl"] = float(kl.detach())
             # this micro-batch's share of the whole mini-batch's aggregate (over every rank's rows)
-            scale = _aggregation_scale(full_weights, mb["start"], mb["mask"].cpu(), self.aggregation,
+            scale = _aggregation_scale(row_weights, mb["start"], mb["mask"].cpu(), self.aggregation,
                                        opts.get("norm_length"))
             (loss * scale).backward()
-            loss_total += float(loss.detach()) * scale
+            acc["loss"] += float(loss.detach()) * scale
             w = float(mb["mask"].sum())
-            weight_sum += w
+            acc["weight"] += w
             metrics["entropy"] = float((entropy * mb["mask"]).sum() / mb["mask"].sum().clamp(min=1))
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + float(v) * w
+        return acc
+
+    def _apply(self, acc: dict, grad_scale: float = 1.0) -> dict[str, float]:
+        """Sum over ranks, multiply gradients (and loss) by `grad_scale`, clip, step unless non-finite, zero."""
+        loss_total, weight_sum, totals = acc["loss"], acc["weight"], acc["totals"]
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.world_size > 1:  # fsdp2 already summed the gradients (reduce-scatter in backward)
             if not self.sharded:
                 all_reduce_grads(params)
             loss_total, weight_sum, totals = merge_metrics(self.world_size, loss_total, weight_sum, totals)
+        if grad_scale != 1.0:  # a streamed step (rlkit/streaming.py): the batch's normaliser, known only now
+            for p in params:
+                if p.grad is not None:
+                    p.grad.mul_(grad_scale)
+            loss_total *= grad_scale
         grad_norm = global_norm(torch.nn.utils.clip_grad_norm_(  # over DTensor gradients: the global norm
             params, self.max_grad_norm if self.max_grad_norm > 0 else float("inf")))
         finite = math.isfinite(loss_total) and bool(torch.isfinite(grad_norm))
@@ -474,26 +498,3 @@ class PolicyWorker:
 
     def pid(self) -> int:
         return os.getpid()
-
-
-def resolve_device(device: str) -> torch.device:
-    """`auto`: the first CUDA device when one is visible (under Ray: when the actor was given a GPU), else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    d = torch.device(device)
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"config key 'trainer.device': {device!r} but no CUDA device is visible to this process "
-                         "(under Ray, give the policy actor a GPU with trainer.num_gpus)")
-    return d
-
-
-def sequence_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) x3 -> (B,): `sum_t mask * (logprobs - ref_logprobs)`, the k1 estimate of KL(policy || ref) of
-    each sampled sequence (padding holding -inf/nan is zeroed, never multiplied)."""
-    diff = torch.where(mask > 0, logprobs - ref_logprobs, torch.zeros_like(logprobs))
-    return diff.sum(-1)
-
-
-def kl_penalized_rewards(rewards: torch.Tensor, seq_kl: torch.Tensor, kl_coef: float) -> torch.Tensor:
-    """(N,), (N,) -> (N,): `r - kl_coef * sum_t k1`, the KL-in-reward form (InstructGPT / PPO-RLHF)."""
-    return rewards - kl_coef * seq_kl

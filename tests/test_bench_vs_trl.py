@@ -66,9 +66,19 @@ def test_summary_and_tables(vs_trl):
     assert s["trl_mode"] == "transformers" and s["errors"] == {}
     assert s["rlkit_phases"]["rollout_s"] == pytest.approx(0.10)
     table = vs_trl.format_table([s])
-    assert "| small | text | 1 x 4 x 16 | 0.200 | 0.200 | 0.050 | 1.00 | 4.00 | 1000 / 800 / 2000 | transformers |" in table
+    assert ("| small | text | 1 x 4 x 16 | 0.200 | 0.200 | 0.050 | 1.00 | 4.00 | - | - | - | 1000 / 800 / 2000 "
+            "| transformers |") in table  # no streamed side: dashes
     assert "PolicyWorker 650, driver 700" in table
     assert "| small | text | 0.100 | 0.000 | 0.050 (-) | 0.050 | 0.200 | 0.025 | 0.025 |" in vs_trl.format_phases([s])
+
+    streamed = [_rep(0.10, 0.20, 0.05), _rep(0.30, 0.20, 0.05)]
+    for r, st in zip(streamed, (0.08, 0.12)):
+        r["rlkit_stream"] = {**_rep(st, 0, 0)["rlkit"], "phases": {"rollout_s": st, "update_s": 0.01, "step_s": st}}
+    s = vs_trl.summarize(case, streamed, stream_chunks=2)
+    assert s["rlkit_stream_step_s"] == pytest.approx(0.10) and s["stream_chunks"] == 2
+    assert s["stream_ratio"] == pytest.approx(0.5) and s["stream_over_floor"] == pytest.approx(2.0)
+    assert "| 0.200 | 0.200 | 0.050 | 1.00 | 4.00 | 0.100 (2) | 0.50 | 2.00 |" in vs_trl.format_table([s])
+    assert "| small | text, streamed (2) | 0.100 | - | 0.010 (-) |" in vs_trl.format_phases([s])
 
     broken = [_rep(0.1, 0.2, 0.05)]
     broken[0]["trl"] = {"error": "exit 1", "log_tail": "boom"}

@@ -34,13 +34,15 @@ def _vlm_items(worker):
     return [items[i] for i in (0, 1, 2, 4, 5)]  # rank 0: (a a) encodes a once; rank 1: (b c) plain, then (c)
 
 
-def _rank_main(rank, world, tmp, path, kw, kind, steps, nan, save, load_from):
-    """One rank: join the group, train `steps` steps, write its results to tmp/rank{rank}.pt."""
+def _rank_main(rank, world, tmp, path, kw, kind, steps, nan, save, load_from, parts=None):
+    """One rank: join the group, train `steps` steps (streamed in `parts`, (lo, hi) item ranges, when given:
+    rlkit/streaming.py), write its results to tmp/rank{rank}.pt."""
     torch.set_num_threads(1)
     from rlkit.worker import PolicyWorker
 
-    w = PolicyWorker(path, strategy="fsdp2", **kw)
+    w = PolicyWorker(path, strategy="fsdp2", **{k: v for k, v in kw.items() if k != "adam_eps"})
     w.join_group(f"file://{tmp}/rendezvous", 0, rank, world)
+    _with_eps(w, kw)  # after sharding, which rebuilds AdamW from its defaults
     if load_from:
         w.load_trainer_state(load_from)
     items = _text_items(w) if kind == "text" else _vlm_items(w)
@@ -48,7 +50,12 @@ def _rank_main(rank, world, tmp, path, kw, kind, steps, nan, save, load_from):
         items[-1].advantage = math.nan  # on the last rank's slice only
     out = {"metrics": [], "weights": []}
     for _ in range(steps):
-        out["metrics"].append(w.train_step(items))
+        if parts:
+            for lo, hi in parts:
+                w.train_part(items[lo:hi])
+            out["metrics"].append(w.train_finish())
+        else:
+            out["metrics"].append(w.train_step(items))
         sd = w.state_dict()  # collective: every rank calls it; rank 0 gets the full weights
         out["weights"].append({k: v.clone() for k, v in sd.items()})
     out["logprobs"] = w.compute_logprobs(items[:2])
@@ -61,12 +68,19 @@ def _rank_main(rank, world, tmp, path, kw, kind, steps, nan, save, load_from):
     w.leave_group()
 
 
-def run_ranks(tmp_path, path, kw, kind="text", steps=1, world=2, nan=False, save="", load_from=""):
+def _with_eps(worker, kw):
+    """kw["adam_eps"], when given, replaces AdamW's eps (see test_streaming._worker: a smooth update)."""
+    if "adam_eps" in kw:
+        worker.optimizer.param_groups[0]["eps"] = kw["adam_eps"]
+    return worker
+
+
+def run_ranks(tmp_path, path, kw, kind="text", steps=1, world=2, nan=False, save="", load_from="", parts=None):
     import torch.multiprocessing as mp
 
     tmp = tmp_path / f"ranks-{len(list(tmp_path.iterdir()))}"
     tmp.mkdir()
-    mp.start_processes(_rank_main, args=(world, str(tmp), path, kw, kind, steps, nan, save, load_from),
+    mp.start_processes(_rank_main, args=(world, str(tmp), path, kw, kind, steps, nan, save, load_from, parts),
                        nprocs=world, start_method="spawn", join=True)
     return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
@@ -74,7 +88,7 @@ def run_ranks(tmp_path, path, kw, kind="text", steps=1, world=2, nan=False, save
 def replicate(path, kw, kind="text", steps=1, nan=False):
     from rlkit.worker import PolicyWorker
 
-    w = PolicyWorker(path, **kw)
+    w = _with_eps(PolicyWorker(path, **{k: v for k, v in kw.items() if k != "adam_eps"}), kw)
     items = _text_items(w) if kind == "text" else _vlm_items(w)
     if nan:
         items[-1].advantage = math.nan
@@ -118,6 +132,20 @@ def test_fsdp2_two_ranks_match_one_replicate_over_two_steps(tiny_text_path, tmp_
         assert r1["metrics"][step]["train/loss"] == pytest.approx(r0["metrics"][step]["train/loss"], rel=1e-6)
     for a, b in zip(r0["logprobs"], w.compute_logprobs(_text_items(w)[:2])):
         assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_fsdp2_streamed_parts_match_one_replicate(tiny_text_path, tmp_path):
+    """A streamed step (rollout.stream_chunks) under fsdp2: parts of 1 and 4 rows (the 1-row part leaves rank 0
+    with padding passes only) accumulate into the same update as one replicate train_step over all 5."""
+    from rlkit.worker import PolicyWorker
+
+    base = {k: v.clone() for k, v in PolicyWorker(tiny_text_path).state_dict().items()}
+    kw = dict(KW, adam_eps=1e-3)
+    _, ref_m, ref_w = replicate(tiny_text_path, kw, steps=2)
+    r0, r1 = run_ranks(tmp_path, tiny_text_path, kw, steps=2, parts=[(0, 1), (1, 5)])
+    for step in range(2):
+        assert_same(r0["weights"][step], r0["metrics"][step], ref_w[step], ref_m[step], base)
+        assert r1["metrics"][step]["train/grad_norm"] == pytest.approx(r0["metrics"][step]["train/grad_norm"])
 
 
 def test_fsdp2_empty_slice_does_not_hang(tiny_text_path, tmp_path):

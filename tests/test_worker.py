@@ -128,7 +128,7 @@ def test_checkpoint_round_trip(tiny_vlm_path, tmp_path):
 
 
 def test_device_resolution():
-    from rlkit.worker import resolve_device
+    from rlkit.models.loading import resolve_device
 
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

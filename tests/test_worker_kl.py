@@ -3,7 +3,8 @@ no reference model."""
 import pytest
 import torch
 
-from rlkit.worker import PolicyWorker, kl_penalized_rewards, sequence_k1
+from rlkit.algorithms.kl import kl_penalized_rewards, sequence_k1
+from rlkit.worker import PolicyWorker
 from test_worker_ppo import text_items
 
 

@@ -184,6 +184,9 @@ def batch_std(rewards: torch.Tensor, group_ids: torch.Tensor, *, eps: float = 1e
     return torch.where(counts[inverse] > 1, adv, torch.zeros_like(adv))
 
 
+batch_std.batch_level = True  # needs the whole batch at once (no streamed update: rlkit/streaming.py)
+
+
 @ADVANTAGES.register("rloo")
 def rloo(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
     """RLOO (Ahmadian et al., "Back to Basics"): ``A_i = r_i - mean_{j != i in g} r_j``.

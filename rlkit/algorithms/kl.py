@@ -19,7 +19,7 @@ import torch
 
 from .registry import KL_ESTIMATORS
 
-__all__ = ["k1", "k2", "k3"]
+__all__ = ["k1", "k2", "k3", "kl_penalized_rewards", "sequence_k1"]
 
 # exp(20) ~ 5e8: beyond this the estimate is meaningless anyway, and the clamp keeps masked or diverged
 # positions from producing inf (verl's "low_var_kl" clamps the same way).
@@ -52,3 +52,15 @@ def k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """``exp(ref - lp) - (ref - lp) - 1``: ``(B, T), (B, T) -> (B, T)``, >= 0, 0 iff equal."""
     log_r = _log_ratio(logprobs, ref_logprobs)
     return torch.expm1(log_r) - log_r
+
+
+def sequence_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) x3 -> (B,): `sum_t mask * (logprobs - ref_logprobs)`, the k1 estimate of KL(policy || ref) of
+    each sampled sequence (padding holding -inf/nan is zeroed, never multiplied)."""
+    diff = torch.where(mask > 0, logprobs - ref_logprobs, torch.zeros_like(logprobs))
+    return diff.sum(-1)
+
+
+def kl_penalized_rewards(rewards: torch.Tensor, seq_kl: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """(N,), (N,) -> (N,): `r - kl_coef * sum_t k1`, the KL-in-reward form (InstructGPT / PPO-RLHF)."""
+    return rewards - kl_coef * seq_kl

@@ -117,3 +117,14 @@ def apply_freeze(model, freeze: list[str]) -> dict[str, int]:
         if p.requires_grad:
             counts[part] += p.numel()
     return counts
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto`: the first CUDA device when one is visible (under Ray: when the actor was given a GPU), else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    d = torch.device(device)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"config key 'trainer.device': {device!r} but no CUDA device is visible to this process "
+                         "(under Ray, give the policy actor a GPU with trainer.num_gpus)")
+    return d

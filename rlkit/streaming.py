@@ -1,0 +1,62 @@
+"""A streamed update: one optimizer step over a batch that arrives in parts (`rollout.stream_chunks`).
+
+Why: on-policy GRPO alternates rollout and update, so the rollout engines wait while the policy trains and
+the policy waits while they generate. When the step's prompts are generated in chunks of whole groups, the
+policy can run forward/backward on chunk k (accumulating gradients, no optimizer step) while the engines
+generate chunk k+1; the single optimizer step after the last chunk sees the same gradient as one update over
+the whole batch (up to float rounding), so the run stays exactly on-policy. With the engines and the policy
+on different devices (or cores), the step takes about max(generation, update) plus one chunk instead of
+their sum.
+
+The catch is the loss normaliser: a token-mean loss divides by the batch's total token count, which is known
+only once the last chunk is generated. Every registered aggregation weights each row in proportion to a
+quantity of that row alone (`rlkit.batching.relative_row_weights`), so each part's micro-batches are scaled
+against a fixed reference row, and the finished sum is multiplied once by the batch's normaliser before
+clipping. Only one optimizer step per batch can be streamed (trainer.mini_batch_size 0, ppo_epochs 1): later
+mini-batches would need the whole batch first.
+"""
+from __future__ import annotations
+
+import time
+
+from rlkit.batching import _length_mask, _weights, new_accumulator, relative_row_weights
+from rlkit.records import TrainItem
+
+
+class StreamedStep:
+    """Mixed into `rlkit.worker.PolicyWorker`: `train_part` for each part, then `train_finish` once."""
+
+    _stream: dict | None = None
+
+    def train_part(self, items: list[TrainItem]) -> int:
+        """Accumulate the gradient of one part of the step's batch (every rank gets the part; each trains its
+        slice). Returns the number of items accumulated so far this step."""
+        if self.mini_batch_size or self.ppo_epochs != 1:
+            raise ValueError("a streamed update (rollout.stream_chunks > 1) takes one optimizer step per batch: "
+                             "set trainer.mini_batch_size 0 and trainer.ppo_epochs 1")
+        t0 = time.perf_counter()
+        if self._stream is None:
+            self.optimizer.zero_grad(set_to_none=True)
+            self._stream = {"acc": new_accumulator(), "lengths": [], "mass": 0.0, "compute_s": 0.0}
+        s = self._stream
+        self._check_batch(items)
+        lengths = [len(it.completion_ids) for it in items]
+        rel = relative_row_weights(lengths, self.aggregation, self.loss_opts.get("norm_length"))
+        [(_, mbs)] = self._layout(items, self._encode_prompts(items), list(range(len(items))))
+        self._accumulate(items, mbs, None, {}, rel, s["acc"])  # old logprobs: the current ones (one step)
+        s["lengths"] += lengths
+        s["mass"] += float(rel.sum())
+        s["compute_s"] += time.perf_counter() - t0
+        return len(s["lengths"])
+
+    def train_finish(self) -> dict[str, float]:
+        """The optimizer step over every part accumulated since the last one; the step's metrics, as
+        `train_step` returns them."""
+        s, self._stream = self._stream, None
+        if s is None:
+            raise ValueError("train_finish without a train_part before it")
+        t0 = time.perf_counter()
+        total = float(_weights(_length_mask(s["lengths"]), self.aggregation, self.loss_opts.get("norm_length")).sum())
+        m = self._apply(s["acc"], grad_scale=total / s["mass"] if s["mass"] > 0 else 0.0)
+        self.update_log = [{"epoch": 0, "mini_batch": 0, "items": list(range(len(s["lengths"]))), **m}]
+        return self._end_step(s["lengths"], s["compute_s"] + time.perf_counter() - t0)

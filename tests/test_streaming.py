@@ -1,0 +1,177 @@
+"""A streamed update (rollout.stream_chunks, rlkit/streaming.py): the batch arrives in parts, gradients accumulate
+part by part, and the one optimizer step at the end is the same as `train_step` over the whole batch.
+
+The weights each row gets are derived by hand for every aggregation (`relative_row_weights`), and the streamed
+step is compared with the whole-batch step on a tiny real model: weights, loss, grad norm, tokens.
+"""
+import pytest
+import torch
+
+from rlkit.batching import _length_mask, _weights, relative_row_weights
+
+
+@pytest.mark.parametrize("mode, norm, expected", [
+    # token_mean: every token weighs 1/N, so a row weighs L_r/N and the one-token reference row 1/N: ratio L_r
+    ("token_mean", None, [2.0, 3.0, 0.0]),
+    # seq_mean_token_mean: every non-empty row weighs 1/B (an empty one 0): ratio 1
+    ("seq_mean_token_mean", None, [1.0, 1.0, 0.0]),
+    # Dr.GRPO, sum / (B * norm_length): a row weighs L_r / (B * 16), the reference 1 / (B * 16): ratio L_r
+    ("seq_mean_token_sum_norm", 16, [2.0, 3.0, 0.0]),
+])
+def test_relative_row_weights_by_hand(mode, norm, expected):
+    assert relative_row_weights([2, 3, 0], mode, norm).tolist() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("mode, norm", [("token_mean", None), ("seq_mean_token_mean", None),
+                                        ("seq_mean_token_sum_norm", 16)])
+def test_parts_rescaled_give_the_whole_batch_weights(mode, norm):
+    """Parts [2, 3] and [5, 1, 4]: relative weights times sum(whole weights) / sum(relative) = whole weights."""
+    parts = [[2, 3], [5, 1, 4]]
+    rel = torch.cat([relative_row_weights(p, mode, norm) for p in parts])
+    whole = _weights(_length_mask([n for p in parts for n in p]), mode, norm).sum(-1)
+    assert (rel * whole.sum() / rel.sum()).tolist() == pytest.approx(whole.tolist(), rel=1e-6)
+
+
+def _worker(path, **kw):
+    from rlkit.worker import PolicyWorker
+
+    w = PolicyWorker(path, lr=1e-2, micro_batch_size=2, **kw)
+    # Adam's eps 1e-3 (not 1e-8): the update is then a smooth function of the gradient, so the gradient's float
+    # rounding (parts are summed in another order) stays rounding in the weights; with 1e-8 an element whose
+    # gradient is ~1e-9 flips between -lr and +lr (see test_fsdp.assert_same)
+    w.optimizer.param_groups[0]["eps"] = 1e-3
+    return w
+
+
+@pytest.mark.parametrize("kw", [
+    dict(),
+    dict(loss_opts={"aggregation": "seq_mean_token_mean"}),
+    dict(loss_opts={"aggregation": "seq_mean_token_sum_norm", "norm_length": 8}, kl_coef=0.1),
+], ids=["token-mean", "seq-mean", "dr-grpo-kl"])
+def test_streamed_step_equals_whole_batch_step(tiny_text_path, kw):
+    """6 items of different lengths in parts of 1, 3 and 2 rows (micro-batches of 2 cut inside the parts), two
+    steps: the same weights, loss and grad norm as train_step on all 6 (float rounding aside)."""
+    from test_scale import _items
+
+    whole, streamed = _worker(tiny_text_path, **kw), _worker(tiny_text_path, **kw)
+    items = _items(whole)
+    base = {k: v.clone() for k, v in whole.state_dict().items()}
+    for _ in range(2):
+        expected = whole.train_step(items)
+        assert [streamed.train_part(items[a:b]) for a, b in ((0, 1), (1, 4), (4, 6))] == [1, 4, 6]
+        got = streamed.train_finish()
+        for k in ("train/loss", "train/grad_norm", "train/tokens", "train/optimizer_steps", "train/entropy"):
+            assert got[k] == pytest.approx(expected[k], rel=1e-5, abs=1e-7), k
+    ref, out = whole.state_dict(), streamed.state_dict()
+    for k in ref:
+        update = (ref[k] - base[k]).norm()
+        assert (out[k] - ref[k]).norm() <= 1e-5 * update + 1e-8, k
+    assert any(not torch.equal(ref[k], base[k]) for k in ref)
+
+
+def test_streamed_nan_part_skips_the_step(tiny_text_path):
+    """A NaN advantage in the second part: the step is skipped (weights untouched), as in train_step."""
+    import math
+
+    from test_scale import _items
+
+    w = _worker(tiny_text_path)
+    items = _items(w)
+    items[4].advantage = math.nan
+    before = {k: v.clone() for k, v in w.state_dict().items()}
+    w.train_part(items[:3])
+    w.train_part(items[3:])
+    m = w.train_finish()
+    assert m["train/update_skipped"] == 1.0 and m["train/skipped_updates"] == 1.0
+    assert all(torch.equal(v, before[k]) for k, v in w.state_dict().items())
+
+
+def test_streaming_refuses_several_optimizer_steps(tiny_text_path):
+    from test_scale import _items
+
+    w = _worker(tiny_text_path, mini_batch_size=2)
+    with pytest.raises(ValueError, match="mini_batch_size 0"):
+        w.train_part(_items(w))
+    with pytest.raises(ValueError, match="without a train_part"):
+        w.train_finish()
+
+
+def test_two_ranks_streamed_take_the_same_step_as_one(tiny_text_path):
+    """trainer.num_ranks 2 (Ray actors, gloo, replicate): the driver's `train_part` refs for parts of 2 and 4 rows,
+    then `train_finish`, give both ranks the weights of one worker's train_step over all 6."""
+    from rlkit.orchestration import init_ray, shutdown, spawn
+    from rlkit.pool import PolicyGroup, PolicyRank
+    from test_scale import _items
+
+    kw = dict(loss_opts={"aggregation": "seq_mean_token_mean"})
+    single = _worker(tiny_text_path, **kw)
+    items = _items(single)
+    expected = single.train_step(items)
+    init_ray("", 4)
+    group = PolicyGroup(lambda rank: spawn(PolicyRank, tiny_text_path, num_cpus=0.5, lr=1e-2, micro_batch_size=2,
+                                           **kw), 2)
+    try:
+        import ray
+
+        ray.get([r.__ray_call__.remote(lambda self: self.optimizer.param_groups[0].update(eps=1e-3))
+                 for r in group.ranks])
+        pending = group.train_part(items[:2]) + group.train_part(items[2:])
+        got = group.train_finish(pending)
+        weights = [ray.get(r.state_dict.remote()) for r in group.ranks]
+    finally:
+        group.close()
+        shutdown()
+    ref = single.state_dict()
+    for w in weights:
+        for k in ref:
+            torch.testing.assert_close(w[k], ref[k], rtol=1e-5, atol=1e-6)
+    for k in ("train/loss", "train/grad_norm", "train/tokens"):
+        assert got[k] == pytest.approx(expected[k], rel=1e-5, abs=1e-7), k
+
+
+def test_grpo_streamed_matches_unstreamed(tmp_path):
+    """A GRPO run (vLLM, Ray) with rollout.stream_chunks 3 (each of the 3 prompts its own chunk, trained while the
+    next is generated) samples the same completions as stream_chunks 1 and takes the same updates: per-step
+    loss and grad norm (before clipping: a wrong normaliser shows there), and the final weights in norm, to 1e-3
+    of the update (lr 1e-2 with Adam's default eps 1e-8: an element whose gradient is near eps turns float
+    rounding into a visible difference, see test_fsdp.assert_same)."""
+    import json
+    import pathlib
+
+    from safetensors.torch import load_file
+    from test_scale import _run
+
+    a = _run(tmp_path, "whole")
+    b = _run(tmp_path, "streamed", "rollout.stream_chunks=3")
+    rows = lambda run, f: [json.loads(x) for x in (tmp_path / run / f).read_text().splitlines()]  # noqa: E731
+    sa, sb = rows("whole", "samples.jsonl"), rows("streamed", "samples.jsonl")
+    assert len(sa) == len(sb) == 2 * 3 * 4
+    assert [(s["completion"], s["reward"], s["advantage"]) for s in sa] == \
+        [(s["completion"], s["reward"], s["advantage"]) for s in sb]
+    assert len({s["reward"] for s in sa}) > 1  # not vacuous: non-zero advantages
+    for x, y in zip(rows("whole", "metrics.jsonl"), rows("streamed", "metrics.jsonl")):
+        for k in ("train/loss", "train/grad_norm", "train/tokens"):
+            assert y[k] == pytest.approx(x[k], rel=1e-4, abs=1e-6), k
+    wa = load_file(pathlib.Path(a["checkpoint"]) / "model.safetensors")
+    wb = load_file(pathlib.Path(b["checkpoint"]) / "model.safetensors")
+    base = load_file(tmp_path / "whole/base_model/model.safetensors")
+    for k in wa:
+        assert (wb[k] - wa[k]).norm() <= 1e-3 * (wa[k] - base[k]).norm() + 1e-6, k
+    assert any(not torch.equal(wa[k], base[k]) for k in wa)
+
+
+@pytest.mark.parametrize("override, names", [
+    ("trainer.mini_batch_size=4", "trainer.mini_batch_size"),
+    ("trainer.ppo_epochs=2", "trainer.ppo_epochs"),
+    ("rollout.sleep=true", "rollout.sleep"),
+    ("algorithm.advantage=batch_std", "algorithm.advantage"),
+])
+def test_streaming_config_clashes_name_both_keys(tmp_path, override, names):
+    from rlkit.config import ConfigError, GRPOConfig, check_grpo, load_config
+
+    check_grpo(load_config(GRPOConfig, None, [f"output_dir={tmp_path}", "rollout.stream_chunks=2"]))  # fine alone
+    cfg = load_config(GRPOConfig, None, [f"output_dir={tmp_path}", "rollout.stream_chunks=2", override])
+    with pytest.raises(ConfigError, match=rf"rollout.stream_chunks.*{names}"):
+        check_grpo(cfg)
+    with pytest.raises(ConfigError, match="rollout.stream_chunks"):
+        check_grpo(load_config(GRPOConfig, None, [f"output_dir={tmp_path}", "rollout.stream_chunks=0"]))
