@@ -37,8 +37,11 @@ class StreamedStep:
         t0 = time.perf_counter()
         if self._stream is None:
             self.optimizer.zero_grad(set_to_none=True)
-            self._stream = {"acc": new_accumulator(), "lengths": [], "mass": 0.0, "compute_s": 0.0}
+            self._stream = {"acc": new_accumulator(), "lengths": [], "mass": 0.0, "compute_s": 0.0, "idle_s": 0.0,
+                            "parts": 0, "end": None}
         s = self._stream
+        if s["end"] is not None:  # waiting for this part since the last one ended: the engines were behind
+            s["idle_s"] += t0 - s["end"]
         self._check_batch(items)
         lengths = [len(it.completion_ids) for it in items]
         rel = relative_row_weights(lengths, self.aggregation, self.loss_opts.get("norm_length"))
@@ -46,12 +49,15 @@ class StreamedStep:
         self._accumulate(items, mbs, None, {}, rel, s["acc"])  # old logprobs: the current ones (one step)
         s["lengths"] += lengths
         s["mass"] += float(rel.sum())
-        s["compute_s"] += time.perf_counter() - t0
+        s["end"] = time.perf_counter()
+        s["compute_s"] += s["end"] - t0
+        s["parts"] += 1
         return len(s["lengths"])
 
     def train_finish(self) -> dict[str, float]:
         """The optimizer step over every part accumulated since the last one; the step's metrics, as
-        `train_step` returns them."""
+        `train_step` returns them, plus `train/stream_parts` and `time/update_idle_s` (the time the policy
+        waited between parts: the next chunk was still being generated)."""
         s, self._stream = self._stream, None
         if s is None:
             raise ValueError("train_finish without a train_part before it")
@@ -59,4 +65,7 @@ class StreamedStep:
         total = float(_weights(_length_mask(s["lengths"]), self.aggregation, self.loss_opts.get("norm_length")).sum())
         m = self._apply(s["acc"], grad_scale=total / s["mass"] if s["mass"] > 0 else 0.0)
         self.update_log = [{"epoch": 0, "mini_batch": 0, "items": list(range(len(s["lengths"]))), **m}]
-        return self._end_step(s["lengths"], s["compute_s"] + time.perf_counter() - t0)
+        out = self._end_step(s["lengths"], s["compute_s"] + time.perf_counter() - t0)
+        # the policy's wait between parts (generation slower than training a part) and the part count
+        out.update({"time/update_idle_s": s["idle_s"], "train/stream_parts": float(s["parts"])})
+        return out

@@ -60,6 +60,7 @@ def test_streamed_step_equals_whole_batch_step(tiny_text_path, kw):
         expected = whole.train_step(items)
         assert [streamed.train_part(items[a:b]) for a, b in ((0, 1), (1, 4), (4, 6))] == [1, 4, 6]
         got = streamed.train_finish()
+        assert got["train/stream_parts"] == 3.0 and got["time/update_idle_s"] >= 0.0
         for k in ("train/loss", "train/grad_norm", "train/tokens", "train/optimizer_steps", "train/entropy"):
             assert got[k] == pytest.approx(expected[k], rel=1e-5, abs=1e-7), k
     ref, out = whole.state_dict(), streamed.state_dict()
