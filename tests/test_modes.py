@@ -79,7 +79,7 @@ def test_schedule_validation_names_the_key_and_point(schedule, fragment):
 
 
 def test_scheduled_ratio_drives_the_mode_draw():
-    """What `grpo._rollout` does each step: deep_ratio_at(step) -> assign_modes. Step 1 ratio 0 (all fast),
+    """What `collect._requests` does each step: deep_ratio_at(step) -> assign_modes. Step 1 ratio 0 (all fast),
     step 3 ratio 1 (all deep), step 2 halfway."""
     from rlkit.config import GRPOConfig, load_config
     from rlkit.modes import deep_ratio_at

@@ -19,9 +19,14 @@ def read_jsonl(path):
     return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines()]
 
 
-def test_rlpr_example_with_filter_refill_and_resume(tmp_path, monkeypatch):
+@pytest.mark.parametrize("chunks", [1, 3], ids=["whole", "streamed"])
+def test_rlpr_example_with_filter_refill_and_resume(tmp_path, monkeypatch, chunks):
+    """With rollout.stream_chunks 3 every prompt is its own chunk: RLPR asks the policy actor for logprobs while
+    earlier chunks' parts are queued on it (the weights have not moved: the same scores), and a step whose groups
+    are all dropped sends no part and skips the update."""
     monkeypatch.chdir(ROOT)  # the example names its data file relative to the repository root
     common = [f"output_dir={tmp_path / 'run'}", "logging.progress=false", "rollout.n=4", "rollout.max_tokens=12",
+              f"rollout.stream_chunks={chunks}",
               "trainer.prompts_per_step=3", "logging.save_every=1", "logging.keep_checkpoints=0",
               # filter from step 2 with an unreachable threshold: every group is dropped, refills run out
               "algorithm.group_filter_opts={beta: 1.0e+9, ema: 0.5, ema_start_step: 1, filter_start_step: 2}",
