@@ -99,9 +99,13 @@ def test_streaming_refuses_several_optimizer_steps(tiny_text_path):
 
 def test_two_ranks_streamed_take_the_same_step_as_one(tiny_text_path):
     """trainer.num_ranks 2 (Ray actors, gloo, replicate): the driver's `train_part` refs for parts of 2 and 4 rows,
-    then `train_finish`, give both ranks the weights of one worker's train_step over all 6."""
+    then `train_finish`, give both ranks the weights of one worker's train_step over all 6. A part that fails
+    (a token id outside the vocabulary) is not waited for when sent; `train_finish` raises PolicyRankError
+    naming the rank and the error, and stops the ranks."""
+    import dataclasses
+
     from rlkit.orchestration import init_ray, shutdown, spawn
-    from rlkit.pool import PolicyGroup, PolicyRank
+    from rlkit.pool import PolicyGroup, PolicyRank, PolicyRankError
     from test_scale import _items
 
     kw = dict(loss_opts={"aggregation": "seq_mean_token_mean"})
@@ -119,6 +123,12 @@ def test_two_ranks_streamed_take_the_same_step_as_one(tiny_text_path):
         pending = group.train_part(items[:2]) + group.train_part(items[2:])
         got = group.train_finish(pending)
         weights = [ray.get(r.state_dict.remote()) for r in group.ranks]
+        bad = [dataclasses.replace(it, completion_ids=[10 ** 9]) for it in items[:2]]
+        pending = group.train_part(items[:2]) + group.train_part(bad)  # returns at once
+        with pytest.raises(PolicyRankError, match=r"policy rank [01] failed \(.*index.*\); the run stops"):
+            group.train_finish(pending)
+        with pytest.raises(ray.exceptions.RayActorError):  # every rank was stopped
+            ray.get(group.ranks[1].pid.remote())
     finally:
         group.close()
         shutdown()
