@@ -104,6 +104,7 @@ class TrainerConfig:
     lr: float = 1e-4  # AdamW learning rate
     weight_decay: float = 0.0  # AdamW weight decay
     betas: list = dataclasses.field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
+    adam_eps: float = 1e-8  # AdamW eps (the denominator's floor): elements whose gradient is near it get steps of about lr whatever their size
     max_grad_norm: float = 1.0  # gradient clipping by global norm (0: off)
     micro_batch_size: int = 64  # sequences per forward/backward pass (gradient accumulation above it)
     mini_batch_size: int = 0  # sequences per optimizer step (0: the whole rollout batch, one step per epoch)

@@ -292,7 +292,7 @@ def run_dpo(cfg: DPOConfig, resume: bool = False) -> dict:
                        reference_path=ref_model if load_ref else None, lr_schedule=d.lr_schedule,
                        warmup_steps=math.ceil(total * d.warmup_ratio), total_steps=total, dtype=cfg.model.dtype,
                        freeze=list(cfg.model.freeze), lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas),
-                       max_grad_norm=t.max_grad_norm, micro_batch_size=t.micro_batch_size, seed=cfg.seed,
+                       adam_eps=t.adam_eps, max_grad_norm=t.max_grad_norm, micro_batch_size=t.micro_batch_size, seed=cfg.seed,
                        device=t.device, gradient_checkpointing=t.gradient_checkpointing)
     if d.reference == "cached" and ref is None:  # once, before any update; then the reference model is dropped
         ref = worker.reference_logps(pairs)
