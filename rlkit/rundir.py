@@ -46,13 +46,19 @@ GRPO_RESUMABLE = COMMON_RESUMABLE + (
     "rollout.sleep", "rollout.max_retries", "rollout.timeout_s",
     "trainer.eval_every",  # held-out evaluations are greedy and leave the training RNG alone
 )
-# DPO: dpo.max_steps / dpo.epochs set the learning-rate schedule's length, so they are NOT resumable
+# DPO: dpo.max_steps / dpo.epochs set the learning-rate schedule's length: resumable only under the constant
+# schedule (which has no warm-up and no length; `dpo_resumable`)
 DPO_RESUMABLE = COMMON_RESUMABLE + ("dpo.eval_every",)
+DPO_LENGTH = ("dpo.max_steps", "dpo.epochs")
 # RLAIF-V reruns continue (complete rounds are skipped): `rounds` may grow
 RLAIFV_RESUMABLE = COMMON_RESUMABLE + (
     "rounds", "rollout.num_cpus", "rollout.num_gpus", "rollout.kv_cache_gib", "rollout.gpu_memory_utilization",
     "rollout.timeout_s", "rollout.max_retries", "dpo.eval_every",
 )
+
+
+def dpo_resumable(lr_schedule: str) -> tuple:
+    return DPO_RESUMABLE + (DPO_LENGTH if lr_schedule == "constant" else ())
 
 
 class RunDirError(ConfigError):

@@ -5,6 +5,7 @@ refuses a used directory, moves it aside on --overwrite, checks the config on --
 manifest, resume skips a damaged one and falls back, pruning never drops the only intact one. One short
 end-to-end run resumes past a checkpoint with a missing weights file.
 """
+import dataclasses
 import json
 import pathlib
 import subprocess
@@ -102,9 +103,15 @@ def test_dpo_and_rlaifv_apply_the_same_rules(tmp_path):
     fake_run(tmp_path / "dpo", cfg=dpo)
     with pytest.raises(RunDirError, match="holds another run"):
         run_dpo(dpo)
-    with pytest.raises(RunDirError, match=r"dpo\.max_steps \(0 -> 9\)"):  # the LR schedule's length
+    with pytest.raises(RunDirError, match=r"dpo\.max_steps \(0 -> 9\)"):  # the cosine schedule's length
         run_dpo(load_config(DPOConfig, None, [f"output_dir={tmp_path / 'dpo'}", "data.path=pairs/",
                                               "dpo.max_steps=9"]), resume=True)
+    const = load_config(DPOConfig, None, [f"output_dir={tmp_path / 'c'}", "data.path=pairs/",
+                                          "dpo.lr_schedule=constant"])
+    from rlkit.rundir import check_resume_config, dpo_resumable
+    fake_run(tmp_path / "c", cfg=const)
+    check_resume_config(tmp_path / "c", dataclasses.replace(const, dpo=dataclasses.replace(const.dpo, max_steps=9)),
+                        dpo_resumable("constant"))  # constant: no length, so allowed
     rl = load_config(RLAIFVConfig, None, [f"output_dir={tmp_path / 'rl'}"])
     (tmp_path / "rl").mkdir()
     dump_config(rl, tmp_path / "rl" / "config.yaml")
