@@ -157,16 +157,19 @@ def open_run(cfg, *, resume: bool, overwrite: bool, allowed: tuple, log=print) -
         return None
     if not (out / CONFIG).exists():
         found = holds_run(out)
-        what = f"has {', '.join(found)} but no {CONFIG}" if found else \
-            ("holds no run" if out.exists() else "does not exist")
+        if found:
+            raise RunDirError(f"--resume: output_dir {out} has {', '.join(found)} but no {CONFIG}, so there is no run "
+                              "to resume; start a new run with --overwrite (moves these aside) or a new output_dir")
+        what = "holds no run" if out.exists() else "does not exist"
         raise RunDirError(f"--resume: output_dir {out} {what}, so there is nothing to resume; check output_dir, "
                           "or start a new run without --resume")
     check_resume_config(out, cfg, allowed, log)
     last = ckpt.resume_point(out, log)
     if last is None:
         moved = [str(move_log_aside(out / name)) for name in LOGS if (out / name).exists()]
-        log(f"rlkit: --resume: {out} has no intact checkpoint (the run stopped before its first save): starting "
-            f"again from step 0 in the same directory" + (f"; its logs were moved to {', '.join(moved)}" if moved else ""))
+        log(f"rlkit: --resume: {out} has no intact checkpoint (none was saved yet, or every one is damaged): "
+            "starting again from step 0 in the same directory"
+            + (f"; its logs were moved to {', '.join(moved)}" if moved else ""))
     return last
 
 

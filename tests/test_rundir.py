@@ -12,10 +12,11 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from rlkit import checkpoint as ckpt
 from rlkit.config import GRPOConfig, load_config
-from rlkit.rundir import RunDirError, config_changes, holds_run, open_run, GRPO_RESUMABLE
+from rlkit.rundir import GRPO_RESUMABLE, RunDirError, config_changes, holds_run, open_run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -77,7 +78,6 @@ def test_overwrite_moves_the_old_run_aside(tmp_path, capsys):
     assert len(moved) == 1 and (moved[0] / "metrics.jsonl").read_text() == old_metrics
     assert (moved[0] / "checkpoints" / "step_1" / "COMPLETE").exists()
     assert p.resume_from is None and not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
-    import yaml
     assert yaml.safe_load((out / "config.yaml").read_text())["model"]["hidden_size"] == 64
     assert "moved to" in capsys.readouterr().out
     with pytest.raises(RunDirError, match="exclude each other"):
@@ -94,10 +94,10 @@ def test_cli_refuses_a_used_dir_with_exit_2_and_one_line(tmp_path):
 
 
 def test_dpo_and_rlaifv_apply_the_same_rules(tmp_path):
+    from rlkit.config import dump_config
     from rlkit.dpo import DPOConfig, run_dpo
     from rlkit.rlaifv import RLAIFVConfig, run_rlaifv
-
-    from rlkit.config import dump_config
+    from rlkit.rundir import check_resume_config, dpo_resumable
 
     dpo = load_config(DPOConfig, None, [f"output_dir={tmp_path / 'dpo'}", "data.path=pairs/"])
     fake_run(tmp_path / "dpo", cfg=dpo)
@@ -108,7 +108,6 @@ def test_dpo_and_rlaifv_apply_the_same_rules(tmp_path):
                                               "dpo.max_steps=9"]), resume=True)
     const = load_config(DPOConfig, None, [f"output_dir={tmp_path / 'c'}", "data.path=pairs/",
                                           "dpo.lr_schedule=constant"])
-    from rlkit.rundir import check_resume_config, dpo_resumable
     fake_run(tmp_path / "c", cfg=const)
     check_resume_config(tmp_path / "c", dataclasses.replace(const, dpo=dataclasses.replace(const.dpo, max_steps=9)),
                         dpo_resumable("constant"))  # constant: no length, so allowed
@@ -140,7 +139,9 @@ def test_resume_config_check_names_refused_and_allowed_keys(tmp_path, capsys):
                                  "algorithm.kl_coef=0.1", "rewards=[{name: format}]", "trainer.prompts_per_step=2",
                                  "model.path=tiny:vlm", "modes.deep_ratio=0.5", "rollout.num_workers=2"])
 def test_what_a_run_computes_cannot_change_on_resume(tmp_path, key):
-    saved = dict(json.loads(json.dumps(__import__("rlkit.config").config.to_dict(grpo_cfg(tmp_path)))))
+    from rlkit.config import to_dict
+
+    saved = json.loads(json.dumps(to_dict(grpo_cfg(tmp_path))))  # as read back from config.yaml
     ok, bad = config_changes(saved, grpo_cfg(tmp_path, key), GRPO_RESUMABLE)
     assert bad and not ok, (key, ok, bad)
 
