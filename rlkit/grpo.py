@@ -26,6 +26,7 @@ from rlkit.mode_metrics import ModeMetrics
 from rlkit.models.loading import build_tiny, check_model_path, load_processor, tokenizer_of
 from rlkit.modes import deep_ratio_at
 from rlkit.records import MODES, Sample, TrainItem
+from rlkit.rundir import GRPO_RESUMABLE, open_run
 from rlkit.runlog import RunLog
 
 REWARD_STATE = "reward_state.json"
@@ -104,9 +105,10 @@ def resolve_model(cfg: GRPOConfig, ds, out: pathlib.Path) -> str:
     return path
 
 
-def prepare(cfg: GRPOConfig, resume: bool = False) -> Prepared:
+def prepare(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> Prepared:
     check_grpo(cfg)
     out = pathlib.Path(cfg.output_dir)
+    last = open_run(cfg, resume=resume, overwrite=overwrite, allowed=GRPO_RESUMABLE)  # rlkit/rundir.py
     out.mkdir(parents=True, exist_ok=True)
     try:
         resources = RewardResources()
@@ -127,9 +129,6 @@ def prepare(cfg: GRPOConfig, resume: bool = False) -> Prepared:
     if needs_labeler:  # path: policy = a frozen copy of the initial policy, in this process
         lab = labeler_resources(cfg.labeler, policy_path=base)
         resources.labeler, resources.claim_lm = lab.labeler, lab.claim_lm
-    last = ckpt.latest(out) if resume else None
-    if resume and last is None:
-        print(f"rlkit: --resume given but {out}/checkpoints has no complete checkpoint; starting from step 0")
     dump_config(cfg, out / "config.yaml")
     return Prepared(cfg, out, ds, scorer, base, str(last) if last else base, last, resources, accuracy_reward,
                     eval_rows)
@@ -193,16 +192,17 @@ def _policy(cfg: GRPOConfig, model_path: str, base_model: str, out: pathlib.Path
                  kl_estimator=a.kl_estimator, kl_in_reward=a.kl_in_reward, reference_path=base_model,
                  temperature=cfg.rollout.temperature, lora=dict(cfg.model.lora) or None, seed=cfg.seed,
                  num_threads=max(1, int(t.num_cpus)), strategy=t.strategy, env=POLICY_ENV),
-        t.num_ranks, where=lambda: str(ckpt.latest(out) or ""), strategy=t.strategy, call_timeout_s=t.timeout_s)
+        t.num_ranks, where=lambda: ckpt.last_note(out, model_path), strategy=t.strategy, call_timeout_s=t.timeout_s)
 
 
-def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
-    """Run GRPO as configured; returns a summary (last metrics, checkpoint path)."""
+def run_grpo(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Run GRPO as configured; returns a summary (last metrics, checkpoint path). A new run refuses an
+    output_dir that holds another one unless `overwrite` (moved aside); see rlkit/rundir.py."""
     from tqdm import tqdm
 
     from rlkit.orchestration import init_ray
 
-    p = prepare(cfg, resume)
+    p = prepare(cfg, resume, overwrite)
     state = ckpt.read_run_state(p.resume_from) if p.resume_from else {}
     start = state.get("step", 0)
     rng = random.Random(cfg.seed)

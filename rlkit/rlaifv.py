@@ -38,6 +38,7 @@ from rlkit.data import DataError, PromptStream, load_source, map_columns, open_i
 from rlkit.dpo import DPOConfig, DPODataConfig, DPOSection, check_dpo, run_dpo
 from rlkit.models.loading import load_policy, load_processor, tokenizer_of
 from rlkit.modes import render_prompt
+from rlkit.rundir import CONFIG, RLAIFV_RESUMABLE, check_resume_config, claim_new
 from rlkit.runlog import RunLog
 
 
@@ -337,7 +338,7 @@ def run_round(cfg: RLAIFVConfig, r: int, model: str, ds, resources: LabelerResou
                             model=dataclasses.replace(cfg.model, path=model),
                             data=DPODataConfig(path=str(pairs_dir)), dpo=cfg.dpo, trainer=cfg.trainer,
                             logging=cfg.logging)
-        result = run_dpo(dpo_cfg)
+        result = run_dpo(dpo_cfg, overwrite=True)  # a DPO run left by an unfinished attempt at this round: moved aside
         checkpoint = result.get("checkpoint")
         summary.update({f"dpo/{k[5:]}": v for k, v in result.items() if k.startswith("eval/")})
     elif not pairs:
@@ -349,12 +350,17 @@ def run_round(cfg: RLAIFVConfig, r: int, model: str, ds, resources: LabelerResou
     return summary
 
 
-def run_rlaifv(cfg: RLAIFVConfig) -> dict:
-    """All rounds (complete ones are skipped on a rerun); returns the last round's summary."""
+def run_rlaifv(cfg: RLAIFVConfig, overwrite: bool = False) -> dict:
+    """All rounds (complete ones are skipped on a rerun, which must keep the config but for RLAIFV_RESUMABLE
+    keys; `overwrite` moves the earlier run aside instead); returns the last round's summary."""
     from rlkit.grpo import resolve_model
 
     check_rlaifv(cfg)
     out = pathlib.Path(cfg.output_dir)
+    if overwrite or not (out / CONFIG).exists():
+        claim_new(out, overwrite)
+    else:  # a rerun continues the run in out (rlkit/rundir.py)
+        check_resume_config(out, cfg, RLAIFV_RESUMABLE, flag="rerun")
     out.mkdir(parents=True, exist_ok=True)
     ds = map_columns(load_source(cfg.data.source, cfg.data.split, limit=cfg.data.limit, seed=cfg.seed,
                                  **cfg.data.source_kwargs), dict(cfg.data.columns))
