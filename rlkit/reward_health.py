@@ -93,6 +93,7 @@ class RewardHealth:
         self.streak = {name: [] for name in self.names}  # the current run of failing steps: (step, StepFailures)
         self.idle_steps = 0  # steps with nothing to learn, so far
         self.idle_run = 0  # length of the current run of such steps
+        self.broken: list[str] = []  # rewards that failed on every sample of the last step scored
 
     @classmethod
     def from_config(cls, cfg, scorer, say: Callable[[str], None] = print) -> "RewardHealth":
@@ -104,6 +105,7 @@ class RewardHealth:
         """Summarise `result`'s failures (one line per failing reward) and return the failure metrics; raise
         RewardStop past the threshold. `last_checkpoint()`: the newest checkpoint written (None: none)."""
         found = step_failures(result, self.sites)
+        self.broken = [name for name, s in found.items() if s.failed == s.of]
         metrics = {}
         for name in self.names:
             s = found.get(name)
@@ -140,7 +142,7 @@ class RewardHealth:
     def advantages(self, step: int, samples: list, everything: list) -> dict:
         """Report a step with nothing to learn (once per run of such steps) and return its metrics. `samples`:
         the trained samples with advantages; `everything`: every sample drawn (group filter's drops included)."""
-        reason = nothing_to_learn(samples, everything)
+        reason = nothing_to_learn(samples, everything, self.broken)
         if reason is None:
             self.idle_run = 0
         else:
@@ -157,10 +159,11 @@ class RewardHealth:
         return {**self.failures(step, result, last_checkpoint), **self.advantages(step, samples, everything)}
 
 
-def nothing_to_learn(samples: list, everything: list) -> str | None:
+def nothing_to_learn(samples: list, everything: list, broken: list[str] = ()) -> str | None:
     """Why a step's update can learn nothing (every trained advantage is zero, or nothing was kept to train on),
     with what to change; None when some advantage is not zero. Samples need `.advantage`, `.reward`, `.group`
-    (kept samples: unique per step) and `.row` (the drawn row object: one per group)."""
+    (kept samples: unique per step) and `.row` (the drawn row object: one per group). `broken`: rewards that
+    failed on every sample of the step (then they are the reason)."""
     if samples:
         if any(abs(s.advantage) > ZERO for s in samples):
             return None
@@ -176,7 +179,11 @@ def nothing_to_learn(samples: list, everything: list) -> str | None:
     if not uniform:  # advantages zero although a group's rewards differ: subgroups (algorithm.mode_groups) alike
         return (f"every advantage is zero, though rewards differ within some of the {len(groups)} groups: the "
                 "advantage groups (algorithm.mode_groups) have equal rewards; raise rollout.n or rollout.temperature")
-    if len(values) == 1:
+    if broken:
+        names = ", ".join(repr(b) for b in broken)
+        lead += f" (all {values[0]:g})" if len(values) == 1 else ""
+        advice = f"reward {names} failed on every sample (see the line above): fix it"
+    elif len(values) == 1:
         v = values[0]
         lead += f" (all {v:g})"
         if v == 0:
