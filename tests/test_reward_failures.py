@@ -7,7 +7,7 @@ completions given (a letter per misbehaviour). One end-to-end run of `rlkit grpo
 that an always-raising reward stops the run at step 2 with one clear line and a non-zero exit status.
 """
 import json
-import pathlib
+import re
 import subprocess
 import sys
 import textwrap
@@ -258,7 +258,7 @@ def test_always_raising_reward_stops_the_run_at_step_2(tmp_path, plugin, tiny_te
                          f"{out}/checkpoints/step_1 (fix the reward, then --resume continues from it)"], text[-3000:]
     assert "Traceback" not in proc.stderr
     # one summary line per step, not one per sample
-    summaries = [l for l in proc.stdout.splitlines() if "reward 'always_raise' failed on" in l]
+    summaries = [l for l in proc.stdout.splitlines() if re.match(r"rlkit: step \d+: reward 'always_raise' failed on", l)]
     assert summaries == [f"rlkit: step {s}: reward 'always_raise' failed on 8/8 samples (raised 8); first: "
                          f"ZeroDivisionError: float division by zero (at {plugin}:{RAISE_LINE})" for s in (1, 2)]
     assert "failed on sample" not in text
