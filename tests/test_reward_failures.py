@@ -273,3 +273,18 @@ def test_always_raising_reward_stops_the_run_at_step_2(tmp_path, plugin, tiny_te
     assert [m["step"] for m in metrics] == [1]
     assert metrics[0]["reward/always_raise/failures"] == 8 and metrics[0]["reward/always_raise/fail_streak"] == 1
     assert metrics[0]["train/nothing_to_learn"] == 1 and metrics[0]["reward/always_raise/fail_frac"] == 1
+
+
+def test_held_out_grading_prints_one_line_per_call(plugin, tiny_text_path, capsys):
+    from rlkit.evaluate import reward_score_fn
+    from rlkit.models.loading import load_processor
+    from rlkit.records import PromptRow
+
+    rows = [PromptRow(i, f"{i}+1=?", [], str(i + 1), {}) for i in range(3)]
+    with RewardScorer([RewardSpec(path=f"{plugin}:always_raise")], isolation="inline") as s:
+        scores = reward_score_fn(s, "always_raise", load_processor(tiny_text_path))(rows, "fast", ["a", "b", "c"],
+                                                                                     [[1], [2], [3]])
+    assert scores == [None] * 3
+    assert capsys.readouterr().out.splitlines() == [
+        f"rlkit: eval (fast): reward 'always_raise' failed on 3/3 samples (raised 3); first: ZeroDivisionError: float "
+        f"division by zero (at {plugin}:{RAISE_LINE})"]
