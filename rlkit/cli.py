@@ -7,7 +7,8 @@
     rlkit ablation --config FILE [key.sub=value ...]
     rlkit build-tiny --kind vlm|text --out DIR [--tokenizer small|qwen] [--data easy_vqa]
 
-Config errors are printed as one line naming the key, with exit status 2, before anything starts.
+Config errors are printed as one line naming the key, with exit status 2, before anything starts; a reward that
+keeps failing (rlkit/reward_health.py) stops a run with one such line, naming the reward and the last checkpoint.
 """
 from __future__ import annotations
 
@@ -155,10 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     from rlkit.models.loading import ModelLoadError
     from rlkit.modes import ModeError
     from preference import PreferenceDataError
+    from rewards import RewardError
 
     try:
         return args.fn(args)
-    except (ConfigError, DataError, ModelLoadError, ModeError, PreferenceDataError) as e:
+    except (ConfigError, DataError, ModelLoadError, ModeError, PreferenceDataError, RewardError) as e:
         print(f"rlkit: error: {e}", file=sys.stderr)
         return 2
 

@@ -26,6 +26,7 @@ from rlkit.mode_metrics import ModeMetrics
 from rlkit.models.loading import build_tiny, check_model_path, load_processor, tokenizer_of
 from rlkit.modes import deep_ratio_at
 from rlkit.records import MODES, Sample, TrainItem
+from rlkit.reward_health import RewardHealth
 from rlkit.rundir import GRPO_RESUMABLE, open_run
 from rlkit.runlog import RunLog
 
@@ -112,8 +113,8 @@ def prepare(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> P
     out.mkdir(parents=True, exist_ok=True)
     try:
         resources = RewardResources()
-        scorer = RewardScorer(reward_specs(cfg), timeout_s=cfg.reward_timeout_s, strict=cfg.strict_rewards,
-                              retries=cfg.reward_retries,
+        scorer = RewardScorer(reward_specs(cfg), timeout_s=cfg.reward_timeout_s, strict=False,  # strict_rewards:
+                              retries=cfg.reward_retries,  # applied per step by RewardHealth (rlkit/reward_health.py)
                               resources=resources)
     except (ValueError, ImportError, FileNotFoundError) as e:
         raise ConfigError(f"config key 'rewards': {e}") from e
@@ -218,6 +219,7 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> 
     group_filter = get_filter(cfg.algorithm.group_filter, **cfg.algorithm.group_filter_opts)
     group_filter.load_state_dict(state.get("group_filter", {}))
     states = reward_states(p.scorer, p.resume_from)
+    health = RewardHealth.from_config(cfg, p.scorer)  # failure summaries, the stop rule, steps with nothing to learn
     log = RunLog(p.out, tensorboard=cfg.logging.tensorboard, log_samples=cfg.logging.log_samples,
                  resume_step=start if p.resume_from else None)
 
@@ -256,6 +258,8 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> 
             if samples and not streamed:  # advantages over algorithm.mode_groups (batch-level ones see everything)
                 seq_kls.append(_advantages(cfg, policy, samples, adv_fn))
             kl_metrics = _kl_metrics(cfg, seq_kls)
+            # ---- reward health: one line per failing reward; a broken reward stops here, before the update
+            health_metrics = health.step(step, result, samples, everything, lambda: ckpt.latest(p.out))
 
             # ---- rollout.sleep: engines free their memory for the update (colocated GPUs); the sync wakes them
             t0 = time.perf_counter()
@@ -286,7 +290,7 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> 
             # ---- log
             sampled, n_all = sum(len(s.completion_ids) for s in everything), max(1, len(everything))
             tokens_total += sampled
-            metrics = {**result.stats(), **train_metrics, **kl_metrics, **mode_metrics.step(everything),
+            metrics = {**result.stats(), **health_metrics, **train_metrics, **kl_metrics, **mode_metrics.step(everything),
                        "mode/deep_ratio": deep_ratio_at(step, cfg.modes.deep_ratio, cfg.modes.schedule),
                        **{k: v for st in states.values() if hasattr(st, "metrics") for k, v in st.metrics().items()},
                        **group_filter.metrics(), "filter/groups_seen": seen, "filter/groups_kept": kept,

@@ -41,7 +41,8 @@ COMMON_RESUMABLE = (
     "trainer.gradient_checkpointing",  # recomputed activations: the same update (memory only)
 )
 GRPO_RESUMABLE = COMMON_RESUMABLE + (
-    "max_steps", "ray.", "reward_timeout_s", "reward_retries", "strict_rewards",
+    "max_steps", "ray.", "reward_timeout_s", "reward_retries", "strict_rewards", "reward_fail_steps",
+    "reward_fail_frac",
     "rollout.num_cpus", "rollout.num_gpus", "rollout.kv_cache_gib", "rollout.gpu_memory_utilization",
     "rollout.sleep", "rollout.max_retries", "rollout.timeout_s",
     "trainer.eval_every",  # held-out evaluations are greedy and leave the training RNG alone
