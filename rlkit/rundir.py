@@ -74,13 +74,16 @@ def holds_run(out: str | pathlib.Path) -> list[str]:
 
 def move_aside(out: str | pathlib.Path) -> pathlib.Path:
     """Rename `out` to `<out>.old-<YYYYmmdd-HHMMSS>` (`-2`, `-3`, ... when taken); returns the new path."""
-    out = pathlib.Path(out)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    target, n = out.with_name(f"{out.name}.old-{stamp}"), 1
+    return _rename_aside(pathlib.Path(out), f"old-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def _rename_aside(path: pathlib.Path, tag: str) -> pathlib.Path:
+    """Rename `path` to `<name>.<tag>` (`-2`, `-3`, ... when taken), never over anything; returns the new path."""
+    target, n = path.with_name(f"{path.name}.{tag}"), 1
     while target.exists():
         n += 1
-        target = out.with_name(f"{out.name}.old-{stamp}-{n}")
-    out.rename(target)
+        target = path.with_name(f"{path.name}.{tag}-{n}")
+    path.rename(target)
     return target
 
 
@@ -175,12 +178,7 @@ def open_run(cfg, *, resume: bool, overwrite: bool, allowed: tuple, log=print) -
 
 
 def move_log_aside(path: pathlib.Path) -> pathlib.Path:
-    target, n = path.with_name(f"{path.name}.orphaned-{int(time.time())}"), 1
-    while target.exists():
-        n += 1
-        target = path.with_name(f"{path.name}.orphaned-{int(time.time())}-{n}")
-    path.rename(target)
-    return target
+    return _rename_aside(path, f"orphaned-{int(time.time())}")
 
 
 def resumable_keys(allowed: tuple) -> str:
