@@ -53,25 +53,25 @@ def no_pairs_reason(scores: Sequence, groups: Sequence[Sequence], stats: dict, *
     valued = [s for s in scores if s.score is not None]
     if not valued:
         statuses = sorted({s.status for s in scores})
-        return (f"no response had a claim to check (statuses: {', '.join(statuses)}): raise rollout.max_tokens "
+        return (f"no response had a claim to check (statuses: {', '.join(statuses)}); raise rollout.max_tokens "
                 "or check the prompts (data.*) so responses say something")
     claims = [c for s in valued for c in s.claims]
     rejected = sum(not c.accepted for c in claims)
     if stats.get("pairs/candidates", 0) > 0:
         return (f"pairs.length_balance dropped all {int(stats['pairs/candidates'])} candidate pairs (their chosen "
-                "and rejected lengths could not be matched): set pairs.length_balance: false or sample more "
+                "and rejected lengths could not be matched); set pairs.length_balance: false or sample more "
                 "(prompts_per_round, rollout.n)")
     if rejected == 0:
-        fix = ("the labeler may be untrained: set labeler.calibrate: true or a stronger labeler.path" if not calibrate
-               else "use a stronger labeler.path")
+        fix = ("set labeler.calibrate: true (for an untrained labeler) or use a stronger labeler.path"
+               if not calibrate else "use a stronger labeler.path")
         return (f"the labeler accepted all {len(claims)} claims (accept_odds {accept_odds:g}), so every response "
-                f"scored 0: {fix}")
+                f"scored 0; {fix}")
     if rejected == len(claims) and len({s.score for s in valued}) == 1:
-        return (f"the labeler rejected all {len(claims)} claims and every response has the same number of claims: "
+        return (f"the labeler rejected all {len(claims)} claims and every response has the same number of claims; "
                 "lower labeler.accept_odds, set labeler.calibrate: true or use a stronger labeler.path")
     spread = max((max(c.score for c in g if c.score is not None) - min(c.score for c in g if c.score is not None))
                  for g in groups if sum(c.score is not None for c in g) >= 2) if any(
         sum(c.score is not None for c in g) >= 2 for g in groups) else 0.0
     return (f"within each prompt the responses' scores differ by at most {spread:g} (< pairs.threshold "
-            f"{threshold:g}), or the differing responses are identical texts: lower pairs.threshold or raise "
+            f"{threshold:g}), or the differing responses are identical texts; lower pairs.threshold or raise "
             "rollout.n / rollout.temperature")
