@@ -137,7 +137,7 @@ class LabelerConfig:
     yes: list = dataclasses.field(default_factory=lambda: ["yes", "Yes"])  # answer words summed as P(yes)
     no: list = dataclasses.field(default_factory=lambda: ["no", "No"])  # answer words summed as P(no)
     accept_odds: float = 1.0  # a claim is accepted when P(yes) > accept_odds * P(no) (1: the paper's rule)
-    calibrate: bool = False  # rounds only: accept_odds := each round's median claim odds, so about half are rejected (an untrained labeler)
+    calibrate: bool = False  # rounds only: accept_odds := each round's median claim odds (an untrained labeler)
     splitter: str = "rule"  # claims from "rule" (deterministic, offline) or "lm" (a language model, prompt in a file)
     questioner: str = "rule"  # yes/no questions from "rule" (templates) or "lm"
     lm_path: str = ""  # model for "lm" splitting/questioning ("": the labeler's model)
@@ -194,6 +194,9 @@ def labeler_config(cfg: LabelerConfig | dict) -> LabelerConfig:
         from rlkit.config import _build
 
         cfg = _build(LabelerConfig, cfg, "labeler.")
+        if cfg.calibrate:  # a dict is GRPO's `labeler:` section; calibration is per RLAIF-V round
+            raise ConfigError("config key 'labeler.calibrate': only `rlkit rlaifv` rounds calibrate; the rlaifv "
+                              "reward uses labeler.accept_odds")
     check_labeler(cfg)
     return cfg
 

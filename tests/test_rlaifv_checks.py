@@ -59,3 +59,14 @@ def test_no_pairs_reason_names_the_cause_and_the_key():
     # candidate pairs existed but the length balance dropped them all
     why = no_pairs_reason(scores, groups_of(scores, 2), {"pairs/candidates": 3.0}, **kw)
     assert why.startswith("pairs.length_balance dropped all 3 candidate pairs")
+
+
+def test_grpo_labeler_section_refuses_calibrate():
+    import pytest
+
+    from rlkit.config import ConfigError
+    from rlkit.rlaifv import labeler_config
+
+    assert labeler_config({"path": "policy", "accept_odds": 2.0}).accept_odds == 2.0
+    with pytest.raises(ConfigError, match="'labeler.calibrate': only `rlkit rlaifv` rounds calibrate"):
+        labeler_config({"calibrate": True})
