@@ -38,6 +38,7 @@ from rlkit.data import DataError, PromptStream, load_source, map_columns, open_i
 from rlkit.dpo import DPOConfig, DPODataConfig, DPOSection, check_dpo, run_dpo
 from rlkit.models.loading import load_policy, load_processor, tokenizer_of
 from rlkit.modes import render_prompt
+from rlkit.rlaifv_checks import calibrate_verdicts, no_pairs_reason
 from rlkit.rundir import CONFIG, RLAIFV_RESUMABLE, check_resume_config, claim_new
 from rlkit.runlog import RunLog
 
@@ -136,6 +137,7 @@ class LabelerConfig:
     yes: list = dataclasses.field(default_factory=lambda: ["yes", "Yes"])  # answer words summed as P(yes)
     no: list = dataclasses.field(default_factory=lambda: ["no", "No"])  # answer words summed as P(no)
     accept_odds: float = 1.0  # a claim is accepted when P(yes) > accept_odds * P(no) (1: the paper's rule)
+    calibrate: bool = False  # rounds only: accept_odds := each round's median claim odds (an untrained labeler)
     splitter: str = "rule"  # claims from "rule" (deterministic, offline) or "lm" (a language model, prompt in a file)
     questioner: str = "rule"  # yes/no questions from "rule" (templates) or "lm"
     lm_path: str = ""  # model for "lm" splitting/questioning ("": the labeler's model)
@@ -192,6 +194,9 @@ def labeler_config(cfg: LabelerConfig | dict) -> LabelerConfig:
         from rlkit.config import _build
 
         cfg = _build(LabelerConfig, cfg, "labeler.")
+        if cfg.calibrate:  # a dict is GRPO's `labeler:` section; calibration is per RLAIF-V round
+            raise ConfigError("config key 'labeler.calibrate': only `rlkit rlaifv` rounds calibrate; the rlaifv "
+                              "reward uses labeler.accept_odds")
     check_labeler(cfg)
     return cfg
 
@@ -308,6 +313,7 @@ def run_round(cfg: RLAIFVConfig, r: int, model: str, ds, resources: LabelerResou
             res.close()
             del res
             gc.collect()
+    odds = calibrate_verdicts(scores) if L.calibrate else None  # rlkit/rlaifv_checks.py
     audit = rdir / "audit.jsonl"
     audit.unlink(missing_ok=True)
     write_audit(scores, audit, [{"round": r, "row": rows[g].index, "group": g, "tokens": len(c.token_ids)}
@@ -329,6 +335,7 @@ def run_round(cfg: RLAIFVConfig, r: int, model: str, ds, resources: LabelerResou
                "score/none_frac": 1 - len(valued) / max(1, len(scores)),
                "claims/mean": sum(len(s.claims) for s in scores) / max(1, len(scores)),
                "claims/rejected_frac": (sum(s.rejected for s in scores) / max(1, sum(len(s.claims) for s in scores))),
+               **({"labeler/calibrated_odds": odds} if odds is not None else {}),
                "time/sample_s": t_sample, "time/score_s": t_score}
 
     t0 = time.perf_counter()
@@ -342,7 +349,10 @@ def run_round(cfg: RLAIFVConfig, r: int, model: str, ds, resources: LabelerResou
         checkpoint = result.get("checkpoint")
         summary.update({f"dpo/{k[5:]}": v for k, v in result.items() if k.startswith("eval/")})
     elif not pairs:
-        print(f"rlkit: round {r} produced no preference pairs; the next round starts from the same model")
+        why = no_pairs_reason(scores, groups, stats, threshold=cfg.pairs.threshold, calibrate=L.calibrate,
+                              accept_odds=L.accept_odds)
+        summary["no_pairs_reason"] = why
+        print(f"rlkit: round {r} produced no preference pairs: {why}; the next round starts from the same model")
     summary.update({"checkpoint": checkpoint, "time/dpo_s": time.perf_counter() - t0})
     tmp = rdir / "round.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1))
