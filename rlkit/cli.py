@@ -27,9 +27,11 @@ def cmd_grpo(args) -> int:
     from rlkit.config import GRPOConfig, load_config
     from rlkit.grpo import run_grpo
 
+    from rlkit.console import run_console
+
     cfg = load_config(GRPOConfig, args.config, args.overrides)
-    summary = run_grpo(cfg, resume=args.resume)
-    print({k: summary[k] for k in ("step", "reward/mean", "checkpoint") if k in summary})
+    with run_console(cfg, "grpo", args.verbose) as run:
+        run["summary"] = run_grpo(cfg, resume=args.resume)
     return 0
 
 
@@ -37,10 +39,11 @@ def cmd_dpo(args) -> int:
     from rlkit.config import load_config
     from rlkit.dpo import DPOConfig, run_dpo
 
+    from rlkit.console import run_console
+
     cfg = load_config(DPOConfig, args.config, args.overrides)
-    summary = run_dpo(cfg, resume=args.resume)
-    print({k: summary[k] for k in ("step", "eval/loss", "eval/rewards/accuracies", "eval/rewards/margins", "checkpoint")
-           if k in summary})
+    with run_console(cfg, "dpo", args.verbose) as run:
+        run["summary"] = run_dpo(cfg, resume=args.resume)
     return 0
 
 
@@ -48,9 +51,11 @@ def cmd_rlaifv(args) -> int:
     from rlkit.config import load_config
     from rlkit.rlaifv import RLAIFVConfig, run_rlaifv
 
+    from rlkit.console import run_console
+
     cfg = load_config(RLAIFVConfig, args.config, args.overrides)
-    summary = run_rlaifv(cfg)
-    print({k: summary[k] for k in ("round", "pairs/kept", "dpo/rewards/accuracies", "model") if k in summary})
+    with run_console(cfg, "rlaifv", args.verbose) as run:
+        run["summary"] = run_rlaifv(cfg)
     return 0
 
 
@@ -104,17 +109,23 @@ def main(argv: list[str] | None = None) -> int:
     g = sub.add_parser("grpo", help="train with GRPO")
     g.add_argument("--config", required=False, help="YAML config file")
     g.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in output_dir")
+    g.add_argument("-v", "--verbose", action="store_true",
+                   help="also show vLLM/Ray/transformers INFO and WARNING output (always in output_dir/logs/)")
     g.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.lr=3e-4 max_steps=20")
     g.set_defaults(fn=cmd_grpo)
 
     d = sub.add_parser("dpo", help="train with DPO on a preference data set (TRL columns)")
     d.add_argument("--config", required=False, help="YAML config file")
     d.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in output_dir")
+    d.add_argument("-v", "--verbose", action="store_true",
+                   help="also show vLLM/Ray/transformers INFO and WARNING output (always in output_dir/logs/)")
     d.add_argument("overrides", nargs="*", help="dotted overrides, e.g. dpo.beta=0.1 data.path=pairs/")
     d.set_defaults(fn=cmd_dpo)
 
     r = sub.add_parser("rlaifv", help="iterative RLAIF-V: sample, score claims, build pairs, DPO; complete rounds are skipped")
     r.add_argument("--config", required=False, help="YAML config file")
+    r.add_argument("-v", "--verbose", action="store_true",
+                   help="also show vLLM/Ray/transformers INFO and WARNING output (always in output_dir/logs/)")
     r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rounds=3 labeler.path=policy")
     r.set_defaults(fn=cmd_rlaifv)
 

@@ -233,6 +233,10 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
     held_out = _held_out(cfg, p, engine, processor)
     last: dict = {}
     can_sleep = cfg.rollout.sleep
+    from rlkit.console import wait_ready  # the bar (and its rate, its time left) starts with the first step
+
+    startup_s = wait_ready([*policy.ranks, *engine.actors], f"{cfg.trainer.num_ranks} policy rank(s) and "
+                           f"{cfg.rollout.num_workers} {cfg.rollout.engine} rollout engine(s)")
     bar = tqdm(total=cfg.max_steps, initial=start, disable=not cfg.logging.progress, desc="grpo", unit="step")
     try:
         if held_out and start == 0:  # the curve's starting point: the initial policy
@@ -330,7 +334,7 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
         for group in (engine, policy):
             group.close()
         placement.remove()
-    return last
+    return {**last, "time/startup_s": startup_s}
 
 
 def _held_out(cfg: GRPOConfig, p: Prepared, engine, processor) -> HeldOutEval | None:

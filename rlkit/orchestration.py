@@ -19,6 +19,8 @@ import dataclasses
 import os
 import time
 
+from rlkit.console import LOG_DIR_ENV, VERBOSE_ENV
+
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -33,6 +35,7 @@ def actor_env(num_cpus: float, extra: dict | None = None) -> dict:
         "TRANSFORMERS_VERBOSITY": os.environ.get("TRANSFORMERS_VERBOSITY", "error"),
         "HF_HUB_DISABLE_PROGRESS_BARS": os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
     })
+    env.update({k: os.environ[k] for k in (LOG_DIR_ENV, VERBOSE_ENV) if k in os.environ})  # the run's log folder
     env.update(extra or {})
     return env
 
@@ -180,10 +183,11 @@ def spawn(cls, *args, num_cpus: float = 1.0, num_gpus: float = 0.0, env: dict | 
             placement_group=bundle[0], placement_group_bundle_index=bundle[1],
             placement_group_capture_child_tasks=True)  # e.g. vLLM's own workers stay in the bundle
         env["RLKIT_BUNDLE"] = str(bundle[1])  # Ray does not tell an actor its bundle index (`where_am_i`)
+    runtime_env = {"env_vars": actor_env(num_cpus, {"RLKIT_ACTOR_NAME": cls.__name__, **env})}
     actor_cls = ray.remote(cls).options(
         num_cpus=num_cpus,
         num_gpus=num_gpus,
-        runtime_env={"env_vars": actor_env(num_cpus, env)},
+        runtime_env=runtime_env,
         max_concurrency=1,
         **options,
     )
@@ -212,12 +216,18 @@ class EngineActor:
     """A rollout engine (`rollout.make_engine(kind, ...)`) as the body of a Ray actor."""
 
     def __init__(self, kind: str, **kwargs):
+        from rlkit.console import actor_setup
+
+        actor_setup()  # this actor's output to the run's log folder, when it has one (rlkit/console.py)
         import torch
 
         from rollout import make_engine
 
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         self.engine = make_engine(kind, **kwargs)
+        from rlkit.console import errors_to_console
+
+        errors_to_console("vllm")  # vLLM replaced its logger's handlers when it was imported
 
     def generate(self, requests, sampling):
         return self.engine.generate(requests, sampling)
