@@ -213,7 +213,6 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
     rows_src.skipped = state.get("skipped_rows", 0)
     tokens_total = state.get("tokens_sampled_total", 0)
     mode_metrics = ModeMetrics(p.accuracy_reward, state.get("mode_tokens_sampled_total"))
-    processor = load_processor(p.start_model)
     adv_fn = get_advantage_fn(cfg.algorithm.advantage)
     group_filter = get_filter(cfg.algorithm.group_filter, **cfg.algorithm.group_filter_opts)
     group_filter.load_state_dict(state.get("group_filter", {}))
@@ -225,6 +224,7 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
     placement = _placement(cfg)
     policy = _policy(cfg, p.start_model, p.base_model, p.out, placement)
     engine = _engines(cfg, p.start_model, placement)
+    processor = load_processor(p.start_model)  # while the actors start
     engine.restarts = state.get("rollout_worker_restarts", 0)
     p.resources.policy = PolicyLogprobs(policy.leader, tokenizer_of(processor))
     p.scorer.start()  # reward worker processes warm up while the engine starts

@@ -72,6 +72,9 @@ def init_ray(address: str = "", num_cpus: int = 0, loopback: bool = True) -> Non
             _node_ip_address="127.0.0.1",
             log_to_driver=True,
             configure_logging=False,
+            # no idle Python workers started in advance: rlkit's actors carry their own environment, so Ray
+            # never hands them one, and on a small machine their start-up takes CPU from the actors' own
+            _system_config={"prestart_worker_first_driver": False, "enable_worker_prestart": False},
         )
 
 
