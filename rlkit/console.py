@@ -42,66 +42,90 @@ def verbose_of(cfg, flag: bool = False) -> bool:
 
 def start_run_log(out_dir: str | os.PathLike, command: str, verbose: bool = False) -> pathlib.Path:
     """Open this invocation's log folder under `out_dir/logs/` and route third-party output there (module doc).
-    Returns the folder. Calling it again in the same process (tests) moves the driver log to the new folder."""
+    Returns the folder. Calling it again in the same process (tests) moves the driver log to the new folder.
+
+    In this process: every record of INFO and above goes to driver.log; the libraries' own console handlers
+    (transformers, vLLM, Ray install them) are taken off and their records propagate to the root logger, whose
+    console handler shows the libraries' ERROR records (verbose: INFO) and everyone else's WARNING records."""
     stop_run_log()
     log_dir = pathlib.Path(out_dir) / "logs" / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    created = [d for d in (log_dir, *log_dir.parents) if not d.exists()]  # removed again if nothing is logged
     log_dir.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    saved = {"created": created, "root_level": root.level, "loggers": {}, "env": {k: os.environ.get(k) for k in _ENV}}
     os.environ[LOG_DIR_ENV] = str(log_dir.resolve())
     os.environ[VERBOSE_ENV] = "1" if verbose else "0"
-    handler = logging.FileHandler(log_dir / "driver.log", encoding="utf-8")
-    handler.setFormatter(logging.Formatter(_FORMAT))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    saved = {"handler": handler, "root_level": root.level, "loggers": {}, "handlers": {}}
+    if "vllm" not in sys.modules:  # vLLM's records propagate here instead of going to its own stdout handler
+        os.environ["VLLM_CONFIGURE_LOGGING"] = "0"
+    to_file = logging.FileHandler(log_dir / "driver.log", encoding="utf-8")
+    to_file.setFormatter(logging.Formatter(_FORMAT))
+    to_console = logging.StreamHandler(sys.stderr)
+    to_console.addFilter(_ConsoleFilter(logging.INFO if verbose else logging.ERROR))
+    to_console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(to_file)
+    root.addHandler(to_console)
+    saved["handlers"] = [to_file, to_console]
     if root.level > logging.INFO or root.level == logging.NOTSET:
         root.setLevel(logging.INFO)
     logging.captureWarnings(True)  # Python warnings -> the "py.warnings" logger -> the file
     for name in THIRD_PARTY:
         lg = logging.getLogger(name)
-        saved["loggers"][name] = lg.propagate
-        lg.propagate = True  # transformers, vLLM and Ray keep their own console handler and do not propagate
-        for h in lg.handlers:
-            if _on_console(h):
-                saved["handlers"][h] = h.level
-                if not verbose:
-                    h.setLevel(max(h.level, logging.ERROR))
-    if verbose:
-        console = logging.StreamHandler(sys.stderr)
-        console.setLevel(logging.WARNING)
-        logging.getLogger("py.warnings").addHandler(console)
-        saved["warnings_console"] = console
-    else:
+        own = [h for h in lg.handlers if _on_console(h)]
+        saved["loggers"][name] = (lg.propagate, own)
+        for h in own:
+            lg.removeHandler(h)
+        lg.propagate = True
+    if not verbose:
         _progress_bars_off()
     _state.update(saved, log_dir=log_dir, t_start=time.perf_counter())
     return log_dir
 
 
+_ENV = (LOG_DIR_ENV, VERBOSE_ENV, "VLLM_CONFIGURE_LOGGING", "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY")
+
+
+class _ConsoleFilter(logging.Filter):
+    """Third-party records (THIRD_PARTY loggers) from `level` up; everyone else's from WARNING up."""
+
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        third = any(record.name == n or record.name.startswith(n + ".") for n in THIRD_PARTY)
+        return record.levelno >= (self.level if third else logging.WARNING)
+
+
 def stop_run_log() -> None:
     """Undo `start_run_log` (the end of a command; tests running several in one process)."""
-    if not _state:
+    if not _state or "log_dir" not in _state:
         return
     root = logging.getLogger()
-    root.removeHandler(_state["handler"])
-    _state["handler"].close()
+    for h in _state["handlers"]:
+        root.removeHandler(h)
+        h.close()
     root.setLevel(_state["root_level"])
-    for name, propagate in _state["loggers"].items():
-        logging.getLogger(name).propagate = propagate
-    for h, level in _state["handlers"].items():
-        h.setLevel(level)
-    if "warnings_console" in _state:
-        logging.getLogger("py.warnings").removeHandler(_state["warnings_console"])
+    for name, (propagate, own) in _state["loggers"].items():
+        lg = logging.getLogger(name)
+        lg.propagate = propagate
+        for h in own:
+            lg.addHandler(h)
     logging.captureWarnings(False)
-    os.environ.pop(LOG_DIR_ENV, None)
-    os.environ.pop(VERBOSE_ENV, None)
-    log_dir = _state["log_dir"]
+    for k, v in _state["env"].items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    log_dir, created = _state["log_dir"], _state["created"]
     _state.clear()
     files = list(log_dir.iterdir()) if log_dir.exists() else []
     if all(f.is_file() and f.stat().st_size == 0 for f in files):  # nothing logged (a config error, say)
         for f in files:
             f.unlink()
-        with contextlib.suppress(OSError):
-            log_dir.rmdir()
-            log_dir.parent.rmdir()  # logs/ itself, when this was its only folder
+        with contextlib.suppress(OSError):  # the folders this run created, while empty (not output_dir's files)
+            for d in [log_dir, log_dir.parent, *created]:
+                if d.exists():
+                    d.rmdir()
 
 
 def _on_console(h: logging.Handler) -> bool:
@@ -112,7 +136,6 @@ def _on_console(h: logging.Handler) -> bool:
 def _progress_bars_off() -> None:
     """The libraries' own progress bars ("Writing model shards", "Map", ...), not rlkit's step bar."""
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     for module, fn in (("transformers.utils.logging", "disable_progress_bar"),
                        ("huggingface_hub.utils", "disable_progress_bars"), ("datasets", "disable_progress_bars")):
         if module.split(".")[0] in sys.modules:
@@ -202,19 +225,9 @@ def say(msg: str) -> None:
     print(f"rlkit: {msg}", file=sys.stderr, flush=True)
 
 
-def wait_ready(actors: list, what: str) -> float:
-    """Wait until every actor's constructor has finished (vLLM loaded, model built), saying what it waits for;
-    returns the seconds waited. A constructor that failed is not raised here: the first call to that actor
-    raises it, where the pools handle it (restart, or stop naming the rank)."""
-    import ray
-
-    t0 = time.perf_counter()
-    say(f"starting {what} ...")
-    refs = [a.__ray_ready__.remote() for a in actors]
-    ray.wait(refs, num_returns=len(refs), fetch_local=False)
-    dt = time.perf_counter() - _state.get("t_start", t0)
-    say(f"{what} ready; {duration(dt)} since the start; training")
-    return dt
+def since_start(t0: float) -> float:
+    """Seconds since `start_run_log` (since `t0`, a `time.perf_counter()`, without a run log)."""
+    return time.perf_counter() - _state.get("t_start", t0)
 
 
 def duration(s: float) -> str:

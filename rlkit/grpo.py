@@ -233,7 +233,7 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
     held_out = _held_out(cfg, p, engine, processor)
     last: dict = {}
     can_sleep = cfg.rollout.sleep
-    from rlkit.console import wait_ready  # the bar (and its rate, its time left) starts with the first step
+    from rlkit.orchestration import wait_ready  # the bar (and its rate, its time left) starts with the first step
 
     startup_s = wait_ready([*policy.ranks, *engine.actors], f"{cfg.trainer.num_ranks} policy rank(s) and "
                            f"{cfg.rollout.num_workers} {cfg.rollout.engine} rollout engine(s)")

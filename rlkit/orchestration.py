@@ -35,7 +35,8 @@ def actor_env(num_cpus: float, extra: dict | None = None) -> dict:
         "TRANSFORMERS_VERBOSITY": os.environ.get("TRANSFORMERS_VERBOSITY", "error"),
         "HF_HUB_DISABLE_PROGRESS_BARS": os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
     })
-    env.update({k: os.environ[k] for k in (LOG_DIR_ENV, VERBOSE_ENV) if k in os.environ})  # the run's log folder
+    if LOG_DIR_ENV in os.environ:  # the run's log folder; vLLM logs as usual there (rlkit/console.py)
+        env.update({k: os.environ[k] for k in (LOG_DIR_ENV, VERBOSE_ENV)}, VLLM_CONFIGURE_LOGGING="1")
     env.update(extra or {})
     return env
 
@@ -195,6 +196,24 @@ def spawn(cls, *args, num_cpus: float = 1.0, num_gpus: float = 0.0, env: dict | 
         **options,
     )
     return actor_cls.remote(*args, **kwargs)
+
+
+def wait_ready(actors: list, what: str) -> float:
+    """Wait until every actor's constructor has finished (model loaded, vLLM started), saying what it waits for;
+    returns the seconds since the run started (`rlkit.console.since_start`). A constructor that failed is not
+    raised here: the first call to that actor raises it, where the pools handle it (restart, or stop naming
+    the rank)."""
+    import ray
+
+    from rlkit.console import duration, say, since_start
+
+    t0 = time.perf_counter()
+    say(f"starting {what} ...")
+    refs = [a.__ray_ready__.remote() for a in actors]
+    ray.wait(refs, num_returns=len(refs), fetch_local=False)
+    dt = since_start(t0)
+    say(f"{what} ready; {duration(dt)} since the start; training")
+    return dt
 
 
 def where_am_i() -> dict:

@@ -72,7 +72,10 @@ def test_driver_library_records_go_to_the_file(tmp_path, capfd):
 def test_an_empty_log_folder_is_removed(tmp_path):
     log_dir = console.start_run_log(tmp_path, "grpo")
     console.stop_run_log()  # e.g. a config error before anything was logged
-    assert not log_dir.exists() and not (tmp_path / "logs").exists()
+    assert not log_dir.exists() and not (tmp_path / "logs").exists() and tmp_path.exists()
+    log_dir = console.start_run_log(tmp_path / "new" / "run", "dpo")  # an output_dir that did not exist
+    console.stop_run_log()
+    assert not (tmp_path / "new").exists()
 
 
 def test_grpo_summary_names_scores_checkpoint_logs_and_time(tmp_path):
