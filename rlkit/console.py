@@ -68,17 +68,27 @@ def start_run_log(out_dir: str | os.PathLike, command: str, verbose: bool = Fals
     if root.level > logging.INFO or root.level == logging.NOTSET:
         root.setLevel(logging.INFO)
     logging.captureWarnings(True)  # Python warnings -> the "py.warnings" logger -> the file
+    _state.update(saved, log_dir=log_dir, t_start=time.perf_counter())
+    adopt_library_loggers()
+    if not verbose:
+        _progress_bars_off()
+    return log_dir
+
+
+def adopt_library_loggers() -> None:
+    """While a run log is open: take the THIRD_PARTY loggers' own console handlers off (kept, and put back by
+    `stop_run_log`) and let their records propagate to the run's handlers. Again after importing a library
+    that installs its handler on import (Ray: `rlkit.orchestration.init_ray`)."""
+    if "log_dir" not in _state:
+        return
     for name in THIRD_PARTY:
         lg = logging.getLogger(name)
         own = [h for h in lg.handlers if _on_console(h)]
-        saved["loggers"][name] = (lg.propagate, own)
+        propagate, kept = _state["loggers"].get(name, (lg.propagate, []))
+        _state["loggers"][name] = (propagate, kept + own)
         for h in own:
             lg.removeHandler(h)
         lg.propagate = True
-    if not verbose:
-        _progress_bars_off()
-    _state.update(saved, log_dir=log_dir, t_start=time.perf_counter())
-    return log_dir
 
 
 _ENV = (LOG_DIR_ENV, VERBOSE_ENV, "VLLM_CONFIGURE_LOGGING", "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY")

@@ -53,6 +53,9 @@ def init_ray(address: str = "", num_cpus: int = 0, loopback: bool = True) -> Non
     """
     import ray
 
+    from rlkit.console import adopt_library_loggers
+
+    adopt_library_loggers()  # Ray's logger prints to the console on its own: into the run's log instead
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -77,6 +80,39 @@ def init_ray(address: str = "", num_cpus: int = 0, loopback: bool = True) -> Non
             # never hands them one, and on a small machine their start-up takes CPU from the actors' own
             _system_config={"prestart_worker_first_driver": False, "enable_worker_prestart": False},
         )
+
+
+def start_ray(address: str = "", num_cpus: int = 0, loopback: bool = True):
+    """`init_ray` in a background thread, so that Ray's processes start while the driver does other work (the
+    GRPO driver builds the tiny model meanwhile); returns a function that waits for it and raises its error.
+    Ray sets its SIGTERM handler (exit, so that clean-up runs) only from the main thread: set here instead."""
+    import signal
+    import sys
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+    box: dict = {"done": threading.Event()}
+
+    def run():
+        try:
+            init_ray(address, num_cpus, loopback)
+        except BaseException as e:  # raised in the caller, by wait()
+            box["error"] = e
+        box["done"].set()
+        # Ray's processes die with the thread that started them (Linux's parent-death signal is per thread):
+        # this one lives as long as the process
+        threading.Event().wait()
+
+    thread = threading.Thread(target=run, name="rlkit-ray-init", daemon=True)
+    thread.start()
+
+    def wait() -> None:
+        box["done"].wait()
+        if "error" in box:
+            raise box["error"]
+
+    return wait
 
 
 PLACEMENTS = ("none", "colocate", "separate")
