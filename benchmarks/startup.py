@@ -15,6 +15,9 @@ launched, taken in that process by wrapping the tree's own functions (so they me
     engine      the engine actor's constructor finished (vLLM started)
     rollout     the first step's rollout and rewards are back (`rlkit.grpo.collect` returned)
 
+and `cpu_s`, the CPU seconds the command's whole process tree (driver, Ray's processes, the actors) used until
+then: on a loaded machine the wall times above stretch with the load, the work much less.
+
 With `--base`, the other tree (e.g. `git worktree add --detach DIR a7d7561`) runs in the same repetitions,
 alternating which side goes first, so both see the same machine load; the load average (os.getloadavg) is
 recorded before each run. Prints a table of medians and writes the JSON (all runs) to --out.
@@ -94,6 +97,7 @@ def child(t0: float, trace: str, argv: list[str]) -> int:
     orch.spawn = spawn_watched
 
     def stop(_):
+        marks["cpu_s"] = tree_cpu_seconds(os.getpid())
         raise _Stop
 
     wrap_end(grpo, "collect", "rollout", after=stop)
@@ -103,6 +107,31 @@ def child(t0: float, trace: str, argv: list[str]) -> int:
         pass
     pathlib.Path(trace).write_text(json.dumps(marks))
     return 0
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process `pid` and every live descendant (Ray's GCS, raylet,
+    agents, the actors; children that exited and were reaped count through their parent's cutime/cstime):
+    the start-up's work, which, unlike its wall time, hardly depends on what else the machine runs."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(d)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))  # ppid, utime+stime+cutime+cstime
+    children: dict[int, list] = {}
+    for p, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(p)
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += stats.get(p, (0, 0))[1]
+        todo += children.get(p, [])
+    return total / tick
 
 
 def run_once(root: pathlib.Path, overrides: list[str], timeout_s: float) -> dict:
@@ -156,13 +185,14 @@ def main() -> int:
     print("\n" + header)
     for phase in PHASES:
         print(phase.ljust(26) + "".join(f"{med(s, phase):>10.1f}" for s in sides))
+    print("CPU s to the first rollout".ljust(26) + "".join(f"{med(s, 'cpu_s'):>10.1f}" for s in sides))
     print("console lines".ljust(26) + "".join(f"{statistics.median(r['console_lines'] for r in runs[s]):>10.0f}"
                                               for s in sides))
     loads = [r["load1"] for s in sides for r in runs[s]]
     print(f"load average (1 min) before each run: {min(loads):.2f}-{max(loads):.2f} on {os.cpu_count()} cores")
     result = {"phases": list(PHASES), "cpus": os.cpu_count(), "overrides": args.overrides,
               "sides": {s: str(p) for s, p in sides.items()},
-              "median": {s: {ph: med(s, ph) for ph in PHASES} for s in sides}, "runs": runs}
+              "median": {s: {ph: med(s, ph) for ph in (*PHASES, "cpu_s")} for s in sides}, "runs": runs}
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(result, indent=1))
         print(f"wrote {args.out}")
