@@ -104,9 +104,7 @@ def resolve_model(cfg: GRPOConfig, ds, out: pathlib.Path) -> str:
     return path
 
 
-def prepare(cfg: GRPOConfig, resume: bool = False, before_model=None) -> Prepared:
-    """`before_model()`: called once the config, rewards and data have passed their checks, before the model is
-    resolved (built, for tiny:*); run_grpo starts Ray there, in the background."""
+def prepare(cfg: GRPOConfig, resume: bool = False) -> Prepared:
     check_grpo(cfg)
     out = pathlib.Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -125,8 +123,6 @@ def prepare(cfg: GRPOConfig, resume: bool = False, before_model=None) -> Prepare
         labeler_config(cfg.labeler)  # a bad `labeler:` key fails now, naming itself
     ds = load_prompt_data(cfg)
     eval_rows = load_eval_rows(cfg) if cfg.trainer.eval_every else []
-    if before_model is not None:
-        before_model()
     base = resolve_model(cfg, ds, out)
     if needs_labeler:  # path: policy = a frozen copy of the initial policy, in this process
         lab = labeler_resources(cfg.labeler, policy_path=base)
@@ -204,11 +200,9 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
     """Run GRPO as configured; returns a summary (last metrics, checkpoint path)."""
     from tqdm import tqdm
 
-    from rlkit.orchestration import start_ray
+    from rlkit.orchestration import init_ray
 
-    ray_started = []  # Ray starts while the model is built (rlkit/orchestration.py start_ray)
-    p = prepare(cfg, resume, before_model=lambda: ray_started.append(
-        start_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.loopback)))
+    p = prepare(cfg, resume)
     state = ckpt.read_run_state(p.resume_from) if p.resume_from else {}
     start = state.get("step", 0)
     rng = random.Random(cfg.seed)
@@ -226,7 +220,7 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
     log = RunLog(p.out, tensorboard=cfg.logging.tensorboard, log_samples=cfg.logging.log_samples,
                  resume_step=start if p.resume_from else None)
 
-    ray_started[0]()  # wait until Ray is up
+    init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.loopback)
     placement = _placement(cfg)
     policy = _policy(cfg, p.start_model, p.base_model, p.out, placement)
     engine = _engines(cfg, p.start_model, placement)

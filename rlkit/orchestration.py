@@ -82,39 +82,6 @@ def init_ray(address: str = "", num_cpus: int = 0, loopback: bool = True) -> Non
         )
 
 
-def start_ray(address: str = "", num_cpus: int = 0, loopback: bool = True):
-    """`init_ray` in a background thread, so that Ray's processes start while the driver does other work (the
-    GRPO driver builds the tiny model meanwhile); returns a function that waits for it and raises its error.
-    Ray sets its SIGTERM handler (exit, so that clean-up runs) only from the main thread: set here instead."""
-    import signal
-    import sys
-    import threading
-
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
-    box: dict = {"done": threading.Event()}
-
-    def run():
-        try:
-            init_ray(address, num_cpus, loopback)
-        except BaseException as e:  # raised in the caller, by wait()
-            box["error"] = e
-        box["done"].set()
-        # Ray's processes die with the thread that started them (Linux's parent-death signal is per thread):
-        # this one lives as long as the process
-        threading.Event().wait()
-
-    thread = threading.Thread(target=run, name="rlkit-ray-init", daemon=True)
-    thread.start()
-
-    def wait() -> None:
-        box["done"].wait()
-        if "error" in box:
-            raise box["error"]
-
-    return wait
-
-
 PLACEMENTS = ("none", "colocate", "separate")
 
 
