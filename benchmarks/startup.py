@@ -134,10 +134,12 @@ def tree_cpu_seconds(pid: int) -> float:
     return total / tick
 
 
-def run_once(root: pathlib.Path, overrides: list[str], timeout_s: float) -> dict:
+def run_once(root: pathlib.Path, overrides: list[str], timeout_s: float, fresh_vllm_cache: bool = False) -> dict:
     out_dir = tempfile.mkdtemp(prefix="rlkit-startup-")
     trace = os.path.join(out_dir, "trace.json")
     env = dict(os.environ, PYTHONPATH=str(root), RLKIT_BENCH_T0=repr(time.time()))
+    if fresh_vllm_cache:  # as on a machine's first run: vLLM has no cached model-class facts (modelinfos)
+        env["VLLM_CACHE_ROOT"] = os.path.join(out_dir, "vllm-cache")
     load = os.getloadavg()[0]
     t0 = float(env["RLKIT_BENCH_T0"])
     cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--child", "--t0", repr(t0), "--trace", trace,
@@ -157,6 +159,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", default="", help="JSON output (default: print only)")
     ap.add_argument("--timeout-s", type=float, default=600)
+    ap.add_argument("--fresh-vllm-cache", action="store_true",
+                    help="an empty VLLM_CACHE_ROOT for every run (a machine's first run)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--t0", type=float, default=0.0, help=argparse.SUPPRESS)
     ap.add_argument("--trace", default="", help=argparse.SUPPRESS)
@@ -172,7 +176,7 @@ def main() -> int:
     for rep in range(args.reps):
         order = list(sides) if rep % 2 == 0 else list(reversed(sides))
         for side in order:
-            r = run_once(sides[side], args.overrides, args.timeout_s)
+            r = run_once(sides[side], args.overrides, args.timeout_s, args.fresh_vllm_cache)
             runs[side].append(r)
             print(f"rep {rep} {side}: first rollout at {r['marks'].get('rollout', float('nan')):.1f} s "
                   f"(load {r['load1']:.2f})", flush=True)
@@ -191,6 +195,7 @@ def main() -> int:
     loads = [r["load1"] for s in sides for r in runs[s]]
     print(f"load average (1 min) before each run: {min(loads):.2f}-{max(loads):.2f} on {os.cpu_count()} cores")
     result = {"phases": list(PHASES), "cpus": os.cpu_count(), "overrides": args.overrides,
+              "fresh_vllm_cache": args.fresh_vllm_cache,
               "sides": {s: str(p) for s, p in sides.items()},
               "median": {s: {ph: med(s, ph) for ph in (*PHASES, "cpu_s")} for s in sides}, "runs": runs}
     if args.out:
