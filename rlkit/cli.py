@@ -8,6 +8,8 @@
     rlkit build-tiny --kind vlm|text --out DIR [--tokenizer small|qwen] [--data easy_vqa]
 
 Config errors are printed as one line naming the key, with exit status 2, before anything starts.
+grpo, dpo and rlaifv print rlkit's own lines, a progress bar and a summary at the end; the output of vLLM, Ray
+and transformers goes to output_dir/logs/ (`--verbose`: to the console too; rlkit/console.py).
 """
 from __future__ import annotations
 
@@ -25,9 +27,8 @@ def _quiet_defaults() -> None:
 
 def cmd_grpo(args) -> int:
     from rlkit.config import GRPOConfig, load_config
-    from rlkit.grpo import run_grpo
-
     from rlkit.console import run_console
+    from rlkit.grpo import run_grpo
 
     cfg = load_config(GRPOConfig, args.config, args.overrides)
     with run_console(cfg, "grpo", args.verbose) as run:
@@ -37,9 +38,8 @@ def cmd_grpo(args) -> int:
 
 def cmd_dpo(args) -> int:
     from rlkit.config import load_config
-    from rlkit.dpo import DPOConfig, run_dpo
-
     from rlkit.console import run_console
+    from rlkit.dpo import DPOConfig, run_dpo
 
     cfg = load_config(DPOConfig, args.config, args.overrides)
     with run_console(cfg, "dpo", args.verbose) as run:
@@ -49,9 +49,8 @@ def cmd_dpo(args) -> int:
 
 def cmd_rlaifv(args) -> int:
     from rlkit.config import load_config
-    from rlkit.rlaifv import RLAIFVConfig, run_rlaifv
-
     from rlkit.console import run_console
+    from rlkit.rlaifv import RLAIFVConfig, run_rlaifv
 
     cfg = load_config(RLAIFVConfig, args.config, args.overrides)
     with run_console(cfg, "rlaifv", args.verbose) as run:
