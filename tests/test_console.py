@@ -122,7 +122,8 @@ def test_grpo_cli_console_is_quiet_and_ends_with_a_summary(tmp_path):
     assert ready < first_bar
     m = re.search(r"\| 2/2 \[(\d+):(\d+)<", [l for l in lines if l.startswith("grpo:")][-1])
     bar_elapsed = int(m.group(1)) * 60 + int(m.group(2))
-    summary = r.stdout.splitlines()
+    out_lines = r.stdout.splitlines()  # rlkit's own step lines (e.g. nothing to learn) may come first
+    summary = out_lines[next(i for i, l in enumerate(out_lines) if l.startswith("rlkit grpo: done: ")):]
     assert summary[0].startswith("rlkit grpo: done: 2 steps in ") and "start-up" in summary[0]
     m = re.search(r"start-up (?:(\d+) min )?([\d.]+) s\)", summary[0])
     startup = int(m.group(1) or 0) * 60 + float(m.group(2))
