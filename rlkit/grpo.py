@@ -20,6 +20,7 @@ from rlkit.algorithms import advantage_groups, get_advantage_fn
 from rlkit.collect import StepRows, collect
 from rlkit.config import ConfigError, GRPOConfig, check_grpo, dump_config
 from rlkit.data import DataError, PromptStream, load_source, map_columns
+from rlkit.data.checks import check_rows
 from rlkit.evaluate import HeldOutEval, accuracy_reward_name, load_eval_rows, reward_score_fn
 from rlkit.filters import get_filter
 from rlkit.mode_metrics import ModeMetrics
@@ -68,6 +69,8 @@ class Prepared:
     resources: RewardResources
     accuracy_reward: str  # the reward graded as accuracy (trainer.accuracy_reward, resolved)
     eval_rows: list  # held-out PromptRows for trainer.eval_every (empty when off)
+    rows: list | None = None  # row indices the prompt stream draws from (None: all; bad ones left out up front)
+    bad_rows: int = 0  # rows left out up front (data.on_bad_row: skip)
 
 
 def reward_specs(cfg: GRPOConfig) -> list[RewardSpec]:
@@ -122,6 +125,10 @@ def prepare(cfg: GRPOConfig, resume: bool = False) -> Prepared:
 
         labeler_config(cfg.labeler)  # a bad `labeler:` key fails now, naming itself
     ds = load_prompt_data(cfg)
+    scan = check_rows(ds, limit=cfg.data.check_rows, on_bad_row=cfg.data.on_bad_row,
+                      mode_column=cfg.modes.mode_column)  # every row a step may draw, before Ray (data/checks.py)
+    for line in scan.notices():  # bad rows left out (data.on_bad_row: skip); a slow scan's time
+        print(line)
     eval_rows = load_eval_rows(cfg) if cfg.trainer.eval_every else []
     base = resolve_model(cfg, ds, out)
     if needs_labeler:  # path: policy = a frozen copy of the initial policy, in this process
@@ -132,7 +139,7 @@ def prepare(cfg: GRPOConfig, resume: bool = False) -> Prepared:
         print(f"rlkit: --resume given but {out}/checkpoints has no complete checkpoint; starting from step 0")
     dump_config(cfg, out / "config.yaml")
     return Prepared(cfg, out, ds, scorer, base, str(last) if last else base, last, resources, accuracy_reward,
-                    eval_rows)
+                    eval_rows, rows=scan.usable, bad_rows=len(scan.bad))
 
 
 def engine_options(cfg: GRPOConfig) -> dict:
@@ -208,9 +215,10 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
     rng = random.Random(cfg.seed)
     if "rng" in state:
         rng.setstate(_tuple(state["rng"]))
-    stream = PromptStream(p.data, seed=cfg.seed, shuffle=cfg.data.shuffle, position=state.get("data_position", 0))
+    stream = PromptStream(p.data, seed=cfg.seed, shuffle=cfg.data.shuffle, position=state.get("data_position", 0),
+                          rows=p.rows)
     rows_src = StepRows(cfg, stream)
-    rows_src.skipped = state.get("skipped_rows", 0)
+    rows_src.skipped = state.get("skipped_rows", p.bad_rows)
     tokens_total = state.get("tokens_sampled_total", 0)
     mode_metrics = ModeMetrics(p.accuracy_reward, state.get("mode_tokens_sampled_total"))
     processor = load_processor(p.start_model)
