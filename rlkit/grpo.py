@@ -109,6 +109,9 @@ def resolve_model(cfg: GRPOConfig, ds, out: pathlib.Path) -> str:
 
 def prepare(cfg: GRPOConfig, resume: bool = False) -> Prepared:
     check_grpo(cfg)
+    from rlkit.orchestration import check_local_capacity
+
+    check_local_capacity(cfg.ray.address, cfg.ray.num_cpus, *_asks(cfg))  # CPUs a local Ray will have, before it
     out = pathlib.Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -151,14 +154,19 @@ def engine_options(cfg: GRPOConfig) -> dict:
     return {"device": "cuda"} if r.num_gpus > 0 else {}  # hf: on the GPU Ray gives the actor
 
 
+def _asks(cfg: GRPOConfig) -> tuple:
+    """(placement, strategy, workers, ranks, one worker's resources, one rank's): what the run asks of Ray."""
+    r, t = cfg.rollout, cfg.trainer
+    return (cfg.ray.placement, cfg.ray.placement_strategy, r.num_workers, t.num_ranks,
+            {"CPU": r.num_cpus, "GPU": r.num_gpus}, {"CPU": t.num_cpus, "GPU": t.num_gpus})
+
+
 def _placement(cfg: GRPOConfig):
-    """The placement groups of ray.placement (rlkit/orchestration.py), reserved before any actor starts."""
+    """The placement groups of ray.placement (rlkit/orchestration.py), reserved before any actor starts, after
+    checking that the actors fit the cluster at all (every placement; a `ray.address` cluster may grow first)."""
     from rlkit.orchestration import place
 
-    r, t = cfg.rollout, cfg.trainer
-    return place(cfg.ray.placement, cfg.ray.placement_strategy, r.num_workers, t.num_ranks,
-                 {"CPU": r.num_cpus, "GPU": r.num_gpus}, {"CPU": t.num_cpus, "GPU": t.num_gpus},
-                 cfg.ray.placement_timeout_s)
+    return place(*_asks(cfg), cfg.ray.placement_timeout_s, grow=bool(cfg.ray.address))
 
 
 def _engines(cfg: GRPOConfig, model_path: str, placement):
