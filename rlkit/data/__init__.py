@@ -8,7 +8,9 @@ Sources, in the order they are tried:
 3. otherwise a hub data set name (the only case that touches the network).
 
 Rows are converted lazily (`to_row`): a bad row raises `DataError` naming the row index and the key or file,
-and the driver decides (config `data.on_bad_row`) whether that stops the run or is skipped and counted.
+and the driver decides (config `data.on_bad_row`) whether that stops the run or is skipped and counted. Before
+any worker starts, the GRPO driver checks the first `data.check_rows` rows the same way (rlkit/data/checks.py),
+so a missing or undecodable image is found then, not when its row is drawn; an empty data file has no rows.
 """
 from __future__ import annotations
 
