@@ -21,7 +21,7 @@ import json
 import pathlib
 import time
 
-from rlkit.config import ConfigError, GRPOConfig, _build, check_grpo, dump_config, load_tree, to_dict
+from rlkit.config import ConfigError, GRPOConfig, _build, check_grpo, check_ranges, dump_config, load_tree, to_dict
 from rlkit.records import DEEP, FAST, MODES
 
 
@@ -73,18 +73,11 @@ def load_ablation_config(path=None, overrides: list[str] | None = None) -> tuple
 
 def check_ablation(grpo: GRPOConfig, abl: AblationSection) -> None:
     check_grpo(grpo)
-    for key in ("hybrid_deep_ratio", "deep_only_ratio"):
-        if not 0.0 <= getattr(abl, key) <= 1.0:
-            raise ConfigError(f"config key 'ablation.{key}': must be within [0, 1]")
+    check_ranges(abl, "ablation.")  # numeric ranges (rlkit/config_ranges.py)
     for key, modes in (("cold_start.modes", abl.cold_start.modes), ("eval.modes", abl.eval.modes)):
         bad = [m for m in modes if m not in MODES]
         if bad or not modes:
             raise ConfigError(f"config key 'ablation.{key}': {modes!r}; use a non-empty list of fast, deep")
-    for key, value, low in (("cold_start.steps", abl.cold_start.steps, 0), ("cold_start.batch_size", abl.cold_start.batch_size, 1),
-                            ("eval.every", abl.eval.every, 1), ("eval.limit", abl.eval.limit, 0),
-                            ("eval.max_tokens", abl.eval.max_tokens, 0)):
-        if value < low:
-            raise ConfigError(f"config key 'ablation.{key}': must be >= {low}, got {value}")
     if (abl.eval.source or grpo.data.source) == grpo.data.source and abl.eval.split == grpo.data.split:
         raise ConfigError(f"config key 'ablation.eval.split': {abl.eval.split!r} is the training split (data.split)")
     from rewards.registry import available_rewards

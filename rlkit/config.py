@@ -49,7 +49,8 @@ class DataConfig:
     limit: int = 0  # use at most this many rows (0: all)
     shuffle: bool = True  # reshuffle the prompt order every epoch (seeded)
     system_prompt: str = ""  # optional system message rendered before every prompt
-    on_bad_row: str = "error"  # a row that cannot be used (missing field, undecodable image): "error" stops, "skip" counts and continues
+    on_bad_row: str = "error"  # a row that cannot be used (missing field, undecodable image): "error" stops, "skip" counts and continues (bad rows among data.check_rows are left out up front, reported in one line)
+    check_rows: int = 10000  # rows checked before Ray starts (prompt, answer, mode, image files exist and decode; each distinct image once): the first N (0: off, -1: all); rows past them are checked when drawn
     eval_source: str = ""  # held-out data for trainer.eval_every and `rlkit eval` ("": data.source; needed when data.source is a plain file, which has no splits)
     eval_split: str = "test"  # split of the held-out data
     eval_limit: int = 200  # held-out rows answered per evaluation (the first ones of the split; 0: all)
@@ -148,7 +149,7 @@ class RayConfig:
     loopback: bool = True  # a local Ray listens on 127.0.0.1 only (false: on the machine's address, reachable from other hosts)
     placement: str = "none"  # "none": Ray places each actor where it fits; "colocate": rollout worker i and policy rank i share one placement-group bundle (same device/node); "separate": one placement group per pool (docs/scaling.md)
     placement_strategy: str = "PACK"  # Ray placement-group strategy of the bundles: PACK, SPREAD, STRICT_PACK, STRICT_SPREAD
-    placement_timeout_s: float = 120.0  # wait at most this long for Ray to reserve the bundles; then stop, naming them
+    placement_timeout_s: float = 120.0  # wait at most this long for Ray to reserve the bundles, or (ray.address) for the cluster to grow to what the actors ask; then stop, naming them (a local Ray too small fails at once)
 
 
 @dataclasses.dataclass
@@ -244,7 +245,18 @@ def _build(cls, data: Any, prefix: str):
         choices = CHOICES.get(re.sub(r"\[\d+\]", "", full))
         if choices and kwargs[key] not in choices:
             raise ConfigError(f"config key '{full}': {kwargs[key]!r} is not one of {', '.join(choices)}")
-    return cls(**kwargs)
+    built = cls(**kwargs)
+    check_ranges(built, prefix, recursive=False)  # numeric ranges (rlkit/config_ranges.py), defaults included
+    return built
+
+
+def check_ranges(section, prefix: str = "", recursive: bool = True) -> None:
+    """ConfigError naming the first key of `section` outside its allowed range (rlkit/config_ranges.py)."""
+    from rlkit.config_ranges import range_errors
+
+    errors = range_errors(section, prefix, recursive)
+    if errors:
+        raise ConfigError(errors[0])
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
@@ -307,15 +319,8 @@ def dump_config(cfg, path: str | pathlib.Path) -> None:
 
 
 def check_grpo(cfg: GRPOConfig) -> None:
-    """Cross-field checks that types alone cannot express."""
-    if cfg.max_steps < 1:
-        raise ConfigError("config key 'max_steps': must be >= 1")
-    if cfg.rollout.n < 1:
-        raise ConfigError("config key 'rollout.n': must be >= 1")
-    if cfg.trainer.prompts_per_step < 1:
-        raise ConfigError("config key 'trainer.prompts_per_step': must be >= 1")
-    if not 0.0 <= cfg.modes.deep_ratio <= 1.0:
-        raise ConfigError("config key 'modes.deep_ratio': must be within [0, 1]")
+    """Cross-field checks that types alone cannot express (and the ranges, for a config built in code)."""
+    check_ranges(cfg)
     from rlkit.modes import ModeError, check_schedule
     from rlkit.records import MODES
 
@@ -323,10 +328,6 @@ def check_grpo(cfg: GRPOConfig) -> None:
         check_schedule(cfg.modes.schedule)
     except ModeError as e:
         raise ConfigError(f"config key 'modes.schedule': {e}") from e
-    if cfg.trainer.eval_every < 0:
-        raise ConfigError("config key 'trainer.eval_every': must be >= 0 (0: off)")
-    if cfg.data.eval_limit < 0:
-        raise ConfigError("config key 'data.eval_limit': must be >= 0 (0: all rows)")
     modes = cfg.trainer.eval_modes
     if not modes or any(m not in MODES for m in modes) or len(set(modes)) != len(modes):
         raise ConfigError(f"config key 'trainer.eval_modes': {modes!r}: give one or both of {', '.join(MODES)}, "
@@ -339,24 +340,12 @@ def check_grpo(cfg: GRPOConfig) -> None:
     for i, r in enumerate(cfg.rewards):
         if bool(r.name) == bool(r.path):
             raise ConfigError(f"config key 'rewards[{i}]': give exactly one of 'name' or 'path'")
-    if cfg.reward_fail_steps < 0:
-        raise ConfigError(f"config key 'reward_fail_steps': must be >= 0 (0: never stop), got {cfg.reward_fail_steps}")
-    if not 0 < cfg.reward_fail_frac <= 1:
-        raise ConfigError(f"config key 'reward_fail_frac': must be in (0, 1], got {cfg.reward_fail_frac}")
-    for key, v, lo in (("rollout.num_workers", cfg.rollout.num_workers, 1), ("rollout.max_retries",
-                       cfg.rollout.max_retries, 0), ("trainer.num_ranks", cfg.trainer.num_ranks, 1),
-                      ("reward_retries", cfg.reward_retries, 0)):
-        if v < lo:
-            raise ConfigError(f"config key '{key}': must be >= {lo}, got {v}")
     from rlkit.sharding import check_strategy
 
     try:
         check_strategy(cfg.trainer.strategy, lora=bool(cfg.model.lora))
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    for key, v in (("rollout.timeout_s", cfg.rollout.timeout_s), ("trainer.timeout_s", cfg.trainer.timeout_s)):
-        if v < 0:
-            raise ConfigError(f"config key '{key}': must be >= 0 (0: no limit)")
     from rlkit.orchestration import PLACEMENTS
 
     if cfg.ray.placement not in PLACEMENTS:
@@ -365,13 +354,11 @@ def check_grpo(cfg: GRPOConfig) -> None:
     if cfg.ray.placement_strategy not in strategies:
         raise ConfigError(f"config key 'ray.placement_strategy': {cfg.ray.placement_strategy!r}; use one of "
                           f"{', '.join(strategies)}")
-    if cfg.algorithm.refill_rounds < 0:
-        raise ConfigError("config key 'algorithm.refill_rounds': must be >= 0")
-    if cfg.trainer.mini_batch_size < 0:
-        raise ConfigError("config key 'trainer.mini_batch_size': must be >= 0 (0: the whole rollout batch)")
-    if cfg.trainer.ppo_epochs < 1:
-        raise ConfigError("config key 'trainer.ppo_epochs': must be >= 1")
     _check_streaming(cfg)
+    from rlkit.config_ranges import algorithm_errors
+
+    for error in algorithm_errors(cfg.algorithm, cfg.rollout.temperature):  # loss/advantage options, tried
+        raise ConfigError(error)
     if cfg.algorithm.kl_in_reward and cfg.algorithm.kl_coef <= 0:
         raise ConfigError("config key 'algorithm.kl_in_reward': needs algorithm.kl_coef > 0")
     if cfg.model.lora:
@@ -396,8 +383,6 @@ def check_grpo(cfg: GRPOConfig) -> None:
 def _check_streaming(cfg: GRPOConfig) -> None:
     """rollout.stream_chunks > 1 (rlkit/streaming.py) needs an update that can start before the batch is whole."""
     k = cfg.rollout.stream_chunks
-    if k < 1:
-        raise ConfigError(f"config key 'rollout.stream_chunks': must be >= 1, got {k}")
     if k == 1:
         return
     from rlkit.algorithms import get_advantage_fn

@@ -10,6 +10,7 @@ import re
 import sys
 
 from rlkit import config as C
+from rlkit.config_ranges import range_of
 
 
 def _comments(cls) -> dict[str, str]:
@@ -41,8 +42,9 @@ def render(root=C.GRPOConfig, title: str = "GRPO (`rlkit grpo`)") -> str:
         "",
         "Generated from `rlkit/config.py` by `python -m rlkit.config_docs` (the field comments there are the only",
         "source; a test fails when this file is stale). Configs are YAML; any key can be overridden on the command",
-        "line with a dotted path: `rlkit grpo --config FILE trainer.lr=3e-4 rollout.n=4`. Unknown keys and wrong",
-        "types stop the run before anything starts, with a message naming the key.",
+        "line with a dotted path: `rlkit grpo --config FILE trainer.lr=3e-4 rollout.n=4`. Unknown keys, wrong",
+        "types and values outside the `allowed` column (ranges: `rlkit/config_ranges.py`; every float must also be",
+        "finite) stop the run when the config is loaded, before anything starts, with one line naming the key.",
         "",
         f"## {title}",
         "",
@@ -51,18 +53,20 @@ def render(root=C.GRPOConfig, title: str = "GRPO (`rlkit grpo`)") -> str:
 
     def table(cls, prefix):
         comments = _comments(cls)
-        rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+        rows = ["| key | default | allowed | meaning |", "| --- | --- | --- | --- |"]
         for f in dataclasses.fields(cls):
             typ = C._hints(cls)[f.name]
             if dataclasses.is_dataclass(typ):
                 sections.append((f"{prefix}{f.name}", typ))
-                rows.append(f"| `{prefix}{f.name}` | (section) | see below |")
+                rows.append(f"| `{prefix}{f.name}` | (section) |  | see below |")
                 continue
             item = C.LIST_ITEM_TYPES.get((cls.__name__, f.name))
             if item is not None:
                 sections.append((f"{prefix}{f.name}[]", item))
             d = _default(f).replace("|", "\\|")
-            rows.append(f"| `{prefix}{f.name}` | `{d}` | {comments.get(f.name, '')} |")
+            key = f"{prefix}{f.name}"
+            allowed = range_of(cls.__name__, f.name) or " \\| ".join(C.CHOICES.get(key.replace("[]", ""), ()))
+            rows.append(f"| `{prefix}{f.name}` | `{d}` | {allowed} | {comments.get(f.name, '')} |")
         return rows
 
     lines += table(root, "")

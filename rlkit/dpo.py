@@ -35,7 +35,7 @@ from tqdm import tqdm
 from preference import EncodedPair, column_text, encode_rows, load_preference_dataset
 from rlkit import checkpoint as ckpt
 from rlkit.algorithms.dpo import DPO_LOSSES, get_dpo_loss
-from rlkit.config import ConfigError, LoggingConfig, ModelConfig, TrainerConfig, dump_config
+from rlkit.config import ConfigError, LoggingConfig, ModelConfig, TrainerConfig, check_ranges, dump_config
 from rlkit.models.loading import build_tiny, check_model_path, load_policy, load_processor
 from rlkit.records import TrainItem
 from rlkit.rundir import dpo_resumable, open_run
@@ -93,10 +93,7 @@ def check_dpo(cfg: DPOConfig) -> None:
         raise ConfigError(f"config key 'dpo.reference': {d.reference!r} is not one of cached, on_the_fly")
     if d.lr_schedule not in SCHEDULES:
         raise ConfigError(f"config key 'dpo.lr_schedule': {d.lr_schedule!r} is not one of {', '.join(SCHEDULES)}")
-    for key, ok in (("beta", d.beta > 0), ("batch_size", d.batch_size >= 1), ("epochs", d.epochs >= 1),
-                    ("max_steps", d.max_steps >= 0), ("warmup_ratio", 0 <= d.warmup_ratio < 1)):
-        if not ok:
-            raise ConfigError(f"config key 'dpo.{key}': {getattr(d, key)!r} is out of range")
+    check_ranges(cfg)  # numeric ranges (rlkit/config_ranges.py), for a config built in code
     if not cfg.data.path:
         raise ConfigError("config key 'data.path': give the preference data (a save_to_disk folder or a file)")
 

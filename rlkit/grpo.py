@@ -20,6 +20,7 @@ from rlkit.algorithms import advantage_groups, get_advantage_fn
 from rlkit.collect import StepRows, collect
 from rlkit.config import ConfigError, GRPOConfig, check_grpo, dump_config
 from rlkit.data import DataError, PromptStream, load_source, map_columns
+from rlkit.data.checks import check_rows
 from rlkit.evaluate import HeldOutEval, accuracy_reward_name, load_eval_rows, reward_score_fn
 from rlkit.filters import get_filter
 from rlkit.mode_metrics import ModeMetrics
@@ -70,6 +71,8 @@ class Prepared:
     resources: RewardResources
     accuracy_reward: str  # the reward graded as accuracy (trainer.accuracy_reward, resolved)
     eval_rows: list  # held-out PromptRows for trainer.eval_every (empty when off)
+    rows: list | None = None  # row indices the prompt stream draws from (None: all; bad ones left out up front)
+    bad_rows: int = 0  # rows left out up front (data.on_bad_row: skip)
 
 
 def reward_specs(cfg: GRPOConfig) -> list[RewardSpec]:
@@ -108,6 +111,9 @@ def resolve_model(cfg: GRPOConfig, ds, out: pathlib.Path) -> str:
 
 def prepare(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> Prepared:
     check_grpo(cfg)
+    from rlkit.orchestration import check_local_capacity
+
+    check_local_capacity(cfg.ray.address, cfg.ray.num_cpus, *_asks(cfg))  # CPUs a local Ray will have, before it
     out = pathlib.Path(cfg.output_dir)
     last = open_run(cfg, resume=resume, overwrite=overwrite, allowed=GRPO_RESUMABLE)  # rlkit/rundir.py
     out.mkdir(parents=True, exist_ok=True)
@@ -125,6 +131,10 @@ def prepare(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> P
 
         labeler_config(cfg.labeler)  # a bad `labeler:` key fails now, naming itself
     ds = load_prompt_data(cfg)
+    scan = check_rows(ds, limit=cfg.data.check_rows, on_bad_row=cfg.data.on_bad_row,
+                      mode_column=cfg.modes.mode_column)  # every row a step may draw, before Ray (data/checks.py)
+    for line in scan.notices():  # bad rows left out (data.on_bad_row: skip); a slow scan's time
+        print(line)
     eval_rows = load_eval_rows(cfg) if cfg.trainer.eval_every else []
     base = resolve_model(cfg, ds, out)
     if needs_labeler:  # path: policy = a frozen copy of the initial policy, in this process
@@ -132,7 +142,7 @@ def prepare(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> P
         resources.labeler, resources.claim_lm = lab.labeler, lab.claim_lm
     dump_config(cfg, out / "config.yaml")
     return Prepared(cfg, out, ds, scorer, base, str(last) if last else base, last, resources, accuracy_reward,
-                    eval_rows)
+                    eval_rows, rows=scan.usable, bad_rows=len(scan.bad))
 
 
 def engine_options(cfg: GRPOConfig) -> dict:
@@ -144,14 +154,19 @@ def engine_options(cfg: GRPOConfig) -> dict:
     return {"device": "cuda"} if r.num_gpus > 0 else {}  # hf: on the GPU Ray gives the actor
 
 
+def _asks(cfg: GRPOConfig) -> tuple:
+    """(placement, strategy, workers, ranks, one worker's resources, one rank's): what the run asks of Ray."""
+    r, t = cfg.rollout, cfg.trainer
+    return (cfg.ray.placement, cfg.ray.placement_strategy, r.num_workers, t.num_ranks,
+            {"CPU": r.num_cpus, "GPU": r.num_gpus}, {"CPU": t.num_cpus, "GPU": t.num_gpus})
+
+
 def _placement(cfg: GRPOConfig):
-    """The placement groups of ray.placement (rlkit/orchestration.py), reserved before any actor starts."""
+    """The placement groups of ray.placement (rlkit/orchestration.py), reserved before any actor starts, after
+    checking that the actors fit the cluster at all (every placement; a `ray.address` cluster may grow first)."""
     from rlkit.orchestration import place
 
-    r, t = cfg.rollout, cfg.trainer
-    return place(cfg.ray.placement, cfg.ray.placement_strategy, r.num_workers, t.num_ranks,
-                 {"CPU": r.num_cpus, "GPU": r.num_gpus}, {"CPU": t.num_cpus, "GPU": t.num_gpus},
-                 cfg.ray.placement_timeout_s)
+    return place(*_asks(cfg), cfg.ray.placement_timeout_s, grow=bool(cfg.ray.address))
 
 
 def _engines(cfg: GRPOConfig, model_path: str, placement):
@@ -209,9 +224,10 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> 
     rng = random.Random(cfg.seed)
     if "rng" in state:
         rng.setstate(_tuple(state["rng"]))
-    stream = PromptStream(p.data, seed=cfg.seed, shuffle=cfg.data.shuffle, position=state.get("data_position", 0))
+    stream = PromptStream(p.data, seed=cfg.seed, shuffle=cfg.data.shuffle, position=state.get("data_position", 0),
+                          rows=p.rows)
     rows_src = StepRows(cfg, stream)
-    rows_src.skipped = state.get("skipped_rows", 0)
+    rows_src.skipped = state.get("skipped_rows", p.bad_rows)
     tokens_total = state.get("tokens_sampled_total", 0)
     mode_metrics = ModeMetrics(p.accuracy_reward, state.get("mode_tokens_sampled_total"))
     adv_fn = get_advantage_fn(cfg.algorithm.advantage)

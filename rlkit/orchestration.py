@@ -12,6 +12,10 @@ and OpenRLHF's colocated mode; the engines can then free their memory while the 
 With "separate", the rollout workers and the policy ranks get a placement group each, one bundle per actor:
 two disjoint pools, each packed (or spread) by `ray.placement_strategy`. Bundles are reserved before any
 actor starts, so a placement the cluster cannot hold fails at once, naming what was asked (`place`).
+In every placement ("none" included), `place` first checks that the actors fit the cluster's nodes at all
+(`check_capacity`, rlkit/resources.py): a local Ray fails within seconds; a cluster (`ray.address`) may still
+grow, so it waits up to `ray.placement_timeout_s` after saying so. Actors still starting after a minute are
+named with their resources and the cluster's free ones (`StartWatch`), so no wait on Ray is silent.
 """
 from __future__ import annotations
 
@@ -146,13 +150,18 @@ class Placement:
 
 
 def place(placement: str, strategy: str, num_workers: int, num_ranks: int, rollout: dict, trainer: dict,
-          timeout_s: float = 120.0) -> Placement:
-    """Reserve the placement groups of `bundles(...)` and wait until Ray has placed every bundle; a placement
-    the cluster cannot satisfy within `timeout_s` raises, naming the bundles and what the cluster has."""
+          timeout_s: float = 120.0, grow: bool = False) -> Placement:
+    """Check that the actors fit the cluster (`check_capacity`, every placement, "none" included), then reserve
+    the placement groups of `bundles(...)` and wait until Ray has placed every bundle; a placement the cluster
+    cannot satisfy within `timeout_s` raises, naming the bundles and what the cluster has. `grow`: the cluster
+    may still gain nodes (`ray.address`: an autoscaler), so a run that does not fit yet waits up to `timeout_s`."""
     import ray
     from ray.util import placement_group
 
+    from rlkit.resources import ResourceError
+
     specs, workers, ranks = bundles(placement, num_workers, num_ranks, rollout, trainer)
+    check_capacity(num_workers, num_ranks, rollout, trainer, specs, strategy, wait_s=timeout_s if grow else 0.0)
     groups = [placement_group(b, strategy=strategy, name=f"rlkit-{placement}-{k}") for k, b in enumerate(specs)]
     out = Placement(groups, workers, ranks)
     deadline = time.monotonic() + timeout_s
@@ -161,11 +170,131 @@ def place(placement: str, strategy: str, num_workers: int, num_ranks: int, rollo
             ray.get(pg.ready(), timeout=max(0.1, deadline - time.monotonic()))
         except ray.exceptions.GetTimeoutError:
             out.remove()
-            raise RuntimeError(
+            raise ResourceError(
                 f"config key 'ray.placement' = {placement!r} (strategy {strategy}): Ray could not place the bundles "
                 f"{spec} within {timeout_s:g} s (ray.placement_timeout_s); the cluster has "
                 f"{ray.cluster_resources()}. Lower rollout/trainer num_cpus or num_gpus, or add nodes.") from None
     return out
+
+
+def check_capacity(num_workers: int, num_ranks: int, rollout: dict, trainer: dict, groups: list | None = None,
+                   strategy: str = "PACK", wait_s: float = 0.0, poll_s: float = 2.0) -> None:
+    """ResourceError, one line naming what the run asks, what the cluster has and the keys to change, when the
+    actors cannot fit the cluster's nodes (rlkit/resources.py). `wait_s` > 0 (a cluster that may grow): say so
+    once, then wait that long for enough nodes before failing."""
+    import ray
+
+    from rlkit.resources import ResourceError, capacity_problem
+
+    deadline, said = time.monotonic() + wait_s, False
+    while True:
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        problem = capacity_problem(num_workers, num_ranks, rollout, trainer, nodes, groups, strategy)
+        if problem is None:
+            return
+        if time.monotonic() >= deadline:
+            waited = f" (waited {wait_s:g} s: ray.placement_timeout_s)" if wait_s else ""
+            raise ResourceError(problem + waited)
+        if not said:
+            print(f"rlkit: {problem}; waiting up to {wait_s:g} s (ray.placement_timeout_s) for the cluster to grow",
+                  flush=True)
+            said = True
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+
+
+def check_local_capacity(address: str, num_cpus: int, placement: str, strategy: str, num_workers: int,
+                         num_ranks: int, rollout: dict, trainer: dict) -> None:
+    """Before a local Ray starts (`address` ""): ResourceError when the actors need more CPUs than it will have
+    (`num_cpus`, 0: this machine's). GPUs are left to `check_capacity` (Ray counts them when it starts). No-op
+    for a cluster or a Ray already running in this process (its own resources count)."""
+    import sys
+
+    from rlkit.resources import ResourceError, capacity_problem
+
+    ray = sys.modules.get("ray")
+    if address or (ray is not None and ray.is_initialized()):
+        return
+    cpus = num_cpus or os.cpu_count() or 1
+    groups = bundles(placement, num_workers, num_ranks, rollout, trainer)[0]
+    problem = capacity_problem(num_workers, num_ranks, rollout, trainer, [{"CPU": cpus}], groups, strategy,
+                               kinds=("CPU",), where=f"a local Ray (ray.num_cpus {num_cpus}"
+                               f"{': this machine' if not num_cpus else ''}) has")
+    if problem:
+        raise ResourceError(problem)
+
+
+class StartWatch:
+    """Says what the driver is waiting for while Ray actors start: every actor `spawn` creates is watched until
+    it is running (its `__ray_ready__` answers: placed and constructed); one still starting after `first_s`
+    (then every `every_s`) gets a line naming the pending actors, their resources and what the cluster has free
+    (an actor that does not fit what is free waits for resources, silently otherwise). A daemon thread; it
+    ends when nothing is pending."""
+
+    first_s = 60.0
+    every_s = 120.0
+    poll_s = 1.0
+
+    def __init__(self):
+        import threading
+
+        self._lock = threading.Lock()
+        self._pending: dict = {}  # ready ref -> (what, resources, spawned at)
+        self._thread = None
+
+    def add(self, actor, what: str, resources: dict) -> None:
+        import threading
+
+        ready = actor.__ray_ready__.remote()
+        with self._lock:
+            self._pending[ready] = (what, resources, time.monotonic())
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="rlkit-start-watch", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        import ray
+
+        last_said = -1e18
+        while True:
+            time.sleep(self.poll_s)
+            try:
+                if not ray.is_initialized():
+                    return
+                with self._lock:
+                    refs = list(self._pending)
+                done, _ = ray.wait(refs, num_returns=len(refs), timeout=0) if refs else ([], [])
+                now = time.monotonic()
+                with self._lock:
+                    for ref in done:  # running, or dead (its caller hears of that)
+                        self._pending.pop(ref, None)
+                    if not self._pending:
+                        self._thread = None
+                        return
+                    pending = dict(self._pending)
+                oldest = max(now - t0 for _, _, t0 in pending.values())
+                if oldest >= self.first_s and now - last_said >= self.every_s:
+                    last_said = now
+                    print(self.message(pending, now), flush=True)
+            except Exception:  # never let a notice kill the run (e.g. Ray shutting down)
+                return
+
+    @staticmethod
+    def message(pending: dict, now: float) -> str:
+        import ray
+
+        from rlkit.resources import KINDS
+
+        oldest = max(now - t0 for _, _, t0 in pending.values())
+        names = ", ".join(f"{what} {{{', '.join(f'{k}: {res.get(k, 0):g}' for k in KINDS)}}}"
+                          for what, res, _ in pending.values())
+        free, total = ray.available_resources(), ray.cluster_resources()
+        fmt = lambda r: "{" + ", ".join(f"{k}: {r.get(k, 0):g}" for k in KINDS) + "}"  # noqa: E731
+        return (f"rlkit: still waiting after {oldest:.0f} s for {len(pending)} Ray actor(s) to start: {names}; the "
+                f"cluster has {fmt(free)} free of {fmt(total)} (an actor that does not fit waits for resources: "
+                "lower rollout/trainer num_cpus/num_gpus, or free or add nodes)")
+
+
+START_WATCH = StartWatch()
 
 
 def rendezvous_file(port: int, world_size: int, token: str = "") -> str:
@@ -198,7 +327,9 @@ def spawn(cls, *args, num_cpus: float = 1.0, num_gpus: float = 0.0, env: dict | 
         max_concurrency=1,
         **options,
     )
-    return actor_cls.remote(*args, **kwargs)
+    actor = actor_cls.remote(*args, **kwargs)
+    START_WATCH.add(actor, getattr(cls, "__name__", "actor"), {"CPU": num_cpus, "GPU": num_gpus})
+    return actor
 
 
 def wait_ready(actors: list, what: str) -> float:

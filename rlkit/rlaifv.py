@@ -33,7 +33,7 @@ import torch
 from preference import Candidate, PromptInfo, build_pairs, pairs_to_dataset, save_dataset
 from rewards.rlaifv import rlaifv_scores, write_audit
 from rlkit.config import (ConfigError, DataConfig, LoggingConfig, ModelConfig, RolloutConfig, TrainerConfig,
-                          dump_config)
+                          check_ranges, dump_config)
 from rlkit.data import DataError, PromptStream, load_source, map_columns, open_image, to_row
 from rlkit.dpo import DPOConfig, DPODataConfig, DPOSection, check_dpo, run_dpo
 from rlkit.models.loading import load_policy, load_processor, tokenizer_of
@@ -227,18 +227,17 @@ def check_labeler(L: LabelerConfig, prefix: str = "labeler.") -> None:
                                 ("lm_engine", L.lm_engine, ("hf", "vllm"))):
         if value not in choices:
             raise ConfigError(f"config key '{prefix}{key}': {value!r} is not one of {', '.join(choices)}")
-    for key, ok in (("batch_size", L.batch_size >= 1), ("accept_odds", L.accept_odds > 0),
-                    ("max_claims", L.max_claims >= 1), ("yes", bool(L.yes)), ("no", bool(L.no))):
+    check_ranges(L, prefix)
+    for key, ok in (("yes", bool(L.yes)), ("no", bool(L.no))):
         if not ok:
             raise ConfigError(f"config key '{prefix}{key}': {getattr(L, key)!r} is out of range")
 
 
 def check_rlaifv(cfg: RLAIFVConfig) -> None:
-    for key, ok in (("rounds", cfg.rounds >= 1), ("prompts_per_round", cfg.prompts_per_round >= 1),
-                    ("rollout.n", cfg.rollout.n >= 2), ("pairs.threshold", cfg.pairs.threshold > 0),
-                    ("pairs.k", cfg.pairs.k >= 0)):
-        if not ok:
-            raise ConfigError(f"config key '{key}' is out of range (rollout.n needs at least 2 responses to pair)")
+    check_ranges(cfg)  # numeric ranges (rlkit/config_ranges.py)
+    if cfg.rollout.n < 2:
+        raise ConfigError(f"config key 'rollout.n': {cfg.rollout.n} is out of range (allowed: >= 2: pairs need two "
+                          "responses)")
     for key, value, choices in (("prompt_mode", cfg.prompt_mode, ("fast", "deep")),
                                 ("pairs.length_unit", cfg.pairs.length_unit, ("words", "tokens", "chars"))):
         if value not in choices:

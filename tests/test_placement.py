@@ -99,10 +99,26 @@ def _eventually(check, timeout_s: float = 10.0) -> bool:
 
 
 def test_unsatisfiable_placement_fails_fast_naming_the_key(ray_local):
-    from rlkit.orchestration import place
+    """More than the cluster has fails at once (tests/test_fail_fast.py); bundles that fit the cluster but not
+    what is free (another actor holds it) wait ray.placement_timeout_s, then name the bundles."""
+    import ray
 
-    with pytest.raises(RuntimeError, match=r"ray.placement' = 'separate'.*\{'CPU': 64\}.*ray.placement_timeout_s"):
+    from rlkit.orchestration import place, spawn
+
+    with pytest.raises(RuntimeError, match=r"asks Ray for \{CPU: 65, GPU: 0\}.*the cluster has \{CPU: 4, GPU: 0\}"):
         place("separate", "PACK", 1, 1, {"CPU": 64}, {"CPU": 1}, timeout_s=1.0)
+
+    class Hog:
+        def ping(self):
+            return 1
+
+    hog = spawn(Hog, num_cpus=3)
+    try:
+        assert ray.get(hog.ping.remote(), timeout=120) == 1
+        with pytest.raises(RuntimeError, match=r"ray.placement' = 'separate'.*\{'CPU': 2\}.*ray.placement_timeout_s"):
+            place("separate", "PACK", 1, 1, {"CPU": 2}, {"CPU": 1}, timeout_s=1.0)
+    finally:
+        ray.kill(hog)
 
 
 def test_hung_policy_rank_stops_the_run_naming_the_key(tiny_text_path, ray_local):

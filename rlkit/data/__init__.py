@@ -8,7 +8,9 @@ Sources, in the order they are tried:
 3. otherwise a hub data set name (the only case that touches the network).
 
 Rows are converted lazily (`to_row`): a bad row raises `DataError` naming the row index and the key or file,
-and the driver decides (config `data.on_bad_row`) whether that stops the run or is skipped and counted.
+and the driver decides (config `data.on_bad_row`) whether that stops the run or is skipped and counted. Before
+any worker starts, the GRPO driver checks the first `data.check_rows` rows the same way (rlkit/data/checks.py),
+so a missing or undecodable image is found then, not when its row is drawn; an empty data file has no rows.
 """
 from __future__ import annotations
 
@@ -59,10 +61,16 @@ def load_source(source: str, split: str = "train", *, limit: int = 0, seed: int 
             kind = _LOADERS.get(files[0].suffix)
             if kind is None:
                 raise DataError(f"cannot read {files[0]}: use .json, .jsonl, .csv or .parquet")
+            for f in files:
+                if _blank(f):
+                    raise DataError(f"data file {f} has no rows (it is empty)")
             try:
                 ds = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train")
             except Exception as e:  # malformed files: name them
-                raise DataError(f"cannot load data file(s) {', '.join(map(str, files))}: {e}") from e
+                if "corresponds to no data" in str(e):  # datasets' words for zero rows (`[]`, a csv header only)
+                    raise DataError(f"data file(s) {', '.join(map(str, files))} have no rows") from e
+                raise DataError(f"cannot load data file(s) {', '.join(map(str, files))}: "
+                                f"{str(e).strip() or type(e).__name__}") from e
     elif source.startswith((".", "/", "~")) or source.endswith(tuple(_LOADERS)):
         raise DataError(f"data file not found: {source}")
     else:
@@ -72,9 +80,19 @@ def load_source(source: str, split: str = "train", *, limit: int = 0, seed: int 
                 "and the hub is offline (HF_HUB_OFFLINE=1)"
             )
         ds = datasets.load_dataset(source, split=split, **kwargs)
+    if len(ds) == 0:
+        raise DataError(f"data.source {source!r} (split {split!r}) has no rows")
     if limit:
         ds = ds.select(range(min(limit, len(ds))))
     return ds
+
+
+def _blank(path: pathlib.Path, probe: int = 1 << 16) -> bool:
+    """Whether a data file holds nothing but white space (read up to `probe` bytes: a big file is not blank)."""
+    size = path.stat().st_size
+    if size > probe:
+        return False
+    return not path.read_bytes().strip()
 
 
 def has_splits(source: str) -> bool:
@@ -165,17 +183,19 @@ class PromptStream:
     """Endless, seeded, resumable stream of prompt rows (reshuffled each epoch).
 
     `position` counts rows handed out so far; saving it in a checkpoint and passing it back continues the
-    exact same order.
+    exact same order. `rows`: the row indices to draw from (None: all; rlkit/data/checks.py leaves bad ones out).
     """
 
-    def __init__(self, ds, *, seed: int = 0, shuffle: bool = True, mode_column: str = "mode", position: int = 0):
-        if len(ds) == 0:
+    def __init__(self, ds, *, seed: int = 0, shuffle: bool = True, mode_column: str = "mode", position: int = 0,
+                 rows: list[int] | None = None):
+        self.rows = list(range(len(ds))) if rows is None else list(rows)
+        if not self.rows:
             raise DataError("the data set is empty")
         self.ds, self.seed, self.shuffle, self.mode_column = ds, seed, shuffle, mode_column
         self.position = position
 
     def _order(self, epoch: int) -> list[int]:
-        order = list(range(len(self.ds)))
+        order = list(self.rows)
         if self.shuffle:
             random.Random(f"{self.seed}-{epoch}").shuffle(order)
         return order
@@ -183,7 +203,7 @@ class PromptStream:
     def take(self, k: int) -> list[tuple[int, dict]]:
         """The next k (row index, raw row) pairs."""
         out = []
-        n = len(self.ds)
+        n = len(self.rows)
         cache_epoch, order = None, None
         for _ in range(k):
             epoch, offset = divmod(self.position, n)
