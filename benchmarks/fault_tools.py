@@ -21,6 +21,9 @@ ENV = {"OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled", "VLLM_CPU_KVCACHE_SP
        "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
        "PYTHONHASHSEED": "0"}
 LOGS = ("metrics.jsonl", "samples.jsonl")
+# a run's processes must be gone this long after its driver ended: Ray's dashboard and runtime-env agents poll
+# for their raylet and outlive a SIGKILLed driver by ~65 s (measured here)
+GRACE_S = 120.0
 
 
 class RowFailed(AssertionError):
@@ -51,6 +54,7 @@ class Run:
         self.pid = self.proc.pid
         self.seen: set[int] = set()  # every process of the run seen so far (Ray's included)
         self.ended_at: float | None = None
+        self.gone_s: float | None = None
 
     def alive(self) -> bool:
         if self.proc.poll() is None:
@@ -106,16 +110,20 @@ class Run:
         self.proc.wait()
         self.alive()
 
-    def leftovers(self, grace_s: float = 60.0) -> list[int]:
-        """Processes of this run still alive `grace_s` s after the driver ended (polled); [] when none."""
+    def leftovers(self, grace_s: float = GRACE_S) -> list[int]:
+        """Processes of this run still alive `grace_s` s after the driver ended (polled); [] when none. Sets
+        `gone_s`: seconds from the driver's end until the last of them was seen gone (None while some live)."""
         self.alive()
         end = (self.ended_at or time.monotonic()) + grace_s
-        while time.monotonic() < end:
+        while True:
             left = self.processes()
             if not left:
+                if self.gone_s is None:
+                    self.gone_s = round(max(0.0, time.monotonic() - (self.ended_at or time.monotonic())), 1)
                 return []
+            if time.monotonic() >= end:
+                return left
             time.sleep(0.5)
-        return self.processes()
 
     def cleanup(self) -> None:
         """SIGKILL whatever of this run is still alive (the driver first)."""

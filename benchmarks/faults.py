@@ -22,10 +22,12 @@ start); the default `hf` engine is quicker to start and goes through the same ac
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
 import pathlib
+import re
 import resource
 import shutil
 import signal
@@ -33,9 +35,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from fault_tools import (ROOT, Run, RowFailed, all_metrics, check, check_finished, ckpt_dir,  # noqa: E402
+from fault_tools import (GRACE_S, ROOT, Run, RowFailed, all_metrics, check, check_finished, ckpt_dir,  # noqa: E402
                          complete_steps, describe, error_line, last_line, last_metrics, logged_steps, lost, outcome, snapshot,
                          tracebacks, wait_until)
 
@@ -82,7 +85,13 @@ class Ctx:
     def __init__(self, work: pathlib.Path, engine: str):
         self.work, self.engine, self.runs = work, engine, []
         self.model = work / "model"
-        self.finished_run: pathlib.Path | None = None  # a run directory left complete by a row (reused)
+        self.shared: dict = {}  # between rows: "finished_run", a run directory a row left complete (reused)
+
+    def for_row(self) -> "Ctx":
+        """This context with a list of runs of its own (rows may run at once, --jobs)."""
+        c = copy.copy(self)
+        c.runs = []
+        return c
 
     def args(self, **over) -> list[str]:
         a = {**BASE, "model.path": str(self.model), "rollout.engine": self.engine, **over}
@@ -130,10 +139,13 @@ def _resume(ctx: Ctx, row: Row, out: pathlib.Path, before: dict, final_step: int
 
 
 def _no_leftovers(row: Row, run: Run, what: str) -> None:
-    """Every process of `run` gone within 60 s of its driver's end; if not, a problem of the row (it goes on)."""
+    """Every process of `run` gone within GRACE_S of its driver's end; if not, a problem of the row (it goes on).
+    Notes how long the last one took (`gone_s`: Ray's processes of a SIGKILLed driver need a while)."""
     left = run.leftovers()
+    row.notes.setdefault("processes_gone_s", {})[what] = run.gone_s
     if left:
-        row.problems.append(f"{len(left)} process(es) of {what} alive 60 s after its driver ended: {describe(left)}")
+        row.problems.append(f"{len(left)} process(es) of {what} alive {GRACE_S:.0f} s after its driver ended: "
+                            f"{describe(left)}")
 
 
 def _steps_lost(row: Row, before: dict) -> None:
@@ -155,18 +167,18 @@ def driver_mid_step(ctx: Ctx, row: Row) -> None:
     check(before["steps"][-1] < MAX_STEPS, "the run finished before the kill")
     _steps_lost(row, before)
     _resume(ctx, row, out, before, stopped=run)
-    ctx.finished_run = out
+    ctx.shared["finished_run"] = out
 
 
 def driver_mid_checkpoint(ctx: Ctx, row: Row) -> None:
-    """SIGSTOP the driver the moment a checkpoint's staging folder appears (so it cannot rename it into place),
+    """SIGSTOP the driver the moment a checkpoint's staging folder holds a file (so it cannot rename it into place),
     note what was written, SIGKILL it; a checkpoint renamed before the stop landed moves on to the next step."""
     out = ctx.work / row.name
     run = ctx.start(out, "killed")
     caught = None
     for step in range(2, MAX_STEPS + 1):
         staging, final = ckpt_dir(out) / f".step_{step}.tmp", ckpt_dir(out) / f"step_{step}"
-        wait_until(lambda: staging.exists() or final.exists(), run, RUN_TIMEOUT_S, f"step {step}'s checkpoint")
+        wait_until(lambda: final.exists() or _holds_files(staging), run, RUN_TIMEOUT_S, f"step {step}'s checkpoint")
         os.kill(run.pid, signal.SIGSTOP)
         if not final.exists():
             caught = step
@@ -181,6 +193,13 @@ def driver_mid_checkpoint(ctx: Ctx, row: Row) -> None:
     check(caught not in before["steps"], f"step_{caught} counts as complete although its writer was killed")
     _steps_lost(row, before)
     _resume(ctx, row, out, before, stopped=run)
+
+
+def _holds_files(d: pathlib.Path) -> bool:
+    try:
+        return any(d.iterdir())
+    except FileNotFoundError:  # not there yet, or just renamed
+        return False
 
 
 def rollout_worker(ctx: Ctx, row: Row) -> None:
@@ -274,9 +293,10 @@ def damaged_checkpoint(ctx: Ctx, row: Row) -> None:
     """The newest checkpoint's weights file truncated to half (a disk error, a copy cut short), then --resume
     with one more step: it must fall back to the newest intact checkpoint."""
     out = ctx.work / row.name
-    if ctx.finished_run is not None:
-        shutil.copytree(ctx.finished_run, out)
-        row.notes["base"] = f"copy of {ctx.finished_run.name}"
+    base = ctx.shared.get("finished_run")
+    if base is not None:
+        shutil.copytree(base, out)
+        row.notes["base"] = f"copy of {base.name}"
     else:
         run = ctx.start(out, "base")
         check(_finish(run, "the base run") == 0, f"the base run failed: {error_line(run.text())}")
@@ -328,6 +348,8 @@ def full_disk(ctx: Ctx, row: Row) -> None:
                          checkpoints=complete_steps(out))
         before = snapshot(out)
         check(row.observed == "stopped cleanly", f"the run {row.observed} (exit {rc}): {error_line(run.text())}")
+        if not re.search(r"no space left|ENOSPC|errno 28|disk (is )?full|file too large|EFBIG", row.notes["error"], re.I):
+            row.problems.append(f"the error does not say the disk is full: {row.notes['error'][:200]}")
         _steps_lost(row, before)
         if mounted.returncode != 0:
             row.data_lost = lost(before, out)
@@ -368,7 +390,9 @@ ROWS = [
 
 
 def run_row(ctx: Ctx, name: str, fn, fault: str, expected: str) -> Row:
+    ctx = ctx.for_row()
     row = Row(name, fault, expected)
+    print(f"faults: {name} ...", flush=True)
     t0 = time.monotonic()
     try:
         fn(ctx, row)
@@ -384,8 +408,7 @@ def run_row(ctx: Ctx, name: str, fn, fault: str, expected: str) -> Row:
             run.cleanup()
         ctx.runs = []
         row.time_s = round(time.monotonic() - t0, 1)
-    if row.data_lost and row.result == "PASS":
-        row.result = "FAIL"
+    print(f"faults: {name}: {row.result} in {row.time_s:.0f} s{': ' + row.detail if row.detail else ''}", flush=True)
     return row
 
 
@@ -408,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engine", default="hf", choices=("hf", "vllm"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "faults.json"))
     ap.add_argument("--keep", default="", help="work in this folder and keep it (run directories, logs)")
+    ap.add_argument("--jobs", type=int, default=1, help="rows run at once (each run wants ~2 cores)")
     args = ap.parse_args(argv)
     names = [n for n in args.only.split(",") if n]
     unknown = sorted(set(names) - {n for n, *_ in ROWS})
@@ -420,20 +444,15 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Ctx(work, args.engine)
     t0, load0 = time.monotonic(), os.getloadavg()
     ctx.build_model()
-    rows = []
-    for name, fn, fault, expected in ROWS:
-        if names and name not in names:
-            continue
-        print(f"faults: {name} ...", flush=True)
-        rows.append(run_row(ctx, name, fn, fault, expected))
-        r = rows[-1]
-        print(f"faults: {name}: {r.result} in {r.time_s:.0f} s{': ' + r.detail if r.detail else ''}", flush=True)
+    todo = [r for r in ROWS if not names or r[0] in names]
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        rows = list(pool.map(lambda r: run_row(ctx, *r), todo))
     total = time.monotonic() - t0
     print()
     print(table(rows))
     print(f"\n{sum(r.result == 'PASS' for r in rows)}/{len(rows)} rows passed in {total:.0f} s "
-          f"(engine {args.engine}; load average {load0[0]:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
-    result = {"engine": args.engine, "max_steps": MAX_STEPS, "total_s": round(total, 1), "cpus": os.cpu_count(),
+          f"(engine {args.engine}, {args.jobs} at a time; load average {load0[0]:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+    result = {"engine": args.engine, "jobs": args.jobs, "max_steps": MAX_STEPS, "total_s": round(total, 1), "cpus": os.cpu_count(),
               "load_average": [round(load0[0], 2), round(os.getloadavg()[0], 2)], "commit": _commit(),
               "rows": [dataclasses.asdict(r) for r in rows]}
     out = pathlib.Path(args.out)
