@@ -9,7 +9,8 @@ Protocol (pickled tuples over `multiprocessing.connection.Connection`):
   worker -> ("ready", pid) once imported and warmed up.
   parent -> ("call", ref, kwargs, prompts, completions, columns, per_sample)
   worker -> ("resolved",) once the callable is loaded, then ("item", i, value, error) per sample, or one
-            ("batch", values, error); ("fatal", error) when the callable cannot be loaded.
+            ("batch", outcomes, error), outcomes one (value, error) per sample; ("fatal", error) when the
+            callable cannot be loaded.
   parent -> ("stop",) or closing the pipe ends the worker.
 Run as `python -m rewards._worker READ_FD WRITE_FD MEMORY_MB`.
 """

@@ -11,7 +11,8 @@ Rewards that hold model handles (`needs`) or whose inputs cannot be pickled run 
 `InlineRunner`: the same per-sample deadline, but a hung call can only be abandoned (its thread is told to
 stop after the current sample and left behind), not killed.
 
-Both return, per sample, (value, error): error is None on success, text starting with "timeout" on a timeout.
+Both return, per sample, (value, error): error is None on success, text starting with "timeout" on a timeout
+(the other texts: `rewards.calling.check_values` and `error_text`).
 """
 from __future__ import annotations
 
@@ -230,7 +231,7 @@ class ProcessRunner:
         if got[0] == "fatal":
             return [(None, got[1])] * n
         values, error = got[1], got[2]
-        return [(None, error)] * n if error else [(v, None) for v in values]
+        return [(None, error)] * n if error else [tuple(o) for o in values]
 
 
 class InlineRunner:
@@ -258,7 +259,7 @@ class InlineRunner:
             except queue.Empty:
                 self._abandon(cancel)
                 return [(None, f"timeout: the batched call gave no result within {timeout_s:g}s (abandoned)")] * n
-            return [(None, error)] * n if error else [(v, None) for v in values]
+            return [(None, error)] * n if error else [tuple(o) for o in values]
         results: list[Outcome] = [(None, "not scored")] * n
         start = 0
         while start < n:

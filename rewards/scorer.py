@@ -3,8 +3,9 @@
 Why: the loop must not know how rewards are found, isolated, timed or summed. It builds one `RewardScorer`
 from the config's `rewards:` list (unknown names or paths fail here, at load time, listing what exists),
 calls it once per step, and gets per-reward values, the weighted total used for advantages, and the
-failures with their samples. A reward that raises or times out gives None for that sample and a
-`RewardFailure`; training goes on unless `strict=True`. A call that hung (ran out of time) or whose worker
+failures with their samples. A reward that raises, times out, or returns something unusable (the wrong number
+of values, a non-number, NaN or an infinity) gives None for that sample and a `RewardFailure`; the caller decides
+what failures mean (the GRPO loop: rlkit/reward_health.py), unless `strict=True` raises on the first. A call that hung (ran out of time) or whose worker
 process died is retried on those samples, at most `retries` times (`reward_retries` in the config): a hang or a
 crash can be transient (a loaded machine, a flaky service the reward calls), while a reward that raises
 would raise again on the same input, so that is not retried. Retries are counted (`reward/retries`).
@@ -59,7 +60,8 @@ class RewardSpec:
 
 @dataclasses.dataclass
 class RewardFailure:
-    """A reward call that raised or ran out of time on one sample (its value is None)."""
+    """A reward call that raised, ran out of time, or returned something unusable for one sample (its value is
+    None); `kind` names which."""
 
     reward: str
     index: int
@@ -69,6 +71,26 @@ class RewardFailure:
 
     def __str__(self) -> str:
         return f"reward {self.reward!r} failed on sample {self.index}: {self.error} (completion: {self.completion!r})"
+
+    @property
+    def kind(self) -> str:
+        """One of FAILURE_KINDS, read from the error text (rewards.calling and rewards.isolation write them)."""
+        return failure_kind(self.error)
+
+
+FAILURE_KINDS = ("raised", "timeout", "worker died", "wrong length", "wrong type", "not finite", "not loaded")
+
+
+def failure_kind(error: str) -> str:
+    """The kind of a failure's error text: a time-out, a dead worker, a return value of the wrong length or type,
+    NaN/inf, a reward the worker could not load, else an exception the reward raised."""
+    for prefix, kind in (("timeout", "timeout"), ("the worker process", "worker died"),
+                         ("wrong length:", "wrong length"), ("wrong type:", "wrong type"),
+                         ("not finite:", "not finite"), ("cannot load the reward", "not loaded"),
+                         ("cannot unpickle", "not loaded")):
+        if error.startswith(prefix):
+            return kind
+    return "raised"
 
 
 class RewardError(RuntimeError):

@@ -98,8 +98,10 @@ def _gather(per_item, mb: dict, like: torch.Tensor) -> torch.Tensor:
 
 
 def _length_mask(lengths: list[int]) -> torch.Tensor:
+    # float64: the aggregation weights and scales derived from it are a few numbers per step, and their
+    # rounding must not depend on how a batch is split into micro-batches or ranks (tests/test_fsdp.py)
     T = max(1, max(lengths) if lengths else 1)
-    return (torch.arange(T).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)).float()
+    return (torch.arange(T).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)).to(torch.float64)
 
 
 def _weights(mask: torch.Tensor, mode: str, norm_length) -> torch.Tensor:
@@ -120,7 +122,7 @@ def _aggregation_scale(full_weights: torch.Tensor, start: int, micro_mask: torch
     """
     B, T = micro_mask.shape
     full_w = full_weights[start:start + B].sum()
-    own_w = _weights(micro_mask, mode, norm_length).sum()
+    own_w = _weights(micro_mask.to(torch.float64), mode, norm_length).sum()
     return float(full_w / own_w) if float(own_w) > 0 else 0.0
 
 

@@ -3,17 +3,26 @@ half-written checkpoint under a final name, and never touches the previous compl
 
 A checkpoint folder holds the model and processor (`from_pretrained` loads it), `trainer_state.pt`
 (optimizer, RNG; written by the policy worker) and `run_state.json` (step, data position, driver RNG,
-reward-side state such as EMAs). `latest(dir)` returns the newest complete one.
+reward-side state such as EMAs), and `MANIFEST.json` (every other file with its size and sha256), written
+last before the `COMPLETE` marker. `latest(dir)` returns the newest complete one whose files have their
+manifest sizes (cheap); `resume_point(dir)` also checks every checksum, moves a damaged checkpoint aside to
+`checkpoints/damaged.step_<N>.<time>` (never deleted), saying why, and falls back to the next one. A checkpoint
+written before manifests existed (no `MANIFEST.json`) is used unverified, with a note.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
+import time
 
 RUN_STATE = "run_state.json"
 COMPLETE = "COMPLETE"
+MANIFEST = "MANIFEST.json"
+_STEP = re.compile(r"step_(\d+)")
 
 
 def checkpoints_dir(output_dir: str | os.PathLike) -> pathlib.Path:
@@ -29,8 +38,10 @@ def staging_dir(output_dir, step: int) -> pathlib.Path:
 
 
 def finalize(output_dir, step: int, staging: pathlib.Path, run_state: dict, keep: int = 0) -> pathlib.Path:
-    """Write run_state.json + the COMPLETE marker into `staging`, rename it to step_<step>, prune old ones."""
+    """Write run_state.json, the manifest and the COMPLETE marker into `staging`, rename it to step_<step>,
+    prune old ones (`prune`)."""
     (staging / RUN_STATE).write_text(json.dumps(run_state, indent=1))
+    write_manifest(staging)
     (staging / COMPLETE).write_text("")
     final = checkpoints_dir(output_dir) / f"step_{step}"
     if final.exists():  # re-running a step after resume: replace atomically-ish (old kept until the rename)
@@ -43,22 +54,131 @@ def finalize(output_dir, step: int, staging: pathlib.Path, run_state: dict, keep
     else:
         os.replace(staging, final)
     if keep > 0:
-        for d in complete_checkpoints(output_dir)[:-keep]:
-            shutil.rmtree(d, ignore_errors=True)
+        prune(output_dir, keep)
     return final
+
+
+def prune(output_dir, keep: int) -> None:
+    """Delete the checkpoints older than the `keep` newest intact ones (by manifest sizes): a damaged checkpoint
+    never counts as one of those kept, so the newest intact one is never deleted in its favour."""
+    found = complete_checkpoints(output_dir)
+    intact = [d for d in found if damage(d, hashes=False) is None]
+    if len(intact) <= keep:
+        return
+    oldest_kept = step_of(intact[-keep])
+    for d in found:
+        if step_of(d) < oldest_kept:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def step_of(ckpt: pathlib.Path) -> int:
+    return int(_STEP.fullmatch(ckpt.name).group(1))
+
+
+def _sha256(path: pathlib.Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _sha256_all(paths: list[pathlib.Path]) -> list[str]:
+    """sha256 of each file, several files at once (hashlib releases the GIL on large blocks)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1, max(1, len(paths)))) as pool:
+        return list(pool.map(_sha256, paths))
+
+
+def write_manifest(folder: pathlib.Path) -> None:
+    """`MANIFEST.json`: {"files": {relative path: {"size", "sha256"}}} of every file in `folder`."""
+    paths = [f for f in sorted(folder.rglob("*")) if f.is_file() and f.relative_to(folder).as_posix() not in
+             (MANIFEST, COMPLETE)]
+    files = {f.relative_to(folder).as_posix(): {"size": f.stat().st_size, "sha256": digest}
+             for f, digest in zip(paths, _sha256_all(paths))}
+    tmp = folder / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps({"version": 1, "files": files}, indent=1))
+    os.replace(tmp, folder / MANIFEST)
+
+
+def damage(ckpt: pathlib.Path, hashes: bool = True) -> str | None:
+    """Why `ckpt` cannot be trusted (a missing, resized or, with `hashes`, changed file; no COMPLETE marker; an
+    unreadable manifest), or None when it is intact or has no manifest (see `verified`)."""
+    if not (ckpt / COMPLETE).exists():
+        return "no COMPLETE marker"
+    if not (ckpt / MANIFEST).exists():
+        return None
+    try:
+        files = json.loads((ckpt / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{MANIFEST} is unreadable ({e})"
+    for rel, meta in files.items():
+        f = ckpt / rel
+        if not f.is_file():
+            return f"{rel} is missing"
+        size = f.stat().st_size
+        if size != meta["size"]:
+            return f"{rel} has {size} bytes, its manifest says {meta['size']}"
+    if hashes:
+        rels = list(files)
+        for rel, digest in zip(rels, _sha256_all([ckpt / r for r in rels])):
+            if digest != files[rel]["sha256"]:
+                return f"{rel} does not match its sha256 in {MANIFEST}"
+    return None
+
+
+def verified(ckpt: pathlib.Path) -> bool:
+    """Whether `ckpt` carries a manifest (checkpoints written before manifests existed do not)."""
+    return (ckpt / MANIFEST).exists()
+
+
+def resume_point(output_dir, log=print) -> pathlib.Path | None:
+    """The newest intact checkpoint, every file checked against its manifest (sizes and sha256). A damaged one
+    (or a step_N folder without COMPLETE) is moved to `checkpoints/damaged.step_N.<time>`, with one line saying
+    why; one without a manifest is used with a note that it is unverified. None when there is none."""
+    root = checkpoints_dir(output_dir)
+    if not root.exists():
+        return None
+    found = sorted((d for d in root.iterdir() if d.is_dir() and _STEP.fullmatch(d.name)), key=step_of)
+    for d in reversed(found):
+        why = damage(d, hashes=True)
+        if why is None:
+            if not verified(d):
+                log(f"rlkit: --resume: {d} was written without a {MANIFEST} (before rlkit checked checkpoints): "
+                    "resuming from it unverified")
+            return d
+        aside = root / f"damaged.{d.name}.{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(d, aside)
+        log(f"rlkit: --resume: skipped {d} ({why}); it was moved to {aside.name}, the run continues from the "
+            "newest intact checkpoint")
+    return None
 
 
 def complete_checkpoints(output_dir) -> list[pathlib.Path]:
     root = checkpoints_dir(output_dir)
     if not root.exists():
         return []
-    found = [d for d in root.iterdir() if d.is_dir() and d.name.startswith("step_") and (d / COMPLETE).exists()]
-    return sorted(found, key=lambda d: int(d.name.split("_")[1]))
+    found = [d for d in root.iterdir() if d.is_dir() and _STEP.fullmatch(d.name) and (d / COMPLETE).exists()]
+    return sorted(found, key=step_of)
 
 
 def latest(output_dir) -> pathlib.Path | None:
-    found = complete_checkpoints(output_dir)
+    """The newest complete checkpoint whose files have their manifest sizes (no checksums: cheap)."""
+    found = [d for d in complete_checkpoints(output_dir) if damage(d, hashes=False) is None]
     return found[-1] if found else None
+
+
+def last_note(output_dir, started_from: str = "") -> str:
+    """The newest checkpoint for an error message: its path; when it is the one this run started from, a sentence
+    saying so (--resume would start there again: no advice that loops); "" when there is none."""
+    last = latest(output_dir)
+    if last is None:
+        return ""
+    if started_from and pathlib.Path(started_from).resolve() == last.resolve():
+        return (f"{last}, the one this run started from: --resume would load it again, so fix the cause above "
+                "first (or move it aside to resume from an earlier one)")
+    return str(last)
 
 
 def read_run_state(ckpt: pathlib.Path) -> dict:

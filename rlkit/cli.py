@@ -1,13 +1,14 @@
 """The `rlkit` command.
 
-    rlkit grpo --config FILE [key.sub=value ...] [--resume]
-    rlkit dpo --config FILE [key.sub=value ...] [--resume]
-    rlkit rlaifv --config FILE [key.sub=value ...]
+    rlkit grpo --config FILE [key.sub=value ...] [--resume | --overwrite]
+    rlkit dpo --config FILE [key.sub=value ...] [--resume | --overwrite]
+    rlkit rlaifv --config FILE [key.sub=value ...] [--overwrite]
     rlkit eval --config FILE --checkpoint DIR [--out PATH] [--split test] [--limit N] [key.sub=value ...]
     rlkit ablation --config FILE [key.sub=value ...]
     rlkit build-tiny --kind vlm|text --out DIR [--tokenizer small|qwen] [--data easy_vqa]
 
-Config errors are printed as one line naming the key, with exit status 2, before anything starts.
+Config errors are printed as one line naming the key, with exit status 2, before anything starts; a reward that
+keeps failing (rlkit/reward_health.py) stops a run with one such line, naming the reward and the last checkpoint.
 """
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ import argparse
 import os
 import pathlib
 import sys
+
+
+OVERWRITE_HELP = "output_dir holds another run: move it to <output_dir>.old-<time> (nothing is deleted) and start anew"
 
 
 def _quiet_defaults() -> None:
@@ -28,7 +32,7 @@ def cmd_grpo(args) -> int:
     from rlkit.grpo import run_grpo
 
     cfg = load_config(GRPOConfig, args.config, args.overrides)
-    summary = run_grpo(cfg, resume=args.resume)
+    summary = run_grpo(cfg, resume=args.resume, overwrite=args.overwrite)
     print({k: summary[k] for k in ("step", "reward/mean", "checkpoint") if k in summary})
     return 0
 
@@ -38,7 +42,7 @@ def cmd_dpo(args) -> int:
     from rlkit.dpo import DPOConfig, run_dpo
 
     cfg = load_config(DPOConfig, args.config, args.overrides)
-    summary = run_dpo(cfg, resume=args.resume)
+    summary = run_dpo(cfg, resume=args.resume, overwrite=args.overwrite)
     print({k: summary[k] for k in ("step", "eval/loss", "eval/rewards/accuracies", "eval/rewards/margins", "checkpoint")
            if k in summary})
     return 0
@@ -49,7 +53,7 @@ def cmd_rlaifv(args) -> int:
     from rlkit.rlaifv import RLAIFVConfig, run_rlaifv
 
     cfg = load_config(RLAIFVConfig, args.config, args.overrides)
-    summary = run_rlaifv(cfg)
+    summary = run_rlaifv(cfg, overwrite=args.overwrite)
     print({k: summary[k] for k in ("round", "pairs/kept", "dpo/rewards/accuracies", "model") if k in summary})
     return 0
 
@@ -103,18 +107,21 @@ def main(argv: list[str] | None = None) -> int:
 
     g = sub.add_parser("grpo", help="train with GRPO")
     g.add_argument("--config", required=False, help="YAML config file")
-    g.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in output_dir")
+    g.add_argument("--resume", action="store_true", help="continue the run in output_dir from its newest intact checkpoint")
+    g.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     g.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.lr=3e-4 max_steps=20")
     g.set_defaults(fn=cmd_grpo)
 
     d = sub.add_parser("dpo", help="train with DPO on a preference data set (TRL columns)")
     d.add_argument("--config", required=False, help="YAML config file")
-    d.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in output_dir")
+    d.add_argument("--resume", action="store_true", help="continue the run in output_dir from its newest intact checkpoint")
+    d.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     d.add_argument("overrides", nargs="*", help="dotted overrides, e.g. dpo.beta=0.1 data.path=pairs/")
     d.set_defaults(fn=cmd_dpo)
 
     r = sub.add_parser("rlaifv", help="iterative RLAIF-V: sample, score claims, build pairs, DPO; complete rounds are skipped")
     r.add_argument("--config", required=False, help="YAML config file")
+    r.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rounds=3 labeler.path=policy")
     r.set_defaults(fn=cmd_rlaifv)
 
@@ -149,10 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     from rlkit.models.loading import ModelLoadError
     from rlkit.modes import ModeError
     from preference import PreferenceDataError
+    from rewards import RewardError
 
     try:
         return args.fn(args)
-    except (ConfigError, DataError, ModelLoadError, ModeError, PreferenceDataError) as e:
+    except (ConfigError, DataError, ModelLoadError, ModeError, PreferenceDataError, RewardError) as e:
         print(f"rlkit: error: {e}", file=sys.stderr)
         return 2
 

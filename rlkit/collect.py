@@ -143,13 +143,12 @@ def _generate(engine, requests, owners, rows, step: int, sampling: SamplingConfi
 
 
 def _score(scorer: RewardScorer, samples: list[Sample]) -> ScoreResult:
-    """Score `samples` in place (rewards by name, total used for advantages)."""
+    """Score `samples` in place (rewards by name, total used for advantages). Failures are summarised once per
+    step by the driver (rlkit/reward_health.py), not here per sample."""
     result = scorer([s.row.prompt for s in samples], [s.completion for s in samples], _columns(samples))
     for i, s in enumerate(samples):
         s.rewards = {name: vals[i] for name, vals in result.per_reward.items()}
         s.reward = float(result.total[i])
-    for f in result.failures:
-        print(f"rlkit: reward {f.reward!r} failed on sample {f.index} (row {samples[f.index].row.index}): {f.error}")
     return result
 
 
@@ -162,7 +161,8 @@ def _merge_results(results: list[ScoreResult]) -> ScoreResult:
     for r in results:
         failures += [dataclasses.replace(f, index=f.index + offset) for f in r.failures]
         offset += len(r.total)
-    return ScoreResult(per, [t for r in results for t in r.total], failures, results[0].weights)
+    return ScoreResult(per, [t for r in results for t in r.total], failures, results[0].weights,
+                       sum(r.retries for r in results))
 
 
 def _columns(samples: list[Sample]) -> dict[str, list]:

@@ -104,6 +104,7 @@ class TrainerConfig:
     lr: float = 1e-4  # AdamW learning rate
     weight_decay: float = 0.0  # AdamW weight decay
     betas: list = dataclasses.field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
+    adam_eps: float = 1e-8  # AdamW eps (the denominator's floor): elements whose gradient is near it get steps of about lr whatever their size
     max_grad_norm: float = 1.0  # gradient clipping by global norm (0: off)
     micro_batch_size: int = 64  # sequences per forward/backward pass (gradient accumulation above it)
     mini_batch_size: int = 0  # sequences per optimizer step (0: the whole rollout batch, one step per epoch)
@@ -156,7 +157,9 @@ class GRPOConfig:
     max_steps: int = 10  # GRPO steps to run
     reward_timeout_s: float = 10.0  # time limit of each reward call
     reward_retries: int = 1  # a reward call that hung (over reward_timeout_s) or whose worker process died is retried on those samples at most this many times (a reward that raises is not)
-    strict_rewards: bool = False  # a reward that raises or times out stops the run (default: None for that sample, counted)
+    strict_rewards: bool = False  # the first step in which a reward fails on any sample (raises, times out, returns a wrong length or type, NaN or inf) stops the run (default: None for that sample, counted; see reward_fail_steps)
+    reward_fail_steps: int = 2  # stop the run when a reward fails on at least reward_fail_frac of a step's samples for this many consecutive steps, naming the reward and the last checkpoint (0: never)
+    reward_fail_frac: float = 1.0  # share of a step's samples a reward must fail on for the step to count toward reward_fail_steps (1.0: every sample)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     modes: ModesConfig = dataclasses.field(default_factory=ModesConfig)
@@ -335,6 +338,10 @@ def check_grpo(cfg: GRPOConfig) -> None:
     for i, r in enumerate(cfg.rewards):
         if bool(r.name) == bool(r.path):
             raise ConfigError(f"config key 'rewards[{i}]': give exactly one of 'name' or 'path'")
+    if cfg.reward_fail_steps < 0:
+        raise ConfigError(f"config key 'reward_fail_steps': must be >= 0 (0: never stop), got {cfg.reward_fail_steps}")
+    if not 0 < cfg.reward_fail_frac <= 1:
+        raise ConfigError(f"config key 'reward_fail_frac': must be in (0, 1], got {cfg.reward_fail_frac}")
     for key, v, lo in (("rollout.num_workers", cfg.rollout.num_workers, 1), ("rollout.max_retries",
                        cfg.rollout.max_retries, 0), ("trainer.num_ranks", cfg.trainer.num_ranks, 1),
                       ("reward_retries", cfg.reward_retries, 0)):

@@ -38,6 +38,7 @@ from rlkit.algorithms.dpo import DPO_LOSSES, get_dpo_loss
 from rlkit.config import ConfigError, LoggingConfig, ModelConfig, TrainerConfig, dump_config
 from rlkit.models.loading import build_tiny, check_model_path, load_policy, load_processor
 from rlkit.records import TrainItem
+from rlkit.rundir import dpo_resumable, open_run
 from rlkit.runlog import RunLog
 from rlkit.worker import PolicyWorker
 
@@ -261,14 +262,15 @@ def _order(n: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
     return order
 
 
-def run_dpo(cfg: DPOConfig, resume: bool = False) -> dict:
-    """Train the policy with DPO on cfg.data.path; returns the last metrics and the final checkpoint path."""
+def run_dpo(cfg: DPOConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train the policy with DPO on cfg.data.path; returns the last metrics and the final checkpoint path.
+    A new run refuses an output_dir that holds another one unless `overwrite` (moved aside): rlkit/rundir.py."""
     check_dpo(cfg)
     out = pathlib.Path(cfg.output_dir)
+    last_ckpt = open_run(cfg, resume=resume, overwrite=overwrite, allowed=dpo_resumable(cfg.dpo.lr_schedule))
     out.mkdir(parents=True, exist_ok=True)
     ds = load_preference_dataset(cfg.data.path, cfg.data.split, cfg.data.limit)
     base = _resolve_model(cfg, ds, out)
-    last_ckpt = ckpt.latest(out) if resume else None
     start_model = str(last_ckpt) if last_ckpt else base
     state = ckpt.read_run_state(last_ckpt) if last_ckpt else {}
     dump_config(cfg, out / "config.yaml")
@@ -292,7 +294,7 @@ def run_dpo(cfg: DPOConfig, resume: bool = False) -> dict:
                        reference_path=ref_model if load_ref else None, lr_schedule=d.lr_schedule,
                        warmup_steps=math.ceil(total * d.warmup_ratio), total_steps=total, dtype=cfg.model.dtype,
                        freeze=list(cfg.model.freeze), lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas),
-                       max_grad_norm=t.max_grad_norm, micro_batch_size=t.micro_batch_size, seed=cfg.seed,
+                       adam_eps=t.adam_eps, max_grad_norm=t.max_grad_norm, micro_batch_size=t.micro_batch_size, seed=cfg.seed,
                        device=t.device, gradient_checkpointing=t.gradient_checkpointing)
     if d.reference == "cached" and ref is None:  # once, before any update; then the reference model is dropped
         ref = worker.reference_logps(pairs)

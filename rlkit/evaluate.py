@@ -32,6 +32,7 @@ from rlkit.data import DataError, has_splits, load_source, map_columns, open_ima
 from rlkit.models.loading import ModelLoadError
 from rlkit.modes import render_prompt
 from rlkit.records import FAST, MODES, PromptRow, reward_columns
+from rlkit.reward_health import step_failures
 from rollout import RolloutRequest, SamplingConfig
 
 ScoreFn = Callable[[list, str, list, list], list]  # (rows, mode, completion_texts, completion_ids) -> scores
@@ -82,14 +83,14 @@ def _number(v, row: PromptRow, mode: str) -> float:
 
 def reward_score_fn(scorer, reward: str, processor, system_prompt: str = "") -> ScoreFn:
     """A `score_fn` grading with the reward named `reward` of `scorer` (a `rewards.RewardScorer`), given the
-    same columns as in training; failures are printed and score None (0)."""
+    same columns as in training; failures are summarised (one line) and score None (0)."""
 
     def score(rows, mode, texts, ids):
         prompt_texts = [render_prompt(processor, r, mode, system_prompt) for r in rows]
         cols = reward_columns(list(rows), [mode] * len(rows), ids, prompt_texts)
         result = scorer([r.prompt for r in rows], list(texts), cols, only=[reward])
-        for f in result.failures:
-            print(f"rlkit: eval: reward {f.reward!r} failed on row {rows[f.index].index} ({mode}): {f.error}")
+        for failed in step_failures(result).values():  # one line per call, not per row
+            print(f"rlkit: eval ({mode}): {failed.describe()}")
         return result.per_reward[reward]
 
     return score

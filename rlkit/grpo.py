@@ -26,6 +26,8 @@ from rlkit.mode_metrics import ModeMetrics
 from rlkit.models.loading import build_tiny, check_model_path, load_processor, tokenizer_of
 from rlkit.modes import deep_ratio_at
 from rlkit.records import MODES, Sample, TrainItem
+from rlkit.reward_health import RewardHealth
+from rlkit.rundir import GRPO_RESUMABLE, open_run
 from rlkit.runlog import RunLog
 
 REWARD_STATE = "reward_state.json"
@@ -104,14 +106,15 @@ def resolve_model(cfg: GRPOConfig, ds, out: pathlib.Path) -> str:
     return path
 
 
-def prepare(cfg: GRPOConfig, resume: bool = False) -> Prepared:
+def prepare(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> Prepared:
     check_grpo(cfg)
     out = pathlib.Path(cfg.output_dir)
+    last = open_run(cfg, resume=resume, overwrite=overwrite, allowed=GRPO_RESUMABLE)  # rlkit/rundir.py
     out.mkdir(parents=True, exist_ok=True)
     try:
         resources = RewardResources()
-        scorer = RewardScorer(reward_specs(cfg), timeout_s=cfg.reward_timeout_s, strict=cfg.strict_rewards,
-                              retries=cfg.reward_retries,
+        scorer = RewardScorer(reward_specs(cfg), timeout_s=cfg.reward_timeout_s, strict=False,  # strict_rewards:
+                              retries=cfg.reward_retries,  # applied per step by RewardHealth (rlkit/reward_health.py)
                               resources=resources)
     except (ValueError, ImportError, FileNotFoundError) as e:
         raise ConfigError(f"config key 'rewards': {e}") from e
@@ -127,9 +130,6 @@ def prepare(cfg: GRPOConfig, resume: bool = False) -> Prepared:
     if needs_labeler:  # path: policy = a frozen copy of the initial policy, in this process
         lab = labeler_resources(cfg.labeler, policy_path=base)
         resources.labeler, resources.claim_lm = lab.labeler, lab.claim_lm
-    last = ckpt.latest(out) if resume else None
-    if resume and last is None:
-        print(f"rlkit: --resume given but {out}/checkpoints has no complete checkpoint; starting from step 0")
     dump_config(cfg, out / "config.yaml")
     return Prepared(cfg, out, ds, scorer, base, str(last) if last else base, last, resources, accuracy_reward,
                     eval_rows)
@@ -186,23 +186,24 @@ def _policy(cfg: GRPOConfig, model_path: str, base_model: str, out: pathlib.Path
                  PolicyRank, model_path, num_cpus=t.num_cpus, num_gpus=t.num_gpus, device=t.device,
                  bundle=placement.rank(rank),
                  gradient_checkpointing=t.gradient_checkpointing, dtype=cfg.model.dtype, freeze=list(cfg.model.freeze),
-                 lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas), max_grad_norm=t.max_grad_norm,
+                 lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas), adam_eps=t.adam_eps, max_grad_norm=t.max_grad_norm,
                  micro_batch_size=t.micro_batch_size, mini_batch_size=t.mini_batch_size, ppo_epochs=t.ppo_epochs,
                  shuffle_minibatches=t.shuffle_minibatches,
                  policy_loss=a.policy_loss, loss_opts=dict(a.loss_opts), kl_coef=a.kl_coef,
                  kl_estimator=a.kl_estimator, kl_in_reward=a.kl_in_reward, reference_path=base_model,
                  temperature=cfg.rollout.temperature, lora=dict(cfg.model.lora) or None, seed=cfg.seed,
                  num_threads=max(1, int(t.num_cpus)), strategy=t.strategy, env=POLICY_ENV),
-        t.num_ranks, where=lambda: str(ckpt.latest(out) or ""), strategy=t.strategy, call_timeout_s=t.timeout_s)
+        t.num_ranks, where=lambda: ckpt.last_note(out, model_path), strategy=t.strategy, call_timeout_s=t.timeout_s)
 
 
-def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
-    """Run GRPO as configured; returns a summary (last metrics, checkpoint path)."""
+def run_grpo(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Run GRPO as configured; returns a summary (last metrics, checkpoint path). A new run refuses an
+    output_dir that holds another one unless `overwrite` (moved aside); see rlkit/rundir.py."""
     from tqdm import tqdm
 
     from rlkit.orchestration import init_ray
 
-    p = prepare(cfg, resume)
+    p = prepare(cfg, resume, overwrite)
     state = ckpt.read_run_state(p.resume_from) if p.resume_from else {}
     start = state.get("step", 0)
     rng = random.Random(cfg.seed)
@@ -218,6 +219,7 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
     group_filter = get_filter(cfg.algorithm.group_filter, **cfg.algorithm.group_filter_opts)
     group_filter.load_state_dict(state.get("group_filter", {}))
     states = reward_states(p.scorer, p.resume_from)
+    health = RewardHealth.from_config(cfg, p.scorer)  # failure summaries, the stop rule, steps with nothing to learn
     log = RunLog(p.out, tensorboard=cfg.logging.tensorboard, log_samples=cfg.logging.log_samples,
                  resume_step=start if p.resume_from else None)
 
@@ -256,6 +258,8 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
             if samples and not streamed:  # advantages over algorithm.mode_groups (batch-level ones see everything)
                 seq_kls.append(_advantages(cfg, policy, samples, adv_fn))
             kl_metrics = _kl_metrics(cfg, seq_kls)
+            # ---- reward health: one line per failing reward; a broken reward stops here, before the update
+            health_metrics = health.step(step, result, samples, everything, lambda: ckpt.latest(p.out))
 
             # ---- rollout.sleep: engines free their memory for the update (colocated GPUs); the sync wakes them
             t0 = time.perf_counter()
@@ -286,7 +290,7 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
             # ---- log
             sampled, n_all = sum(len(s.completion_ids) for s in everything), max(1, len(everything))
             tokens_total += sampled
-            metrics = {**result.stats(), **train_metrics, **kl_metrics, **mode_metrics.step(everything),
+            metrics = {**result.stats(), **health_metrics, **train_metrics, **kl_metrics, **mode_metrics.step(everything),
                        "mode/deep_ratio": deep_ratio_at(step, cfg.modes.deep_ratio, cfg.modes.schedule),
                        **{k: v for st in states.values() if hasattr(st, "metrics") for k, v in st.metrics().items()},
                        **group_filter.metrics(), "filter/groups_seen": seen, "filter/groups_kept": kept,

@@ -245,16 +245,21 @@ class PolicyGroup:
                 raise PolicyRankError(
                     f"policy rank(s) {hung} hung: no result within {self.call_timeout_s:g} s (config key "
                     f"'trainer.timeout_s'); every rank was stopped. Last complete checkpoint: "
-                    f"{self.where() or 'none yet'} (continue with --resume)")
+                    f"{self._last()}")
             try:
                 ray.get(done[0])
             except Exception as e:
                 rank = index[done[0]]
                 self.close()
-                last = self.where() or "none yet"
                 raise PolicyRankError(f"policy rank {rank} failed ({_last_line(e)}); the run stops. "
-                                      f"Last complete checkpoint: {last} (continue with --resume)") from e
+                                      f"Last complete checkpoint: {self._last()}") from e
         return ray.get(list(refs))
+
+    def _last(self) -> str:
+        """`where()` for an error message: a bare path gets the advice to --resume; a sentence (e.g. the
+        checkpoint this run started from, which --resume would load again) is its own advice."""
+        last = self.where() or "none yet"
+        return last if " " in last else f"{last} (continue with --resume)"
 
     def close(self) -> None:
         import ray

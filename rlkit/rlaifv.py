@@ -38,6 +38,8 @@ from rlkit.data import DataError, PromptStream, load_source, map_columns, open_i
 from rlkit.dpo import DPOConfig, DPODataConfig, DPOSection, check_dpo, run_dpo
 from rlkit.models.loading import load_policy, load_processor, tokenizer_of
 from rlkit.modes import render_prompt
+from rlkit.rlaifv_checks import calibrate_verdicts, no_pairs_reason
+from rlkit.rundir import CONFIG, RLAIFV_RESUMABLE, check_resume_config, claim_new
 from rlkit.runlog import RunLog
 
 
@@ -135,6 +137,7 @@ class LabelerConfig:
     yes: list = dataclasses.field(default_factory=lambda: ["yes", "Yes"])  # answer words summed as P(yes)
     no: list = dataclasses.field(default_factory=lambda: ["no", "No"])  # answer words summed as P(no)
     accept_odds: float = 1.0  # a claim is accepted when P(yes) > accept_odds * P(no) (1: the paper's rule)
+    calibrate: bool = False  # rounds only: accept_odds := each round's median claim odds (an untrained labeler)
     splitter: str = "rule"  # claims from "rule" (deterministic, offline) or "lm" (a language model, prompt in a file)
     questioner: str = "rule"  # yes/no questions from "rule" (templates) or "lm"
     lm_path: str = ""  # model for "lm" splitting/questioning ("": the labeler's model)
@@ -191,6 +194,9 @@ def labeler_config(cfg: LabelerConfig | dict) -> LabelerConfig:
         from rlkit.config import _build
 
         cfg = _build(LabelerConfig, cfg, "labeler.")
+        if cfg.calibrate:  # a dict is GRPO's `labeler:` section; calibration is per RLAIF-V round
+            raise ConfigError("config key 'labeler.calibrate': only `rlkit rlaifv` rounds calibrate; the rlaifv "
+                              "reward uses labeler.accept_odds")
     check_labeler(cfg)
     return cfg
 
@@ -307,6 +313,7 @@ def run_round(cfg: RLAIFVConfig, r: int, model: str, ds, resources: LabelerResou
             res.close()
             del res
             gc.collect()
+    odds = calibrate_verdicts(scores) if L.calibrate else None  # rlkit/rlaifv_checks.py
     audit = rdir / "audit.jsonl"
     audit.unlink(missing_ok=True)
     write_audit(scores, audit, [{"round": r, "row": rows[g].index, "group": g, "tokens": len(c.token_ids)}
@@ -328,6 +335,7 @@ def run_round(cfg: RLAIFVConfig, r: int, model: str, ds, resources: LabelerResou
                "score/none_frac": 1 - len(valued) / max(1, len(scores)),
                "claims/mean": sum(len(s.claims) for s in scores) / max(1, len(scores)),
                "claims/rejected_frac": (sum(s.rejected for s in scores) / max(1, sum(len(s.claims) for s in scores))),
+               **({"labeler/calibrated_odds": odds} if odds is not None else {}),
                "time/sample_s": t_sample, "time/score_s": t_score}
 
     t0 = time.perf_counter()
@@ -337,11 +345,14 @@ def run_round(cfg: RLAIFVConfig, r: int, model: str, ds, resources: LabelerResou
                             model=dataclasses.replace(cfg.model, path=model),
                             data=DPODataConfig(path=str(pairs_dir)), dpo=cfg.dpo, trainer=cfg.trainer,
                             logging=cfg.logging)
-        result = run_dpo(dpo_cfg)
+        result = run_dpo(dpo_cfg, overwrite=True)  # a DPO run left by an unfinished attempt at this round: moved aside
         checkpoint = result.get("checkpoint")
         summary.update({f"dpo/{k[5:]}": v for k, v in result.items() if k.startswith("eval/")})
     elif not pairs:
-        print(f"rlkit: round {r} produced no preference pairs; the next round starts from the same model")
+        why = no_pairs_reason(scores, groups, stats, threshold=cfg.pairs.threshold, calibrate=L.calibrate,
+                              accept_odds=L.accept_odds)
+        summary["no_pairs_reason"] = why
+        print(f"rlkit: round {r} produced no preference pairs: {why}; the next round starts from the same model")
     summary.update({"checkpoint": checkpoint, "time/dpo_s": time.perf_counter() - t0})
     tmp = rdir / "round.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1))
@@ -349,12 +360,17 @@ def run_round(cfg: RLAIFVConfig, r: int, model: str, ds, resources: LabelerResou
     return summary
 
 
-def run_rlaifv(cfg: RLAIFVConfig) -> dict:
-    """All rounds (complete ones are skipped on a rerun); returns the last round's summary."""
+def run_rlaifv(cfg: RLAIFVConfig, overwrite: bool = False) -> dict:
+    """All rounds (complete ones are skipped on a rerun, which must keep the config but for RLAIFV_RESUMABLE
+    keys; `overwrite` moves the earlier run aside instead); returns the last round's summary."""
     from rlkit.grpo import resolve_model
 
     check_rlaifv(cfg)
     out = pathlib.Path(cfg.output_dir)
+    if overwrite or not (out / CONFIG).exists():
+        claim_new(out, overwrite)
+    else:  # a rerun continues the run in out (rlkit/rundir.py)
+        check_resume_config(out, cfg, RLAIFV_RESUMABLE, flag="rerun")
     out.mkdir(parents=True, exist_ok=True)
     ds = map_columns(load_source(cfg.data.source, cfg.data.split, limit=cfg.data.limit, seed=cfg.seed,
                                  **cfg.data.source_kwargs), dict(cfg.data.columns))

@@ -77,6 +77,7 @@ class PolicyWorker(StreamedStep):
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
+        adam_eps: float = 1e-8,
         max_grad_norm: float = 1.0,
         micro_batch_size: int = 64,
         mini_batch_size: int = 0,
@@ -118,7 +119,7 @@ class PolicyWorker(StreamedStep):
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("model.freeze leaves no trainable parameter")
-        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=adam_eps)
         self.max_grad_norm = max_grad_norm
         self.micro_batch_size = max(1, micro_batch_size)
         if mini_batch_size < 0 or ppo_epochs < 1:
@@ -181,7 +182,8 @@ class PolicyWorker(StreamedStep):
                                        always=self.sharded))  # fsdp2: the same path on every rank
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                     logits_to_keep=batch["Tc"] + 1, use_cache=False, **kwargs)
-        logits = out.logits[:, :-1].float()
+        logits = out.logits[:, :-1]
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float32 at least (float64 stays)
         if self.temperature != 1.0:
             logits = logits / self.temperature
         logp_all = torch.log_softmax(logits, dim=-1)

@@ -1,4 +1,4 @@
-"""docs/rlaifv.md's configuration reference is current, and (once the CLI patch is in) `rlkit dpo` / `rlkit rlaifv`
+"""docs/rlaifv.md's configuration reference is current, and `rlkit dpo` / `rlkit rlaifv`
 load their configs and fail on a bad key with exit status 2."""
 import importlib.util
 import pathlib

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from _updates import assert_same_update
 
 from rlkit.data import open_image
 from rlkit.data.easy_vqa import load_easy_vqa
@@ -63,8 +64,8 @@ def test_text_logprobs_match_direct_computation(tiny_text_path):
 @pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
 def test_micro_batching_gives_the_same_update(tiny_vlm_path, aggregation):
     opts = {"aggregation": aggregation, "norm_length": 4}
-    whole = PolicyWorker(tiny_vlm_path, micro_batch_size=64, loss_opts=opts)
-    split = PolicyWorker(tiny_vlm_path, micro_batch_size=2, loss_opts=opts)
+    whole = PolicyWorker(tiny_vlm_path, micro_batch_size=64, loss_opts=opts, dtype="float64")
+    split = PolicyWorker(tiny_vlm_path, micro_batch_size=2, loss_opts=opts, dtype="float64")
     for w in (whole, split):  # SGD: the update is proportional to the gradient (Adam's first step is not)
         w.optimizer = torch.optim.SGD([p for p in w.model.parameters() if p.requires_grad], lr=1.0)
         w.max_grad_norm = 0
@@ -75,8 +76,9 @@ def test_micro_batching_gives_the_same_update(tiny_vlm_path, aggregation):
     a, b = whole.state_dict(), split.state_dict()
     moved = max(float((a[k] - before[k]).abs().max()) for k in a)
     assert moved > 1e-4  # the step did something
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    # SGD at lr 1: the weights differ by the gradients' rounding, ~1e-7 of the update (float64 but for
+    # transformers' float32 RMSNorm); compared in norm per tensor (tests/_updates.py), not element by element
+    assert_same_update(b, a, before, rel=1e-4)
 
 
 def test_full_policy_trains_and_freeze_holds(tiny_vlm_path):

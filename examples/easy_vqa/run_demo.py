@@ -102,7 +102,7 @@ def run_seed(seed: int, args) -> dict:
     cfg = load_config(GRPOConfig, HERE / "grpo.yaml", [
         f"output_dir={out / 'grpo'}", f"seed={seed}", f"model.path={cold}", f"max_steps={args.grpo_steps}",
         f"rollout.max_tokens={args.max_tokens}", *args.overrides])
-    summary = run_grpo(cfg)
+    summary = run_grpo(cfg, overwrite=True)  # a rerun of the demo: an earlier grpo/ run is moved aside
     T["grpo"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -79,7 +79,7 @@ def main() -> None:
     cfg = load_config(GRPOConfig, pathlib.Path(__file__).with_name("grpo.yaml"),
                       [f"output_dir={out / 'grpo'}", f"model.path={base}", f"data.source={train}",
                        f"max_steps={a.steps}", f"rollout.max_tokens={a.max_tokens}", *a.overrides])
-    summary = run_grpo(cfg)
+    summary = run_grpo(cfg, overwrite=True)  # a rerun of the script: an earlier grpo/ run is moved aside
     metrics = [json.loads(line) for line in (out / "grpo" / "metrics.jsonl").read_text().splitlines()]
     after = accuracy(summary["checkpoint"], test, a.max_tokens)
     result = {"task": a.task, "steps": a.steps, "convert_s": round(convert_s, 1),

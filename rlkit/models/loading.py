@@ -11,7 +11,10 @@ import pathlib
 
 import torch
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# float64 is for the policy worker alone (vLLM serves float32 or lower): tests that compare two computations of
+# the same update (sharded vs replicate, streamed vs whole) run in it, so that summation-order rounding stays
+# ~1e-16 relative and cannot be amplified past their bounds by Adam (tests/test_fsdp.py).
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 # Parameter-name fragments that identify the parts of a vision-language model (Qwen2-VL/2.5-VL, LLaVA, MiniCPM-V).
 PROJECTOR_KEYS = ("visual.merger", "multi_modal_projector", "mm_projector", "resampler")

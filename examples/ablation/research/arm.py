@@ -46,7 +46,7 @@ def main() -> int:
         f"output_dir={args.out}", f"model.path={args.cold}", f"logging.save_every={args.every}",
         "logging.keep_checkpoints=0", "logging.progress=false", *args.overrides])
     t = time.perf_counter()
-    run_grpo(grpo)
+    run_grpo(grpo, overwrite=True)  # a rerun of the arm: an earlier run in --out is moved aside
     wall = time.perf_counter() - t
     rows = [dict(r) for r in load_source("arith_chain", "test", limit=args.eval_n, seed=grpo.seed)]
     proc = load_processor(args.cold)
