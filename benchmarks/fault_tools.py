@@ -200,6 +200,16 @@ def logged_steps(out: pathlib.Path) -> list[int]:
     return [rec["step"] for rec in _records(out / "metrics.jsonl")]
 
 
+def step_lines(out: pathlib.Path) -> dict[int, str]:
+    """metrics.jsonl's whole lines by step (the last line of a step, if a step appears twice)."""
+    p, found = out / "metrics.jsonl", {}
+    if p.exists():
+        for line in p.read_text(errors="replace").splitlines():
+            if _whole(line):
+                found[json.loads(line)["step"]] = line
+    return found
+
+
 def _records(path: pathlib.Path) -> list[dict]:
     out = []
     if path.exists():

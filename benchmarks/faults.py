@@ -39,8 +39,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from fault_tools import (GRACE_S, ROOT, Run, RowFailed, all_metrics, check, check_finished, ckpt_dir,  # noqa: E402
-                         complete_steps, describe, error_line, last_line, last_metrics, logged_steps, lost, outcome, snapshot,
-                         tracebacks, wait_until)
+                         complete_steps, describe, error_line, last_line, last_metrics, logged_steps, lost, outcome,
+                         snapshot, step_lines, tracebacks, wait_until)
 
 MAX_STEPS = 3
 RUN_TIMEOUT_S = 420.0  # a run still going after this is hung (a 3-step run takes ~40 s on 2 quiet cores)
@@ -119,23 +119,31 @@ def _finish(run: Run, what: str) -> int:
 
 
 def _resume(ctx: Ctx, row: Row, out: pathlib.Path, before: dict, final_step: int = MAX_STEPS,
-            stopped: Run | None = None, **over) -> None:
+            stopped: Run | None = None, **over) -> Run:
     """--resume `out` to the end: it must finish, log each step once, and lose nothing of `before`. `stopped`:
     the run that ended at the fault, checked for processes left behind once the resumed run is done (the
     check's 60 s then overlap the resume)."""
     from_step = before["steps"][-1] if before["steps"] else 0
+    old = step_lines(out)
     run = ctx.start(out, "resume", resume=True, **over)
     rc = _finish(run, "the resumed run")
     obs = outcome(rc, run.text())
-    row.resumed = f"{'yes' if obs == 'survived' else 'no: ' + obs}, from step {from_step}"
+    row.resumed = f"no: {obs}"
     row.notes["resume_error"] = error_line(run.text()) if rc else ""
     row.notes["resume_tracebacks"] = tracebacks(run.text())
     if stopped is not None:
         _no_leftovers(row, stopped, "the stopped run")
     check(obs == "survived", f"--resume {obs}: {error_line(run.text()) or last_line(run.text())}")
+    # where it resumed from, as observed: the first step whose metrics line is new (wall times differ) - 1
+    new = step_lines(out)
+    redone = min([s for s in new if old.get(s) != new[s]] or [max(old, default=0) + 1])
+    row.resumed = f"yes, from step {redone - 1}"
+    check(redone - 1 == from_step, f"--resume continued from step {redone - 1}, not from step {from_step} "
+                                   "(the newest intact checkpoint)")
     row.data_lost = lost(before, out)
     check_finished(out, final_step)
     _no_leftovers(row, run, "the resumed run")
+    return run
 
 
 def _no_leftovers(row: Row, run: Run, what: str) -> None:
@@ -309,9 +317,11 @@ def damaged_checkpoint(ctx: Ctx, row: Row) -> None:
     before["logged"] = [s for s in before["logged"] if s < MAX_STEPS]
     t0 = time.monotonic()
     try:
-        _resume(ctx, row, out, before, final_step=MAX_STEPS + 1, max_steps=str(MAX_STEPS + 1))
+        run = _resume(ctx, row, out, before, final_step=MAX_STEPS + 1, max_steps=str(MAX_STEPS + 1))
     finally:
         row.notes["resume_s"] = round(time.monotonic() - t0, 1)
+    if "model.safetensors" not in run.text():
+        row.problems.append("--resume did not say which file of the damaged checkpoint is damaged")
     row.steps_lost = 1  # the damaged step is redone from the previous checkpoint
 
 
@@ -413,13 +423,13 @@ def run_row(ctx: Ctx, name: str, fn, fault: str, expected: str) -> Row:
 
 
 def table(rows: list[Row]) -> str:
-    head = "| fault | expected | observed | resumed | steps lost | data lost | time s | result |"
-    out = [head, "| --- | --- | --- | --- | ---: | --- | ---: | --- |"]
+    head = "| row | fault | expected | observed | resumed | steps lost | data lost | time s | result |"
+    out = [head, "| --- | --- | --- | --- | --- | ---: | --- | ---: | --- |"]
     for r in rows:
         lost_ = "none" if not r.data_lost else "; ".join(r.data_lost)
         steps = "-" if r.steps_lost is None else str(r.steps_lost)
-        res = r.result if r.result == "PASS" else f"**FAIL**: {r.detail}"
-        out.append(f"| {r.name}: {r.fault} | {r.expected} | {r.observed or '-'} | {r.resumed} | {steps} | {lost_} | "
+        res = r.result if r.result == "PASS" else f"**FAIL**: {r.detail[:240]}"
+        out.append(f"| {r.name} | {r.fault} | {r.expected} | {r.observed or '-'} | {r.resumed} | {steps} | {lost_} | "
                    f"{r.time_s:.0f} | {res} |")
     return "\n".join(out)
 
