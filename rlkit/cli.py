@@ -9,6 +9,8 @@
 
 Config errors are printed as one line naming the key, with exit status 2, before anything starts; a reward that
 keeps failing (rlkit/reward_health.py) stops a run with one such line, naming the reward and the last checkpoint.
+grpo, dpo and rlaifv print rlkit's own lines, a progress bar and a summary at the end; the output of vLLM, Ray
+and transformers goes to output_dir/logs/ (`--verbose`: to the console too; rlkit/console.py).
 """
 from __future__ import annotations
 
@@ -27,34 +29,50 @@ def _quiet_defaults() -> None:
     apply_defaults()
 
 
+def _claim(cfg, args) -> None:
+    """A new run's output_dir is claimed (refused when it holds another run; --overwrite moves that run aside)
+    before the run's log folder is made in it, so the log folder never lands inside the run moved aside. The
+    driver's own check (rlkit/rundir.py open_run) then finds the folder free."""
+    from rlkit.rundir import claim_new
+
+    if not args.resume:
+        claim_new(cfg.output_dir, args.overwrite)
+
+
 def cmd_grpo(args) -> int:
     from rlkit.config import GRPOConfig, load_config
+    from rlkit.console import run_console
     from rlkit.grpo import run_grpo
 
     cfg = load_config(GRPOConfig, args.config, args.overrides)
-    summary = run_grpo(cfg, resume=args.resume, overwrite=args.overwrite)
-    print({k: summary[k] for k in ("step", "reward/mean", "checkpoint") if k in summary})
+    _claim(cfg, args)
+    with run_console(cfg, "grpo", args.verbose) as run:
+        run["summary"] = run_grpo(cfg, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
 def cmd_dpo(args) -> int:
     from rlkit.config import load_config
+    from rlkit.console import run_console
     from rlkit.dpo import DPOConfig, run_dpo
 
     cfg = load_config(DPOConfig, args.config, args.overrides)
-    summary = run_dpo(cfg, resume=args.resume, overwrite=args.overwrite)
-    print({k: summary[k] for k in ("step", "eval/loss", "eval/rewards/accuracies", "eval/rewards/margins", "checkpoint")
-           if k in summary})
+    _claim(cfg, args)
+    with run_console(cfg, "dpo", args.verbose) as run:
+        run["summary"] = run_dpo(cfg, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
 def cmd_rlaifv(args) -> int:
     from rlkit.config import load_config
+    from rlkit.console import run_console
     from rlkit.rlaifv import RLAIFVConfig, run_rlaifv
 
     cfg = load_config(RLAIFVConfig, args.config, args.overrides)
-    summary = run_rlaifv(cfg, overwrite=args.overwrite)
-    print({k: summary[k] for k in ("round", "pairs/kept", "dpo/rewards/accuracies", "model") if k in summary})
+    if args.overwrite:  # a rerun continues (complete rounds skipped); --overwrite moves the old run aside first
+        _claim(cfg, args)
+    with run_console(cfg, "rlaifv", args.verbose) as run:
+        run["summary"] = run_rlaifv(cfg, overwrite=args.overwrite)
     return 0
 
 
@@ -109,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--config", required=False, help="YAML config file")
     g.add_argument("--resume", action="store_true", help="continue the run in output_dir from its newest intact checkpoint")
     g.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    g.add_argument("-v", "--verbose", action="store_true",
+                   help="also show vLLM/Ray/transformers INFO and WARNING output (always in output_dir/logs/)")
     g.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.lr=3e-4 max_steps=20")
     g.set_defaults(fn=cmd_grpo)
 
@@ -116,12 +136,16 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--config", required=False, help="YAML config file")
     d.add_argument("--resume", action="store_true", help="continue the run in output_dir from its newest intact checkpoint")
     d.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    d.add_argument("-v", "--verbose", action="store_true",
+                   help="also show vLLM/Ray/transformers INFO and WARNING output (always in output_dir/logs/)")
     d.add_argument("overrides", nargs="*", help="dotted overrides, e.g. dpo.beta=0.1 data.path=pairs/")
     d.set_defaults(fn=cmd_dpo)
 
     r = sub.add_parser("rlaifv", help="iterative RLAIF-V: sample, score claims, build pairs, DPO; complete rounds are skipped")
     r.add_argument("--config", required=False, help="YAML config file")
     r.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    r.add_argument("-v", "--verbose", action="store_true",
+                   help="also show vLLM/Ray/transformers INFO and WARNING output (always in output_dir/logs/)")
     r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rounds=3 labeler.path=policy")
     r.set_defaults(fn=cmd_rlaifv)
 

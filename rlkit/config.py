@@ -138,6 +138,7 @@ class LoggingConfig:
     save_every: int = 0  # write a checkpoint every N steps (0: only at the end)
     keep_checkpoints: int = 2  # newest checkpoints kept on disk (0: keep all)
     log_samples: bool = True  # write samples.jsonl (one object per scored completion)
+    verbose: bool = False  # also show third-party INFO/WARNING output (vLLM, Ray, transformers, torch) on the console (`--verbose`); it always goes to output_dir/logs/
 
 
 @dataclasses.dataclass

@@ -214,7 +214,6 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> 
     rows_src.skipped = state.get("skipped_rows", 0)
     tokens_total = state.get("tokens_sampled_total", 0)
     mode_metrics = ModeMetrics(p.accuracy_reward, state.get("mode_tokens_sampled_total"))
-    processor = load_processor(p.start_model)
     adv_fn = get_advantage_fn(cfg.algorithm.advantage)
     group_filter = get_filter(cfg.algorithm.group_filter, **cfg.algorithm.group_filter_opts)
     group_filter.load_state_dict(state.get("group_filter", {}))
@@ -227,6 +226,7 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> 
     placement = _placement(cfg)
     policy = _policy(cfg, p.start_model, p.base_model, p.out, placement)
     engine = _engines(cfg, p.start_model, placement)
+    processor = load_processor(p.start_model)  # while the actors start
     engine.restarts = state.get("rollout_worker_restarts", 0)
     p.resources.policy = PolicyLogprobs(policy.leader, tokenizer_of(processor))
     p.scorer.start()  # reward worker processes warm up while the engine starts
@@ -235,6 +235,10 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> 
     held_out = _held_out(cfg, p, engine, processor)
     last: dict = {}
     can_sleep = cfg.rollout.sleep
+    from rlkit.orchestration import wait_ready  # the bar (and its rate, its time left) starts with the first step
+
+    startup_s = wait_ready([*policy.ranks, *engine.actors], f"{cfg.trainer.num_ranks} policy rank(s) and "
+                           f"{cfg.rollout.num_workers} {cfg.rollout.engine} rollout engine(s)")
     bar = tqdm(total=cfg.max_steps, initial=start, disable=not cfg.logging.progress, desc="grpo", unit="step")
     try:
         if held_out and start == 0:  # the curve's starting point: the initial policy
@@ -334,7 +338,7 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> 
         for group in (engine, policy):
             group.close()
         placement.remove()
-    return last
+    return {**last, "time/startup_s": startup_s}
 
 
 def _held_out(cfg: GRPOConfig, p: Prepared, engine, processor) -> HeldOutEval | None:

@@ -19,6 +19,8 @@ import dataclasses
 import os
 import time
 
+from rlkit.console import LOG_DIR_ENV, VERBOSE_ENV
+
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -33,6 +35,8 @@ def actor_env(num_cpus: float, extra: dict | None = None) -> dict:
         "TRANSFORMERS_VERBOSITY": os.environ.get("TRANSFORMERS_VERBOSITY", "error"),
         "HF_HUB_DISABLE_PROGRESS_BARS": os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
     })
+    if LOG_DIR_ENV in os.environ:  # the run's log folder; vLLM logs as usual there (rlkit/console.py)
+        env.update({k: os.environ[k] for k in (LOG_DIR_ENV, VERBOSE_ENV)}, VLLM_CONFIGURE_LOGGING="1")
     env.update(extra or {})
     return env
 
@@ -49,6 +53,9 @@ def init_ray(address: str = "", num_cpus: int = 0, loopback: bool = True) -> Non
     """
     import ray
 
+    from rlkit.console import adopt_library_loggers
+
+    adopt_library_loggers()  # Ray's logger prints to the console on its own: into the run's log instead
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -69,6 +76,9 @@ def init_ray(address: str = "", num_cpus: int = 0, loopback: bool = True) -> Non
             _node_ip_address="127.0.0.1",
             log_to_driver=True,
             configure_logging=False,
+            # no idle Python workers started in advance: rlkit's actors carry their own environment, so Ray
+            # never hands them one, and on a small machine their start-up takes CPU from the actors' own
+            _system_config={"prestart_worker_first_driver": False, "enable_worker_prestart": False},
         )
 
 
@@ -180,14 +190,33 @@ def spawn(cls, *args, num_cpus: float = 1.0, num_gpus: float = 0.0, env: dict | 
             placement_group=bundle[0], placement_group_bundle_index=bundle[1],
             placement_group_capture_child_tasks=True)  # e.g. vLLM's own workers stay in the bundle
         env["RLKIT_BUNDLE"] = str(bundle[1])  # Ray does not tell an actor its bundle index (`where_am_i`)
+    runtime_env = {"env_vars": actor_env(num_cpus, {"RLKIT_ACTOR_NAME": cls.__name__, **env})}
     actor_cls = ray.remote(cls).options(
         num_cpus=num_cpus,
         num_gpus=num_gpus,
-        runtime_env={"env_vars": actor_env(num_cpus, env)},
+        runtime_env=runtime_env,
         max_concurrency=1,
         **options,
     )
     return actor_cls.remote(*args, **kwargs)
+
+
+def wait_ready(actors: list, what: str) -> float:
+    """Wait until every actor's constructor has finished (model loaded, vLLM started), saying what it waits for;
+    returns the seconds since the run started (`rlkit.console.since_start`). A constructor that failed is not
+    raised here: the first call to that actor raises it, where the pools handle it (restart, or stop naming
+    the rank)."""
+    import ray
+
+    from rlkit.console import duration, say, since_start
+
+    t0 = time.perf_counter()
+    say(f"starting {what} ...")
+    refs = [a.__ray_ready__.remote() for a in actors]
+    ray.wait(refs, num_returns=len(refs), fetch_local=False)
+    dt = since_start(t0)
+    say(f"{what} ready; {duration(dt)} since the start; training")
+    return dt
 
 
 def where_am_i() -> dict:
@@ -212,12 +241,18 @@ class EngineActor:
     """A rollout engine (`rollout.make_engine(kind, ...)`) as the body of a Ray actor."""
 
     def __init__(self, kind: str, **kwargs):
+        from rlkit.console import actor_setup
+
+        actor_setup()  # this actor's output to the run's log folder, when it has one (rlkit/console.py)
         import torch
 
         from rollout import make_engine
 
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         self.engine = make_engine(kind, **kwargs)
+        from rlkit.console import errors_to_console
+
+        errors_to_console("vllm")  # vLLM replaced its logger's handlers when it was imported
 
     def generate(self, requests, sampling):
         return self.engine.generate(requests, sampling)

@@ -137,6 +137,12 @@ class EnginePool:
 class PolicyRank(PolicyWorker):
     """A policy worker that can host its group's rendezvous (the body of a policy rank actor)."""
 
+    def __init__(self, *args, **kwargs):
+        from rlkit.console import actor_setup
+
+        actor_setup()  # this actor's output to the run's log folder, when it has one (rlkit/console.py)
+        super().__init__(*args, **kwargs)
+
     def rendezvous_address(self) -> tuple[str, int]:
         """(this node's IP as Ray sees it, a free TCP port on it); 127.0.0.1 under a local Ray."""
         import ray

@@ -171,6 +171,17 @@ def _on_cpu() -> bool:
     return current_platform.is_cpu()
 
 
+def _inspect_models_in_process() -> None:
+    """vLLM learns what a model class supports by importing it in a new Python process ("to avoid initializing
+    CUDA"), which on a machine's first run (its cache, ~/.cache/vllm/modelinfos, is empty) costs a second vLLM
+    import: 10-20 s of a 2-core machine. Its CPU build has no CUDA to protect: inspect in this process, which
+    imports the model class anyway to build the model (docs/performance.md, start-up)."""
+    from vllm.model_executor.models import registry
+
+    if callable(getattr(registry, "_run_in_subprocess", None)):
+        registry._run_in_subprocess = lambda fn: fn()
+
+
 class VLLMEngine:
     """`vllm.LLM` behind the `rollout.base.Engine` interface.
 
@@ -215,6 +226,8 @@ class VLLMEngine:
         self.is_multimodal = "vision_config" in cfg
         self.placeholder_ids = placeholder_token_ids(cfg) if self.is_multimodal else []
         on_cpu = _on_cpu()
+        if on_cpu:
+            _inspect_models_in_process()
         kwargs: dict[str, Any] = dict(
             model=self.model_path,
             dtype=dtype or ("float32" if on_cpu else "bfloat16"),

@@ -93,6 +93,31 @@ def test_cli_refuses_a_used_dir_with_exit_2_and_one_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("rlkit: error: output_dir") and "--overwrite" in lines[0]
 
 
+def test_cli_claims_the_dir_before_the_run_log_folder(tmp_path):
+    """rlkit grpo: a refused start writes nothing into the other run's folder; with --overwrite the old run is
+    moved aside before this run's logs/ is made, so the new logs sit in output_dir, none in the moved run."""
+    import argparse
+    import logging
+
+    from rlkit.cli import _claim
+    from rlkit.console import run_console
+
+    out = fake_run(tmp_path / "run", steps=[1])
+    cfg = grpo_cfg(out)
+    with pytest.raises(RunDirError):
+        _claim(cfg, argparse.Namespace(resume=False, overwrite=False))
+    assert not (out / "logs").exists()
+    _claim(cfg, argparse.Namespace(resume=False, overwrite=True))
+    with run_console(cfg, "grpo") as run:
+        logging.getLogger("transformers").warning("a line of the new run")
+        run["summary"] = {}
+    (old,) = tmp_path.glob("run.old-*")
+    assert (old / "checkpoints" / "step_1").is_dir() and not (old / "logs").exists()
+    (driver_log,) = (out / "logs").glob("grpo-*/driver.log")
+    assert "a line of the new run" in driver_log.read_text()
+    assert holds_run(out) == []  # only logs/: free for the driver's own check (open_run)
+
+
 def test_dpo_and_rlaifv_apply_the_same_rules(tmp_path):
     from rlkit.config import dump_config
     from rlkit.dpo import DPOConfig, run_dpo

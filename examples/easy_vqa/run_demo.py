@@ -76,9 +76,11 @@ def fmt(res: dict) -> str:
 
 def run_seed(seed: int, args) -> dict:
     from rlkit.config import GRPOConfig, load_config
+    from rlkit.console import run_console
     from rlkit.data.easy_vqa import load_easy_vqa
     from rlkit.grpo import run_grpo
     from rlkit.models.loading import build_tiny
+    from rlkit.rundir import claim_new
 
     out = pathlib.Path(args.output_dir) / f"seed_{seed}"
     out.mkdir(parents=True, exist_ok=True)
@@ -102,7 +104,9 @@ def run_seed(seed: int, args) -> dict:
     cfg = load_config(GRPOConfig, HERE / "grpo.yaml", [
         f"output_dir={out / 'grpo'}", f"seed={seed}", f"model.path={cold}", f"max_steps={args.grpo_steps}",
         f"rollout.max_tokens={args.max_tokens}", *args.overrides])
-    summary = run_grpo(cfg, overwrite=True)  # a rerun of the demo: an earlier grpo/ run is moved aside
+    claim_new(cfg.output_dir, overwrite=True)  # a rerun of the demo: an earlier grpo/ run is moved aside
+    with run_console(cfg, "grpo") as run:  # vLLM's and Ray's output to output_dir/logs/, a summary at the end
+        summary = run["summary"] = run_grpo(cfg)
     T["grpo"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -1,0 +1,208 @@
+"""Start-up of a tiny-model GRPO run, phase by phase: from the command to the first rollout.
+
+    python benchmarks/startup.py [--base /path/to/other/checkout] [--reps 3] [--out FILE.json] [key=value ...]
+
+Each repetition runs `rlkit grpo --config examples/easy_vqa/grpo.yaml` (the README's first example: a tiny
+vision-language model built from its config, vLLM rollout, one policy actor) in a fresh process and a fresh
+output_dir, and stops it when the first rollout has come back. The times are seconds since the command was
+launched, taken in that process by wrapping the tree's own functions (so they measure any tree that has them):
+
+    python      the interpreter runs the first line of this script
+    imports     `rlkit.cli` and `rlkit.grpo` imported (torch, transformers, datasets, ...)
+    prepare     `rlkit.grpo.prepare` returned (config checks, data, the tiny model built, rewards)
+    ray_init    `rlkit.orchestration.init_ray` returned
+    policy      the policy actor's constructor finished (Ray's `__ray_ready__`, asked right after the spawn)
+    engine      the engine actor's constructor finished (vLLM started)
+    rollout     the first step's rollout and rewards are back (`rlkit.grpo.collect` returned)
+
+and `cpu_s`, the CPU seconds the command's whole process tree (driver, Ray's processes, the actors) used until
+then: on a loaded machine the wall times above stretch with the load, the work much less.
+
+With `--base`, the other tree (e.g. `git worktree add --detach DIR a7d7561`) runs in the same repetitions,
+alternating which side goes first, so both see the same machine load; the load average (os.getloadavg) is
+recorded before each run. Prints a table of medians and writes the JSON (all runs) to --out.
+"""
+from __future__ import annotations
+
+import time
+
+_T_PYTHON = time.time()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import pathlib  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+
+PHASES = ("python", "imports", "prepare", "ray_init", "policy", "engine", "rollout")
+HERE = pathlib.Path(__file__).resolve().parents[1]
+
+
+class _Stop(Exception):
+    """Raised after the first rollout: the run's own clean-up closes the actors."""
+
+
+def child(t0: float, trace: str, argv: list[str]) -> int:
+    """In the measured process (cwd and PYTHONPATH: the tree under test)."""
+    marks: dict[str, float] = {"python": _T_PYTHON - t0}
+    lock = threading.Lock()
+
+    def mark(name: str) -> None:
+        with lock:
+            marks.setdefault(name, time.time() - t0)
+
+    import rlkit.cli as cli
+    import rlkit.grpo as grpo
+    import rlkit.orchestration as orch
+
+    mark("imports")
+
+    def wrap_end(module, name, phase, after=None):
+        fn = getattr(module, name)
+
+        def wrapped(*a, **k):
+            out = fn(*a, **k)
+            mark(phase)
+            if after:
+                after(out)
+            return out
+
+        setattr(module, name, wrapped)
+
+    wrap_end(grpo, "prepare", "prepare")
+    wrap_end(orch, "init_ray", "ray_init")
+
+    spawn = orch.spawn
+
+    def spawn_watched(cls, *a, **k):
+        handle = spawn(cls, *a, **k)
+        phase = "engine" if "Engine" in cls.__name__ else "policy"
+
+        def wait():
+            import ray
+
+            try:
+                ray.get(handle.__ray_ready__.remote())
+                mark(phase)
+            except Exception:
+                pass
+
+        threading.Thread(target=wait, daemon=True).start()
+        return handle
+
+    orch.spawn = spawn_watched
+
+    def stop(_):
+        marks["cpu_s"] = tree_cpu_seconds(os.getpid())
+        raise _Stop
+
+    wrap_end(grpo, "collect", "rollout", after=stop)
+    try:
+        cli.main(["grpo", *argv])
+    except _Stop:
+        pass
+    pathlib.Path(trace).write_text(json.dumps(marks))
+    return 0
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process `pid` and every live descendant (Ray's GCS, raylet,
+    agents, the actors; children that exited and were reaped count through their parent's cutime/cstime):
+    the start-up's work, which, unlike its wall time, hardly depends on what else the machine runs."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(d)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))  # ppid, utime+stime+cutime+cstime
+    children: dict[int, list] = {}
+    for p, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(p)
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += stats.get(p, (0, 0))[1]
+        todo += children.get(p, [])
+    return total / tick
+
+
+def run_once(root: pathlib.Path, overrides: list[str], timeout_s: float, fresh_vllm_cache: bool = False) -> dict:
+    out_dir = tempfile.mkdtemp(prefix="rlkit-startup-")
+    trace = os.path.join(out_dir, "trace.json")
+    env = dict(os.environ, PYTHONPATH=str(root), RLKIT_BENCH_T0=repr(time.time()))
+    if fresh_vllm_cache:  # as on a machine's first run: vLLM has no cached model-class facts (modelinfos)
+        env["VLLM_CACHE_ROOT"] = os.path.join(out_dir, "vllm-cache")
+    load = os.getloadavg()[0]
+    t0 = float(env["RLKIT_BENCH_T0"])
+    cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--child", "--t0", repr(t0), "--trace", trace,
+           "--", "--config", "examples/easy_vqa/grpo.yaml", f"output_dir={out_dir}/run", "max_steps=1", *overrides]
+    p = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout_s)
+    wall = time.time() - t0
+    if p.returncode != 0 or not os.path.exists(trace):
+        raise RuntimeError(f"startup run in {root} failed (exit {p.returncode}):\n{p.stderr[-3000:]}")
+    marks = json.loads(pathlib.Path(trace).read_text())
+    return {"marks": marks, "load1": load, "wall_s": wall, "console_lines": len(p.stdout.splitlines())
+            + len(p.stderr.replace("\r", "\n").splitlines())}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base", default="", help="the other source tree ('before'); omitted: this tree alone")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--out", default="", help="JSON output (default: print only)")
+    ap.add_argument("--timeout-s", type=float, default=600)
+    ap.add_argument("--fresh-vllm-cache", action="store_true",
+                    help="an empty VLLM_CACHE_ROOT for every run (a machine's first run)")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--t0", type=float, default=0.0, help=argparse.SUPPRESS)
+    ap.add_argument("--trace", default="", help=argparse.SUPPRESS)
+    ap.add_argument("overrides", nargs="*", help="dotted overrides for both sides, e.g. rollout.num_cpus=1")
+    args = ap.parse_args()
+    if args.child:
+        return child(args.t0, args.trace, args.overrides)
+
+    sides = {"this": HERE}
+    if args.base:
+        sides = {"base": pathlib.Path(args.base).resolve(), "this": HERE}
+    runs: dict[str, list] = {s: [] for s in sides}
+    for rep in range(args.reps):
+        order = list(sides) if rep % 2 == 0 else list(reversed(sides))
+        for side in order:
+            r = run_once(sides[side], args.overrides, args.timeout_s, args.fresh_vllm_cache)
+            runs[side].append(r)
+            print(f"rep {rep} {side}: first rollout at {r['marks'].get('rollout', float('nan')):.1f} s "
+                  f"(load {r['load1']:.2f})", flush=True)
+
+    def med(side, phase):
+        vals = [r["marks"][phase] for r in runs[side] if phase in r["marks"]]
+        return statistics.median(vals) if vals else float("nan")
+
+    header = "phase (s since command)".ljust(26) + "".join(f"{s:>10}" for s in sides)
+    print("\n" + header)
+    for phase in PHASES:
+        print(phase.ljust(26) + "".join(f"{med(s, phase):>10.1f}" for s in sides))
+    print("CPU s to the first rollout".ljust(26) + "".join(f"{med(s, 'cpu_s'):>10.1f}" for s in sides))
+    print("console lines".ljust(26) + "".join(f"{statistics.median(r['console_lines'] for r in runs[s]):>10.0f}"
+                                              for s in sides))
+    loads = [r["load1"] for s in sides for r in runs[s]]
+    print(f"load average (1 min) before each run: {min(loads):.2f}-{max(loads):.2f} on {os.cpu_count()} cores")
+    result = {"phases": list(PHASES), "cpus": os.cpu_count(), "overrides": args.overrides,
+              "fresh_vllm_cache": args.fresh_vllm_cache,
+              "sides": {s: str(p) for s, p in sides.items()},
+              "median": {s: {ph: med(s, ph) for ph in (*PHASES, "cpu_s")} for s in sides}, "runs": runs}
+    if args.out:
+        pathlib.Path(args.out).write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

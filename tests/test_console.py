@@ -1,0 +1,131 @@
+"""The console: third-party output goes to the run's log folder (errors still show), the progress bar starts
+with the first step, and each command ends with a readable summary (rlkit/console.py)."""
+import json
+import logging
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import textwrap
+
+from rlkit import console
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+CHILD = textwrap.dedent("""
+    import logging, os, sys
+    from rlkit.console import capture_process_output
+    path = capture_process_output(sys.argv[1], "Actor", verbose=sys.argv[2] == "1")
+    print("INFO 12-03 [core.py:1] engine started")           # what vLLM prints at INFO
+    os.write(2, b"[W1203 utils.cpp:68] Warning: NUMA binding\\n")  # C++ straight to file descriptor 2
+    logging.getLogger("vllm").warning("a vLLM warning")
+    logging.getLogger("some.lib").error("a real ERROR")
+    print(path)
+""")
+
+
+def _child(tmp_path, verbose: bool):
+    return subprocess.run([sys.executable, "-c", CHILD, str(tmp_path), "1" if verbose else "0"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_actor_output_goes_to_the_log_file_and_only_errors_to_the_console(tmp_path):
+    r = _child(tmp_path, verbose=False)
+    assert r.returncode == 0, r.stderr
+    (log,) = tmp_path.glob("Actor-*.log")
+    text = log.read_text()
+    for line in ("engine started", "NUMA binding", "a vLLM warning", "a real ERROR", str(log)):
+        assert line in text
+    console_out = r.stdout + r.stderr
+    assert "a real ERROR" in console_out
+    assert "engine started" not in console_out and "NUMA" not in console_out and "vLLM warning" not in console_out
+
+
+def test_verbose_actor_output_reaches_both(tmp_path):
+    r = _child(tmp_path, verbose=True)
+    assert r.returncode == 0, r.stderr
+    (log,) = tmp_path.glob("Actor-*.log")
+    for line in ("engine started", "NUMA binding", "a vLLM warning", "a real ERROR"):
+        assert line in log.read_text() and line in r.stdout + r.stderr
+
+
+def test_driver_library_records_go_to_the_file(tmp_path, capfd):
+    lib = logging.getLogger("transformers")
+    own = logging.StreamHandler(sys.stderr)  # a library's own console handler, as transformers has
+    lib.addHandler(own)
+    try:
+        log_dir = console.start_run_log(tmp_path, "grpo")
+        assert os.environ[console.LOG_DIR_ENV] == str(log_dir.resolve())
+        lib.warning("a transformers warning")
+        lib.error("a transformers error")
+        console.stop_run_log()
+    finally:
+        lib.removeHandler(own)
+    err = capfd.readouterr().err
+    assert "a transformers error" in err and "a transformers warning" not in err
+    text = (log_dir / "driver.log").read_text()
+    assert "a transformers warning" in text and "a transformers error" in text
+    assert console.LOG_DIR_ENV not in os.environ
+
+
+def test_an_empty_log_folder_is_removed(tmp_path):
+    log_dir = console.start_run_log(tmp_path, "grpo")
+    console.stop_run_log()  # e.g. a config error before anything was logged
+    assert not log_dir.exists() and not (tmp_path / "logs").exists() and tmp_path.exists()
+    log_dir = console.start_run_log(tmp_path / "new" / "run", "dpo")  # an output_dir that did not exist
+    console.stop_run_log()
+    assert not (tmp_path / "new").exists()
+
+
+def test_grpo_summary_names_scores_checkpoint_logs_and_time(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 0, "eval/fast/accuracy": 0.25}) + "\n")
+    lines = console.summary_lines("grpo", {"step": 20, "reward/mean": 0.5, "eval/fast/accuracy": 0.75,
+                                           "eval/fast/tokens_mean": 3.0, "time/startup_s": 14.2,
+                                           "checkpoint": str(tmp_path / "checkpoints/step_20")},
+                                  tmp_path, 95.0, tmp_path / "logs/x")
+    assert lines[0] == "rlkit grpo: done: 20 steps in 1 min 35 s (start-up 14.2 s)"
+    text = "\n".join(lines)
+    assert re.search(r"reward \(last step\) +0\.5000", text)
+    assert re.search(r"held-out fast accuracy +0\.7500  \(step 0: 0\.2500\)", text)
+    assert re.search(r"checkpoint +" + re.escape(str(tmp_path / "checkpoints/step_20")), text)
+    assert str(tmp_path / "metrics.jsonl") in text and str(tmp_path / "logs/x") in text
+    assert "{" not in text  # no raw dict
+
+
+def test_dpo_and_rlaifv_summaries():
+    dpo = "\n".join(console.summary_lines("dpo", {"step": 4, "eval/loss": 0.69, "eval/rewards/accuracies": 0.5,
+                                                   "checkpoint": "c"}, "/nonexistent", 3.0))
+    assert "rlkit dpo: done: 4 steps in 3.0 s" in dpo and "held-out reward accuracy" in dpo and "0.6900" in dpo
+    rl = "\n".join(console.summary_lines("rlaifv", {"round": 2, "pairs/kept": 12, "model": "m"}, "/nonexistent", 7200))
+    assert "rlkit rlaifv: done: 2 round(s) in 2 h 00 min" in rl and "pairs kept (last round)  12" in rl
+
+
+def test_grpo_cli_console_is_quiet_and_ends_with_a_summary(tmp_path):
+    """The README's first command, two steps: no vLLM/Ray INFO or WARNING lines and no actor output on the
+    console (they are in the log folder), the bar starts after the actors are ready, a summary at the end."""
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "rlkit.cli", "grpo", "--config", "examples/easy_vqa/grpo.yaml",
+                        f"output_dir={out}", "max_steps=2", "trainer.prompts_per_step=2", "rollout.n=4"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = (r.stdout + r.stderr).replace("\r", "\n").splitlines()
+    noisy = [l for l in lines if re.search(r"\b(INFO|WARNING|Warning)\b|\((EngineActor|PolicyRank) pid=", l)]
+    assert not noisy, noisy[:5]
+    (log_dir,) = (out / "logs").iterdir()
+    (engine_log,) = log_dir.glob("EngineActor-*.log")
+    assert "INFO" in engine_log.read_text() and "vllm" in engine_log.read_text().lower()
+    # the bar's clock starts at the first step: it appears after the "ready" line and its elapsed time at the
+    # end is the steps' alone, under the start-up time (which it used to include)
+    ready = next(i for i, l in enumerate(lines) if "ready;" in l and l.startswith("rlkit:"))
+    first_bar = next(i for i, l in enumerate(lines) if l.startswith("grpo:"))
+    assert ready < first_bar
+    m = re.search(r"\| 2/2 \[(\d+):(\d+)<", [l for l in lines if l.startswith("grpo:")][-1])
+    bar_elapsed = int(m.group(1)) * 60 + int(m.group(2))
+    summary = r.stdout.splitlines()
+    assert summary[0].startswith("rlkit grpo: done: 2 steps in ") and "start-up" in summary[0]
+    m = re.search(r"start-up (?:(\d+) min )?([\d.]+) s\)", summary[0])
+    startup = int(m.group(1) or 0) * 60 + float(m.group(2))
+    assert bar_elapsed < startup, (bar_elapsed, summary[0])
+    assert any(re.match(r"  checkpoint +.*checkpoints/step_2$", l) for l in summary)
+    assert any(re.match(rf"  logs +{re.escape(str(log_dir))}$", l) for l in summary)
