@@ -56,3 +56,21 @@ def test_aggregate_standard_error_by_hand():
     agg = {"rlpr": {"mean": 0.6, "se": 0.03}, "exact_match": {"mean": 0.5, "se": 0.04}}
     assert mini.compare(agg, "rlpr", "exact_match") == "rlpr - exact_match: +0.100 (s.e. 0.050, +2.0 s.e.)"
     assert mini.compare(agg, "rlpr", "cold_start") == ""
+
+
+def test_diagnose_auc_and_group_stats_by_hand():
+    spec = importlib.util.spec_from_file_location("rlpr_diagnose", ROOT / "examples/rlpr/diagnose.py")
+    diag = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diag)
+    assert diag.auc([1.0, 0.5], [0.5]) == 0.75  # (1 + 1/2) / 2
+    assert diag.auc([0.2], [0.2, 0.9]) == 0.25  # (1/2 + 0) / 2
+    assert diag.auc([], [0.1]) is None
+    s = lambda right, r, e: {"right": right, "rlpr": r, "exact": e}  # noqa: E731
+    groups = [[s(True, 0.8, 1.0), s(False, 0.2, 0.0)],  # mixed: rlpr ranks 1.0, exact 1.0
+              [s(True, 0.3, 0.0), s(False, 0.5, 0.0)],  # mixed: rlpr 0.0, exact 0.5 (tie)
+              [s(False, 0.4, 0.0), s(False, 0.4, 0.0)]]  # all wrong, one rlpr value
+    st = diag.group_stats(groups)
+    assert (st["groups"], st["samples"]) == (3, 6) and st["accuracy"] == pytest.approx(2 / 6)
+    assert st["rlpr_mean_right"] == pytest.approx(0.55) and st["rlpr_mean_wrong"] == pytest.approx(0.375)
+    assert st["groups_one_rlpr_value"] == pytest.approx(1 / 3) and st["groups_mixed"] == pytest.approx(2 / 3)
+    assert st["auc_rlpr_in_mixed"] == pytest.approx(0.5) and st["auc_exact_in_mixed"] == pytest.approx(0.75)
