@@ -53,40 +53,94 @@ def in_words(n: int) -> str:
 
 
 def row(rng: random.Random, kind: str) -> dict:
+    """One question of `kind`: prompt and answer (the columns of phrases.jsonl), plus what the generator knows
+    about it, used by the miniature (examples/rlpr/miniature.py): `reasoning` (the worked steps a cold start
+    writes in the think block), `accepted` (every answer the held-out judge counts as right, paraphrases of the
+    reference included) and `distractors` (the other values of the family: an answer naming one is refused)."""
     if kind == "days":
         d, k = rng.randrange(7), rng.randint(1, 6)
-        return {"prompt": f"What day comes {k} days after {DAYS[d]}?", "answer": DAYS[(d + k) % 7]}
+        steps = [DAYS[(d + i) % 7] for i in range(1, k + 1)]
+        ans = DAYS[(d + k) % 7]
+        return {"prompt": f"What day comes {k} days after {DAYS[d]}?", "answer": ans,
+                "reasoning": f"{DAYS[d]}, then " + ", ".join(steps) + ".",
+                "accepted": [ans, ans[:3]], "distractors": [x for x in DAYS if x != ans]}
     if kind == "months":
         m, k = rng.randrange(12), rng.randint(1, 11)
-        return {"prompt": f"Which month comes {k} months after {MONTHS[m]}?", "answer": MONTHS[(m + k) % 12]}
+        steps = [MONTHS[(m + i) % 12] for i in range(1, k + 1)]
+        ans = MONTHS[(m + k) % 12]
+        return {"prompt": f"Which month comes {k} months after {MONTHS[m]}?", "answer": ans,
+                "reasoning": f"{MONTHS[m]}, then " + ", ".join(steps) + ".",
+                "accepted": [ans] + ([ans[:3]] if len(ans) > 3 else []),
+                "distractors": [x for x in MONTHS if x != ans]}
     if kind == "words":
         n = rng.randint(0, 99)
-        return {"prompt": f"Write the number {n} in words.", "answer": in_words(n)}
+        ans = in_words(n)
+        tens, ones = divmod(n, 10)
+        reasoning = f"{n} is {tens} tens and {ones} ones." if n >= 20 else f"{n} is a number below twenty."
+        return {"prompt": f"Write the number {n} in words.", "answer": ans, "reasoning": reasoning,
+                "accepted": sorted({ans, ans.replace("-", " ")}),
+                "distractors": [in_words(x) for x in range(100) if x != n]}
     if kind == "colors":
         (a, b), c = rng.choice(sorted(MIXES.items()))
         a, b = (a, b) if rng.random() < 0.5 else (b, a)
-        return {"prompt": f"What color do you get by mixing {a} and {b} paint?", "answer": c}
+        colours = sorted(set(MIXES.values()))
+        return {"prompt": f"What color do you get by mixing {a} and {b} paint?", "answer": c,
+                "reasoning": f"Mixing {a} with {b}.", "accepted": [c] + (["pale blue"] if c == "light blue" else []),
+                "distractors": [x for x in colours if x != c]}
     if kind == "opposite":
         w, o = rng.choice(sorted(OPPOSITES.items()))
-        return {"prompt": f'What is the opposite of "{w}"?', "answer": o}
+        return {"prompt": f'What is the opposite of "{w}"?', "answer": o, "reasoning": f"The word is {w}.",
+                "accepted": [o] + (["shut"] if o == "closed" else []), "distractors": [w]}
     if kind == "plural":
         w, p = rng.choice(sorted(PLURALS.items()))
-        return {"prompt": f'What is the plural of "{w}"?', "answer": p}
+        return {"prompt": f'What is the plural of "{w}"?', "answer": p, "reasoning": f"The word is {w}.",
+                "accepted": [p], "distractors": [w] if w != p else []}
     h, k = rng.randint(1, 12), rng.randint(1, 11)
-    return {"prompt": f"What time is it {k} hours after {ORD[h]} o'clock?", "answer": f"{ORD[(h + k - 1) % 12 + 1]} o'clock"}
+    end = (h + k - 1) % 12 + 1
+    steps = [ORD[(h + i - 1) % 12 + 1] for i in range(1, k + 1)]
+    return {"prompt": f"What time is it {k} hours after {ORD[h]} o'clock?", "answer": f"{ORD[end]} o'clock",
+            "reasoning": f"{ORD[h]}, then " + ", ".join(steps) + ".",
+            "accepted": [f"{ORD[end]} o'clock", f"{end} o'clock", f"{end}:00", ORD[end], str(end)],
+            "distractors": [f"{ORD[x]} o'clock" for x in range(1, 13) if x != end]
+                           + [f"{x} o'clock" for x in range(1, 13) if x != end]}
 
 
 KINDS = ("days", "months", "words", "colors", "opposite", "plural", "time")
 
 
-def make(rows: int = 1000, seed: int = 0) -> list[dict]:
+PHRASES_COLUMNS = ("prompt", "answer", "type")  # the columns of phrases.jsonl
+
+
+def make(rows: int = 1000, seed: int = 0, columns: tuple[str, ...] | None = PHRASES_COLUMNS) -> list[dict]:
+    """`rows` generated questions, deterministic from `seed`, with `columns` (None: all that `row` knows)."""
     rng = random.Random(f"rlpr-phrases-{seed}")
     out = []
     for i in range(rows):
         kind = KINDS[i % len(KINDS)]
-        out.append({**row(rng, kind), "type": kind})
+        r = {**row(rng, kind), "type": kind}
+        out.append(r if columns is None else {k: r[k] for k in columns})
     rng.shuffle(out)
     return out
+
+
+def is_held_out(prompt: str, percent: int = 30) -> bool:
+    """Whether a prompt belongs to the held-out split: by a hash of its text, so every copy of a duplicated
+    prompt lands on the same side and no held-out question is ever trained on (about `percent` % of them)."""
+    import hashlib
+
+    return int(hashlib.sha256(prompt.encode()).hexdigest(), 16) % 100 < percent
+
+
+def split_rows(rows: list[dict], percent: int = 30) -> tuple[list[dict], list[dict]]:
+    """(train rows, held-out rows with each prompt once) split by `is_held_out`."""
+    train, held, seen = [], [], set()
+    for r in rows:
+        if not is_held_out(r["prompt"], percent):
+            train.append(r)
+        elif r["prompt"] not in seen:
+            seen.add(r["prompt"])
+            held.append(r)
+    return train, held
 
 
 def main() -> int:
