@@ -11,6 +11,7 @@ written before manifests existed (no `MANIFEST.json`) is used unverified, with a
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -183,3 +184,30 @@ def last_note(output_dir, started_from: str = "") -> str:
 
 def read_run_state(ckpt: pathlib.Path) -> dict:
     return json.loads((ckpt / RUN_STATE).read_text())
+
+
+class DiskFullError(OSError):
+    """A checkpoint could not be written because its disk is full (printed as one line by the CLI)."""
+
+
+LOW_SPACE_BYTES = 16 * 2 ** 20  # under this much free space after a failed write, the disk counts as full
+
+
+@contextlib.contextmanager
+def naming_a_full_disk(output_dir, step: int):
+    """Around writing checkpoint `step`: a write that fails on a full disk (torch reports ENOSPC as an opaque
+    "unexpected pos" error, through the policy ranks as PolicyRankError) becomes one DiskFullError that says
+    so, names the folder, and where a resume continues from. The half-written `.step_N.tmp` stays (never
+    mistaken for a checkpoint: it has no COMPLETE marker) and is replaced by the next write of that step."""
+    try:
+        yield
+    except Exception as e:
+        root = checkpoints_dir(output_dir)
+        free = shutil.disk_usage(root if root.exists() else output_dir).free
+        if free >= LOW_SPACE_BYTES and getattr(e, "errno", None) != 28:  # 28: ENOSPC
+            raise
+        last = latest(output_dir)
+        raise DiskFullError(
+            f"writing checkpoint step_{step} in {root} failed: the disk is full ({free / 2 ** 20:.1f} MiB free); "
+            f"free space (or move output_dir), then --resume continues from "
+            f"{last if last is not None else 'step 0 (no checkpoint was written)'}") from e

@@ -181,10 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     from rlkit.modes import ModeError
     from preference import PreferenceDataError
     from rewards import RewardError
+    from rlkit.checkpoint import DiskFullError
 
     try:
         return args.fn(args)
-    except (ConfigError, DataError, ModelLoadError, ModeError, PreferenceDataError, RewardError) as e:
+    except (ConfigError, DataError, ModelLoadError, ModeError, PreferenceDataError, RewardError,
+            DiskFullError) as e:
         print(f"rlkit: error: {e}", file=sys.stderr)
         return 2
 

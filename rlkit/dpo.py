@@ -323,10 +323,11 @@ def run_dpo(cfg: DPOConfig, resume: bool = False, overwrite: bool = False) -> di
             bar.update(1)
             every = cfg.logging.save_every
             if step == total or (every and step % every == 0):
-                staging = ckpt.staging_dir(out, step)
-                worker.save(str(staging))
-                final = ckpt.finalize(out, step, staging, {"step": step, "base_model": base, "pairs": len(pairs)},
-                                      keep=cfg.logging.keep_checkpoints)
+                with ckpt.naming_a_full_disk(out, step):
+                    staging = ckpt.staging_dir(out, step)
+                    worker.save(str(staging))
+                    final = ckpt.finalize(out, step, staging, {"step": step, "base_model": base,
+                                                               "pairs": len(pairs)}, keep=cfg.logging.keep_checkpoints)
                 last["checkpoint"] = str(final)
     finally:
         bar.close()

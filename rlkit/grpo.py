@@ -334,16 +334,17 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> 
             # ---- checkpoint
             every = cfg.logging.save_every
             if step == cfg.max_steps or (every and step % every == 0):
-                staging = ckpt.staging_dir(p.out, step)
-                policy.save(str(staging))
-                (staging / REWARD_STATE).write_text(json.dumps({k: st.state_dict() for k, st in states.items()}))
-                final = ckpt.finalize(p.out, step, staging, {
-                    "step": step, "data_position": stream.position, "rng": _jsonable_state(rng.getstate()),
-                    "tokens_sampled_total": tokens_total, "base_model": p.base_model,
-                    "group_filter": group_filter.state_dict(),
-                    "mode_tokens_sampled_total": mode_metrics.state_dict(),
-                    "skipped_rows": rows_src.skipped, "rollout_worker_restarts": engine.restarts,
-                }, keep=cfg.logging.keep_checkpoints)
+                with ckpt.naming_a_full_disk(p.out, step):
+                    staging = ckpt.staging_dir(p.out, step)
+                    policy.save(str(staging))
+                    (staging / REWARD_STATE).write_text(json.dumps({k: st.state_dict() for k, st in states.items()}))
+                    final = ckpt.finalize(p.out, step, staging, {
+                        "step": step, "data_position": stream.position, "rng": _jsonable_state(rng.getstate()),
+                        "tokens_sampled_total": tokens_total, "base_model": p.base_model,
+                        "group_filter": group_filter.state_dict(),
+                        "mode_tokens_sampled_total": mode_metrics.state_dict(),
+                        "skipped_rows": rows_src.skipped, "rollout_worker_restarts": engine.restarts,
+                    }, keep=cfg.logging.keep_checkpoints)
                 last["checkpoint"] = str(final)
     finally:
         bar.close()

@@ -297,3 +297,23 @@ def test_grpo_resumes_past_a_checkpoint_missing_its_weights(tmp_path, capsys):
     assert steps == [1, 2, 3]  # step 2 again, once; the lost step 2's line was moved aside
     assert [d.name for d in ckpt.complete_checkpoints(out)] == ["step_1", "step_2", "step_3"]
     assert ckpt.damage(out / "checkpoints" / "step_2") is None and list((out / "checkpoints").glob("damaged.step_2.*"))
+
+
+def test_a_full_disk_while_checkpointing_is_named(tmp_path, monkeypatch):
+    """A checkpoint write that fails on a full disk says so in one error naming the folder and the resume point
+    (torch reports ENOSPC as an opaque 'unexpected pos' RuntimeError); other failures pass through unchanged."""
+    import errno
+    import shutil
+
+    out = fake_run(tmp_path / "run", steps=[1])
+    with pytest.raises(ckpt.DiskFullError, match=r"step_2 .* the disk is full .*--resume continues from .*step_1"):
+        with ckpt.naming_a_full_disk(out, 2):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(ValueError, match="not about space"):  # plenty of room: not a disk-full error
+        with ckpt.naming_a_full_disk(out, 2):
+            raise ValueError("not about space")
+    usage = shutil.disk_usage(out)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=1024))  # what a full tmpfs reports
+    with pytest.raises(ckpt.DiskFullError, match=r"0\.0 MiB free"):
+        with ckpt.naming_a_full_disk(out, 2):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 869440 vs 869328")
