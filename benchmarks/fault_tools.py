@@ -5,7 +5,6 @@ Nothing here knows a particular fault; the rows in faults.py combine these piece
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pathlib
@@ -222,11 +221,9 @@ def _records(path: pathlib.Path) -> list[dict]:
 
 
 def _sha(path: pathlib.Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from rlkit.checkpoint import _sha256  # the manifest's own checksum
+
+    return _sha256(path)
 
 
 def snapshot(out: pathlib.Path, skip: tuple[str, ...] = ()) -> dict:

@@ -127,16 +127,20 @@ def map_columns(ds, columns: dict[str, str]):
     return ds
 
 
+def row_images(raw: dict[str, Any]) -> list:
+    """A raw row's images as a list: its `images` column, or its single `image`, or none."""
+    images = raw.get("images")
+    if images is None:
+        images = [] if raw.get("image") is None else [raw["image"]]
+    return list(images) if isinstance(images, (list, tuple)) else [images]
+
+
 def to_row(index: int, raw: dict[str, Any], mode_column: str = "mode") -> PromptRow:
     """Validate one raw row and turn it into a PromptRow. Raises DataError naming the row and key."""
     prompt = raw.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise DataError(f"row {index}: 'prompt' must be a non-empty string, got {prompt!r:.80}")
-    images = raw.get("images")
-    if images is None:
-        images = [] if raw.get("image") is None else [raw["image"]]
-    if not isinstance(images, (list, tuple)):
-        images = [images]
+    images = row_images(raw)
     for img in images:
         _check_image(index, img)
     mode = raw.get(mode_column)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from rlkit.data import DataError, open_image
+from rlkit.data import DataError, open_image, row_images
 from rlkit.records import MODES
 
 
@@ -82,12 +82,7 @@ def _row_problem(i: int, raw: dict, mode_column: str, need_answer: bool, decoded
     mode = raw.get(mode_column)
     if mode is not None and mode not in MODES:
         return f"row {i}: column '{mode_column}' must be 'fast' or 'deep', got {mode!r}"
-    images = raw.get("images")
-    if images is None:
-        images = [] if raw.get("image") is None else [raw["image"]]
-    if not isinstance(images, (list, tuple)):
-        images = [images]
-    for img in images:
+    for img in row_images(raw):
         key = _key(img)
         if key is None:
             return f"row {i}: image must be a file path or a PIL image, got {type(img).__name__}"
