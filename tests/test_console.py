@@ -107,7 +107,10 @@ def test_grpo_cli_console_is_quiet_and_ends_with_a_summary(tmp_path):
     out = tmp_path / "run"
     r = subprocess.run([sys.executable, "-m", "rlkit.cli", "grpo", "--config", "examples/easy_vqa/grpo.yaml",
                         f"output_dir={out}", "max_steps=2", "trainer.prompts_per_step=2", "rollout.n=4"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=900)
+                       cwd=ROOT, capture_output=True, text=True, timeout=900,
+                       # vLLM at INFO whatever an earlier test left in this process's environment (an in-process
+                       # `rlkit ablation` sets VLLM_LOGGING_LEVEL=ERROR): the INFO lines must reach the log file
+                       env={**os.environ, "VLLM_LOGGING_LEVEL": "INFO"})
     assert r.returncode == 0, r.stderr[-3000:]
     lines = (r.stdout + r.stderr).replace("\r", "\n").splitlines()
     noisy = [l for l in lines if re.search(r"\b(INFO|WARNING|Warning)\b|\((EngineActor|PolicyRank) pid=", l)]

@@ -30,6 +30,7 @@ def test_bundles_colocate_separate_none():
 def ray_local():
     from rlkit.orchestration import init_ray, shutdown
 
+    shutdown()  # a Ray an earlier test left running in this process (an in-process run) has other CPUs
     init_ray("", 4)
     yield
     shutdown()
