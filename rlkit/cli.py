@@ -182,11 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     from preference import PreferenceDataError
     from rewards import RewardError
     from rlkit.checkpoint import DiskFullError
+    from rlkit.resources import ResourceError
 
     try:
         return args.fn(args)
     except (ConfigError, DataError, ModelLoadError, ModeError, PreferenceDataError, RewardError,
-            DiskFullError) as e:
+            DiskFullError, ResourceError) as e:
         print(f"rlkit: error: {e}", file=sys.stderr)
         return 2
 

@@ -15,15 +15,14 @@ Both are necessary, not sufficient (packing can still fail); the rest is Ray's, 
 """
 from __future__ import annotations
 
-from rlkit.config import ConfigError
 
 KINDS = ("CPU", "GPU")
 _EPS = 1e-9
 
 
-class ResourceError(ConfigError, RuntimeError):
-    """The run asks Ray for more than the cluster has; the message names what was asked, what exists, and the
-    config keys to change (a ConfigError: `rlkit` prints it as one line)."""
+class ResourceError(RuntimeError):
+    """What the run asks Ray for cannot fit the cluster: one line naming the ask, what exists, and the
+    config keys to change (`rlkit` prints it as one line, like a config error; rlkit/cli.py)."""
 
 
 def capacity_problem(num_workers: int, num_ranks: int, rollout: dict, trainer: dict, nodes: list[dict],

@@ -76,8 +76,7 @@ class PolicyWorker(StreamedStep):
         freeze: list[str] | None = None,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        adam_eps: float = 1e-8,
+        betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8,
         max_grad_norm: float = 1.0,
         micro_batch_size: int = 64,
         mini_batch_size: int = 0,
@@ -182,8 +181,7 @@ class PolicyWorker(StreamedStep):
                                        always=self.sharded))  # fsdp2: the same path on every rank
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                     logits_to_keep=batch["Tc"] + 1, use_cache=False, **kwargs)
-        logits = out.logits[:, :-1]
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float32 at least (float64 stays)
+        logits = out.logits[:, :-1].to(torch.promote_types(out.logits.dtype, torch.float32))  # >= float32
         if self.temperature != 1.0:
             logits = logits / self.temperature
         logp_all = torch.log_softmax(logits, dim=-1)
