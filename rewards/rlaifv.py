@@ -19,7 +19,7 @@ Decisions:
   examples/rlaifv/prompts/ holds copies); an LM reply whose question count does not match its claims falls
   back to the templates for that response (audited as `question_source: "rule"`).
 - Verdicts come from probabilities, never from parsing generated text: a `Labeler` returns
-  (P(yes variants), P(no variants)) per question from one forward pass (rlkit.rlaifv.TransformersLabeler).
+  (P(yes variants), P(no variants)) per question from one forward pass (rlkit.run.labeler.TransformersLabeler).
 - A response with no claims, or whose think block never closed, gets `empty_score` (default None: not
   scored, never paired, as in the reference code, where such a response has no score at all), so an empty
   answer cannot win by claiming nothing. Only the answer part (after `</think>`) is split.

@@ -90,7 +90,7 @@ def check_ablation(grpo: GRPOConfig, abl: AblationSection) -> None:
 def run_ablation(grpo: GRPOConfig, abl: AblationSection) -> dict:
     """Cold start once, GRPO deep-only and hybrid from it, held-out curves; writes the report. Returns it."""
     from rewards.registry import get_reward
-    from rlkit.grpo import load_prompt_data
+    from rlkit.run.build import load_prompt_data
 
     t_all = time.perf_counter()
     check_ablation(grpo, abl)
@@ -150,24 +150,13 @@ def _cold_start(grpo: GRPOConfig, cs: ColdStartSection, cold_rows: list[dict], t
     cold-start targets), after `cs.steps` supervised steps on both formats. Reused when already written with the
     same settings. A model whose chat template lacks the `enable_thinking` switch gets rlkit's (Qwen2-VL image
     placeholders + Qwen3's switch) in the cold-start checkpoint."""
-    from rlkit.models.loading import build_tiny, check_model_path, load_policy
+    from rlkit.models.loading import load_policy
+    from rlkit.run.build import resolve_model
     from rlkit.sft import SFTConfig, mode_rows, sft
 
     rows = mode_rows(cold_rows, modes=cs.modes, reasoning_column=cs.reasoning_column) if cs.steps else []
-    m = grpo.model
-    if m.path.startswith("tiny:"):
-        kind = m.path.split(":", 1)[1]
-        base = out / "base_model"
-        if not (base / "config.json").exists():
-            texts = [r["prompt"] for r in train] + [str(r["answer"]) for r in train] + [r["answer"] for r in rows]
-            extra = {"image_size": m.image_size, "vision_depth": m.vision_depth,
-                     "vision_init_std": m.vision_init_std or None} if kind == "vlm" else {}
-            build_tiny(kind, base, texts=texts, tokenizer=m.tokenizer, vocab_size=m.vocab_size, seed=m.seed,
-                       hidden_size=m.hidden_size, num_layers=m.num_layers, **extra)
-        base_path = str(base)
-    else:
-        check_model_path(m.path)
-        base_path = m.path
+    base_path = resolve_model(grpo.model, out, lambda: [r["prompt"] for r in train] + [str(r["answer"]) for r in train]
+                              + [r["answer"] for r in rows])
     if not cs.steps:
         return base_path
     target = out / "cold_start"
@@ -281,12 +270,9 @@ class _Evaluator:
 
     def _engine(self):
         if self.engine is None:
-            from rollout import make_engine
+            from rlkit.run.build import local_engine
 
-            r = self.grpo.rollout
-            kw = dict(max_model_len=r.max_model_len, seed=self.grpo.seed, kv_cache_gib=r.kv_cache_gib,
-                      gpu_memory_utilization=r.gpu_memory_utilization) if r.engine == "vllm" else {}
-            self.engine = make_engine(r.engine, model_path=self.model_path, **kw)
+            self.engine = local_engine(self.grpo.rollout, self.grpo.seed, self.model_path)
         return self.engine
 
     def _evaluate_modes(self):

@@ -171,7 +171,7 @@ class GRPOConfig:
     rewards: list = dataclasses.field(default_factory=lambda: [RewardConfig(name="exact_match")])  # list of RewardConfig
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
-    labeler: dict = dataclasses.field(default_factory=dict)  # labeler of the rlaifv reward: keys of rlkit.rlaifv.LabelerConfig (path: policy = the initial policy, frozen)
+    labeler: dict = dataclasses.field(default_factory=dict)  # labeler of the rlaifv reward: keys of rlkit.run.labeler.LabelerConfig (path: policy = the initial policy, frozen)
 
 
 # Fields whose items are sections themselves.

@@ -36,9 +36,10 @@ from preference import EncodedPair, column_text, encode_rows, load_preference_da
 from rlkit import checkpoint as ckpt
 from rlkit.algorithms.dpo import DPO_LOSSES, get_dpo_loss
 from rlkit.config import ConfigError, LoggingConfig, ModelConfig, TrainerConfig, check_ranges, dump_config
-from rlkit.models.loading import build_tiny, check_model_path, load_policy, load_processor
+from rlkit.models.loading import load_policy, load_processor
 from rlkit.records import TrainItem
 from rlkit.rundir import dpo_resumable, open_run
+from rlkit.run.build import resolve_model
 from rlkit.runlog import RunLog
 from rlkit.worker import PolicyWorker
 
@@ -233,23 +234,9 @@ class DPOWorker(PolicyWorker):
 
 
 # ----------------------------------------------------------------------------------------------- driver
-def _resolve_model(cfg: DPOConfig, ds, out: pathlib.Path) -> str:
-    """A local folder for model.path; `tiny:*` is built once into output_dir/base_model from the pairs' text."""
-    path = cfg.model.path
-    if not path.startswith("tiny:"):
-        check_model_path(path)
-        return path
-    kind = path.split(":", 1)[1]
-    if kind not in ("text", "vlm"):
-        raise ConfigError(f"config key 'model.path': {path!r}: use tiny:text or tiny:vlm")
-    target = out / "base_model"
-    if not (target / "config.json").exists():
-        texts = [column_text(r[c], i, c) for i, r in enumerate(ds) for c in ("prompt", "chosen", "rejected")]
-        m = cfg.model
-        extra = {"image_size": m.image_size, "vision_depth": m.vision_depth} if kind == "vlm" else {}
-        build_tiny(kind, target, texts=texts, tokenizer=m.tokenizer, vocab_size=m.vocab_size, seed=m.seed,
-                   hidden_size=m.hidden_size, num_layers=m.num_layers, **extra)
-    return str(target)
+def pair_texts(ds) -> list[str]:
+    """Preference pairs' text for a tiny model's vocabulary: every prompt, chosen and rejected."""
+    return [column_text(r[c], i, c) for i, r in enumerate(ds) for c in ("prompt", "chosen", "rejected")]
 
 
 def _order(n: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
@@ -267,7 +254,7 @@ def run_dpo(cfg: DPOConfig, resume: bool = False, overwrite: bool = False) -> di
     last_ckpt = open_run(cfg, resume=resume, overwrite=overwrite, allowed=dpo_resumable(cfg.dpo.lr_schedule))
     out.mkdir(parents=True, exist_ok=True)
     ds = load_preference_dataset(cfg.data.path, cfg.data.split, cfg.data.limit)
-    base = _resolve_model(cfg, ds, out)
+    base = resolve_model(cfg.model, out, lambda: pair_texts(ds))
     start_model = str(last_ckpt) if last_ckpt else base
     state = ckpt.read_run_state(last_ckpt) if last_ckpt else {}
     dump_config(cfg, out / "config.yaml")

@@ -189,22 +189,15 @@ def run_eval(cfg: GRPOConfig, checkpoint: str, *, out: str | None = None, split:
              limit: int | None = None) -> dict:
     """`rlkit eval`: evaluate `checkpoint` in every mode of `trainer.eval_modes` on the held-out split and
     write `eval.json` (default: `<checkpoint>/eval.json`). Returns what it wrote."""
-    from rewards import RewardScorer
     from rlkit.config import check_grpo, to_dict
-    from rlkit.grpo import RewardResources, engine_options, reward_specs
     from rlkit.models.loading import load_processor
-    from rollout import make_engine
+    from rlkit.run.build import local_engine, reward_scorer
 
     check_grpo(cfg)
     if limit is not None and limit < 0:
         raise ConfigError(f"--limit: must be >= 0 (0: all rows), got {limit}")
     model_dir = resolve_checkpoint(checkpoint)
-    try:
-        scorer = RewardScorer(reward_specs(cfg), timeout_s=cfg.reward_timeout_s, strict=cfg.strict_rewards,
-                              retries=cfg.reward_retries,
-                              resources=RewardResources())
-    except (ValueError, ImportError, FileNotFoundError) as e:
-        raise ConfigError(f"config key 'rewards': {e}") from e
+    scorer = reward_scorer(cfg, strict=cfg.strict_rewards)
     try:
         name = accuracy_reward_name(cfg.trainer.accuracy_reward, scorer.names)
         needs = next(p.needs for p in scorer.plans if p.name == name)
@@ -214,7 +207,7 @@ def run_eval(cfg: GRPOConfig, checkpoint: str, *, out: str | None = None, split:
         split = cfg.data.eval_split if split is None else split
         rows = load_eval_rows(cfg, split, limit)
         processor = load_processor(str(model_dir))
-        engine = make_engine(cfg.rollout.engine, model_path=str(model_dir), **engine_options(cfg))
+        engine = local_engine(cfg.rollout, cfg.seed, str(model_dir))
         try:
             results = evaluate_modes(engine, processor, rows, modes=cfg.trainer.eval_modes,
                                      score_fn=reward_score_fn(scorer, name, processor, cfg.data.system_prompt),

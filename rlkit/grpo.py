@@ -14,49 +14,27 @@ import time
 
 import torch
 
-from rewards import RewardScorer, RewardSpec
+from rewards import RewardScorer
 from rlkit import checkpoint as ckpt
 from rlkit.algorithms import advantage_groups, get_advantage_fn
 from rlkit.collect import StepRows, collect
-from rlkit.config import ConfigError, GRPOConfig, check_grpo, dump_config
-from rlkit.data import DataError, PromptStream, load_source, map_columns
+from rlkit.config import GRPOConfig, check_grpo, dump_config
+from rlkit.data import PromptStream
 from rlkit.data.checks import check_rows
 from rlkit.evaluate import HeldOutEval, accuracy_reward_name, load_eval_rows, reward_score_fn
 from rlkit.filters import get_filter
 from rlkit.mode_metrics import ModeMetrics
-from rlkit.models.loading import build_tiny, check_model_path, load_processor, tokenizer_of
+from rlkit.models.loading import load_processor, tokenizer_of
 from rlkit.modes import deep_ratio_at
 from rlkit.records import MODES, Sample, TrainItem
 from rlkit.reward_health import RewardHealth
 from rlkit.rundir import GRPO_RESUMABLE, open_run
+from rlkit.run.build import (PolicyLogprobs, RewardResources, engine_options, load_prompt_data,  # noqa: F401
+                             resolve_model, reward_scorer, reward_specs, row_texts)
+from rlkit.run.labeler import labeler_config, labeler_resources
 from rlkit.runlog import RunLog
 
 REWARD_STATE = "reward_state.json"
-
-
-class PolicyLogprobs:
-    """`rewards.rlpr.PolicyAccess` over the policy actor: completion logprobs from the weights that sampled this
-    step (rewards are scored after the rollout and before the update), batched in the worker; no second copy."""
-
-    def __init__(self, actor, tokenizer):
-        self.actor, self.tokenizer = actor, tokenizer
-
-    def completion_logprobs(self, prompt_texts, images, completion_ids):
-        import ray
-
-        items = [TrainItem(p, list(im or []), list(ids), 0.0, [])
-                 for p, im, ids in zip(prompt_texts, images, completion_ids)]
-        return ray.get(self.actor.compute_logprobs.remote(items))
-
-
-@dataclasses.dataclass
-class RewardResources:
-    """What rewards declaring `needs` receive as `resources`; `policy` is set once the policy actor exists,
-    `labeler` (and `claim_lm` for LM claim splitting) when a reward needs a labeler (rlaifv)."""
-
-    policy: PolicyLogprobs | None = None
-    labeler: object = None  # rewards.rlaifv.Labeler
-    claim_lm: object = None  # rewards.rlaifv.TextLM over a rollout engine (closed at the end of the run)
 
 
 @dataclasses.dataclass
@@ -75,40 +53,6 @@ class Prepared:
     bad_rows: int = 0  # rows left out up front (data.on_bad_row: skip)
 
 
-def reward_specs(cfg: GRPOConfig) -> list[RewardSpec]:
-    return [RewardSpec(name=r.name or None, path=r.path or None, weight=r.weight, kwargs=dict(r.kwargs),
-                       completion_format=r.completion_format) for r in cfg.rewards]
-
-
-def load_prompt_data(cfg: GRPOConfig):
-    ds = load_source(cfg.data.source, cfg.data.split, limit=cfg.data.limit, seed=cfg.seed, **cfg.data.source_kwargs)
-    ds = map_columns(ds, dict(cfg.data.columns))
-    if "answer" not in ds.column_names:
-        raise DataError(f"the data set has no 'answer' column (has {', '.join(ds.column_names)}); "
-                        "map one with data.columns.answer")
-    return ds
-
-
-def resolve_model(cfg: GRPOConfig, ds, out: pathlib.Path) -> str:
-    """A local folder for cfg.model.path; `tiny:*` is built (once) into output_dir/base_model."""
-    path = cfg.model.path
-    if path.startswith("tiny:"):
-        kind = path.split(":", 1)[1]
-        if kind not in ("text", "vlm"):
-            raise ValueError(f"config key 'model.path': {path!r}: use tiny:text or tiny:vlm")
-        target = out / "base_model"
-        if not (target / "config.json").exists():
-            texts = list(ds["prompt"]) + [str(a) for a in (ds["answer"] if "answer" in ds.column_names else [])]
-            m = cfg.model
-            extra = {"image_size": m.image_size, "vision_depth": m.vision_depth,
-                     "vision_init_std": m.vision_init_std or None} if kind == "vlm" else {}
-            build_tiny(kind, target, texts=texts, tokenizer=m.tokenizer, vocab_size=m.vocab_size, seed=m.seed,
-                       hidden_size=m.hidden_size, num_layers=m.num_layers, **extra)
-        return str(target)
-    check_model_path(path)
-    return path
-
-
 def prepare(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> Prepared:
     check_grpo(cfg)
     from rlkit.orchestration import check_local_capacity
@@ -117,18 +61,11 @@ def prepare(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> P
     out = pathlib.Path(cfg.output_dir)
     last = open_run(cfg, resume=resume, overwrite=overwrite, allowed=GRPO_RESUMABLE)  # rlkit/rundir.py
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        resources = RewardResources()
-        scorer = RewardScorer(reward_specs(cfg), timeout_s=cfg.reward_timeout_s, strict=False,  # strict_rewards:
-                              retries=cfg.reward_retries,  # applied per step by RewardHealth (rlkit/reward_health.py)
-                              resources=resources)
-    except (ValueError, ImportError, FileNotFoundError) as e:
-        raise ConfigError(f"config key 'rewards': {e}") from e
+    resources = RewardResources()
+    scorer = reward_scorer(cfg, strict=False, resources=resources)  # strict_rewards: per step, by RewardHealth
     accuracy_reward = accuracy_reward_name(cfg.trainer.accuracy_reward, scorer.names)
     needs_labeler = any("labeler" in plan.needs for plan in scorer.plans)
     if needs_labeler:
-        from rlkit.rlaifv import labeler_config, labeler_resources
-
         labeler_config(cfg.labeler)  # a bad `labeler:` key fails now, naming itself
     ds = load_prompt_data(cfg)
     scan = check_rows(ds, limit=cfg.data.check_rows, on_bad_row=cfg.data.on_bad_row,
@@ -136,22 +73,13 @@ def prepare(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> P
     for line in scan.notices():  # bad rows left out (data.on_bad_row: skip); a slow scan's time
         print(line)
     eval_rows = load_eval_rows(cfg) if cfg.trainer.eval_every else []
-    base = resolve_model(cfg, ds, out)
+    base = resolve_model(cfg.model, out, lambda: row_texts(ds))
     if needs_labeler:  # path: policy = a frozen copy of the initial policy, in this process
-        lab = labeler_resources(cfg.labeler, policy_path=base)
+        lab = labeler_resources(cfg.labeler, base, cfg.rollout, cfg.seed)
         resources.labeler, resources.claim_lm = lab.labeler, lab.claim_lm
     dump_config(cfg, out / "config.yaml")
     return Prepared(cfg, out, ds, scorer, base, str(last) if last else base, last, resources, accuracy_reward,
                     eval_rows, rows=scan.usable, bad_rows=len(scan.bad))
-
-
-def engine_options(cfg: GRPOConfig) -> dict:
-    """Keyword arguments of `rollout.make_engine(cfg.rollout.engine, model_path=...)` besides the path."""
-    r = cfg.rollout
-    if r.engine == "vllm":
-        return dict(max_model_len=r.max_model_len, seed=cfg.seed, kv_cache_gib=r.kv_cache_gib,
-                    gpu_memory_utilization=r.gpu_memory_utilization, sleep_mode=r.sleep, **dict(r.engine_kwargs))
-    return {"device": "cuda"} if r.num_gpus > 0 else {}  # hf: on the GPU Ray gives the actor
 
 
 def _asks(cfg: GRPOConfig) -> tuple:
@@ -178,7 +106,7 @@ def _engines(cfg: GRPOConfig, model_path: str, placement):
     return EnginePool(lambda i: spawn(EngineActor, r.engine, model_path=model_path, num_cpus=r.num_cpus,
                                       num_gpus=r.num_gpus, bundle=placement.worker(i),
                                       env={"VLLM_CPU_KVCACHE_SPACE": str(max(1, int(r.kv_cache_gib)))},
-                                      **engine_options(cfg)),
+                                      **engine_options(r, cfg.seed)),
                       r.num_workers, r.max_retries, r.timeout_s)
 
 
@@ -350,8 +278,7 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> 
         bar.close()
         log.close()
         p.scorer.close()
-        if p.resources.claim_lm is not None:
-            p.resources.claim_lm.engine.close()
+        p.resources.close()
         for group in (engine, policy):
             group.close()
         placement.remove()

@@ -1,0 +1,1 @@
+"""What turns a config into objects (engines, models, rewards, labelers, data), once, for every command."""
