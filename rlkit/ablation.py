@@ -21,7 +21,7 @@ import json
 import pathlib
 import time
 
-from rlkit.config import ConfigError, GRPOConfig, _build, check_grpo, check_ranges, dump_config, load_tree, to_dict
+from rlkit.config import ConfigError, GRPOConfig, _build, check_ranges, dump_config, load_tree, to_dict
 from rlkit.records import DEEP, FAST, MODES
 
 
@@ -72,6 +72,8 @@ def load_ablation_config(path=None, overrides: list[str] | None = None) -> tuple
 
 
 def check_ablation(grpo: GRPOConfig, abl: AblationSection) -> None:
+    from rlkit.run.checks import check_grpo
+
     check_grpo(grpo)
     check_ranges(abl, "ablation.")  # numeric ranges (rlkit/config_ranges.py)
     for key, modes in (("cold_start.modes", abl.cold_start.modes), ("eval.modes", abl.eval.modes)):

@@ -318,20 +318,11 @@ def dump_config(cfg, path: str | pathlib.Path) -> None:
     pathlib.Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def check_grpo(cfg: GRPOConfig) -> None:
-    """Cross-field checks that types alone cannot express (and the ranges, for a config built in code)."""
+def check_grpo_fields(cfg: GRPOConfig) -> None:
+    """Cross-field checks that types alone cannot express (and the ranges, for a config built in code). Checks of
+    registered names (losses, filters, modes, strategies, placements, LoRA) need the code that registers them:
+    `rlkit.run.checks.check_grpo` runs these and those, before Ray starts."""
     check_ranges(cfg)
-    from rlkit.modes import ModeError, check_schedule
-    from rlkit.records import MODES
-
-    try:
-        check_schedule(cfg.modes.schedule)
-    except ModeError as e:
-        raise ConfigError(f"config key 'modes.schedule': {e}") from e
-    modes = cfg.trainer.eval_modes
-    if not modes or any(m not in MODES for m in modes) or len(set(modes)) != len(modes):
-        raise ConfigError(f"config key 'trainer.eval_modes': {modes!r}: give one or both of {', '.join(MODES)}, "
-                          "each once")
     bad = set(cfg.model.freeze) - {"vision", "projector", "language"}
     if bad:
         raise ConfigError(f"config key 'model.freeze': unknown parts {sorted(bad)}; use vision, projector, language")
@@ -340,57 +331,20 @@ def check_grpo(cfg: GRPOConfig) -> None:
     for i, r in enumerate(cfg.rewards):
         if bool(r.name) == bool(r.path):
             raise ConfigError(f"config key 'rewards[{i}]': give exactly one of 'name' or 'path'")
-    from rlkit.sharding import check_strategy
-
-    try:
-        check_strategy(cfg.trainer.strategy, lora=bool(cfg.model.lora))
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
-    from rlkit.orchestration import PLACEMENTS
-
-    if cfg.ray.placement not in PLACEMENTS:
-        raise ConfigError(f"config key 'ray.placement': {cfg.ray.placement!r}; use one of {', '.join(PLACEMENTS)}")
     strategies = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
     if cfg.ray.placement_strategy not in strategies:
         raise ConfigError(f"config key 'ray.placement_strategy': {cfg.ray.placement_strategy!r}; use one of "
                           f"{', '.join(strategies)}")
-    _check_streaming(cfg)
-    from rlkit.config_ranges import algorithm_errors
-
-    for error in algorithm_errors(cfg.algorithm, cfg.rollout.temperature):  # loss/advantage options, tried
-        raise ConfigError(error)
     if cfg.algorithm.kl_in_reward and cfg.algorithm.kl_coef <= 0:
         raise ConfigError("config key 'algorithm.kl_in_reward': needs algorithm.kl_coef > 0")
-    if cfg.model.lora:
-        from rlkit.lora import lora_settings
-
-        try:
-            lora_settings(cfg.model.lora)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(str(e) if "config key" in str(e) else f"config key 'model.lora': {e}") from e
-    from rlkit.filters import FILTERS
-
-    try:
-        filter_cls = FILTERS.get(cfg.algorithm.group_filter)
-    except ValueError as e:
-        raise ConfigError(f"config key 'algorithm.group_filter': {e}") from e
-    try:
-        filter_cls(**cfg.algorithm.group_filter_opts)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"config key 'algorithm.group_filter_opts': {e}") from e
 
 
-def _check_streaming(cfg: GRPOConfig) -> None:
-    """rollout.stream_chunks > 1 (rlkit/streaming.py) needs an update that can start before the batch is whole."""
+def check_streaming(cfg: GRPOConfig, batch_level: bool = False) -> None:
+    """rollout.stream_chunks > 1 (rlkit/streaming.py) needs an update that can start before the batch is whole;
+    `batch_level`: the advantage estimator normalises over the whole batch (known to rlkit.run.checks)."""
     k = cfg.rollout.stream_chunks
     if k == 1:
         return
-    from rlkit.algorithms import get_advantage_fn
-
-    try:
-        batch_level = getattr(get_advantage_fn(cfg.algorithm.advantage), "batch_level", False)
-    except ValueError as e:
-        raise ConfigError(f"config key 'algorithm.advantage': {e}") from e
     clashes = [(key, why) for key, bad, why in (
         ("trainer.mini_batch_size", cfg.trainer.mini_batch_size != 0, "0 (one optimizer step over the whole batch)"),
         ("trainer.ppo_epochs", cfg.trainer.ppo_epochs != 1, "1"),

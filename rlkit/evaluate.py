@@ -189,7 +189,8 @@ def run_eval(cfg: GRPOConfig, checkpoint: str, *, out: str | None = None, split:
              limit: int | None = None) -> dict:
     """`rlkit eval`: evaluate `checkpoint` in every mode of `trainer.eval_modes` on the held-out split and
     write `eval.json` (default: `<checkpoint>/eval.json`). Returns what it wrote."""
-    from rlkit.config import check_grpo, to_dict
+    from rlkit.config import to_dict
+    from rlkit.run.checks import check_grpo
     from rlkit.models.loading import load_processor
     from rlkit.run.build import local_engine, reward_scorer
 

@@ -18,7 +18,7 @@ from rewards import RewardScorer
 from rlkit import checkpoint as ckpt
 from rlkit.algorithms import advantage_groups, get_advantage_fn
 from rlkit.collect import StepRows, collect
-from rlkit.config import GRPOConfig, check_grpo, dump_config
+from rlkit.config import GRPOConfig, dump_config
 from rlkit.data import PromptStream
 from rlkit.data.checks import check_rows
 from rlkit.evaluate import HeldOutEval, accuracy_reward_name, load_eval_rows, reward_score_fn
@@ -31,6 +31,7 @@ from rlkit.reward_health import RewardHealth
 from rlkit.rundir import GRPO_RESUMABLE, open_run
 from rlkit.run.build import (PolicyLogprobs, RewardResources, engine_options, load_prompt_data,  # noqa: F401
                              resolve_model, reward_scorer, reward_specs, row_texts)
+from rlkit.run.checks import check_grpo
 from rlkit.run.labeler import labeler_config, labeler_resources
 from rlkit.runlog import RunLog
 

@@ -1,7 +1,8 @@
 """Config loading: YAML + dotted overrides, validation messages that name the key."""
 import pytest
 
-from rlkit.config import ConfigError, GRPOConfig, RewardConfig, check_grpo, dump_config, load_config
+from rlkit.config import ConfigError, GRPOConfig, RewardConfig, dump_config, load_config
+from rlkit.run.checks import check_grpo
 
 
 def test_defaults_and_overrides(tmp_path):

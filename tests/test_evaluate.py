@@ -136,7 +136,7 @@ def test_accuracy_reward_and_eval_config_checks():
     with pytest.raises(ConfigError, match="config key 'trainer.accuracy_reward': 'acc' is not a configured reward "
                                           r"\(rewards: exact_match, format\)"):
         accuracy_reward_name("acc", ["exact_match", "format"])
-    from rlkit.config import check_grpo
+    from rlkit.run.checks import check_grpo
 
     for override, key in [("trainer.eval_modes=[fast, slow]", "trainer.eval_modes"),
                           ("trainer.eval_modes=[]", "trainer.eval_modes"),

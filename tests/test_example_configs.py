@@ -31,7 +31,8 @@ def test_every_example_config_has_a_driver():
 
 @pytest.mark.parametrize("name", sorted(DRIVERS))
 def test_example_config_loads_with_its_driver(name):
-    from rlkit.config import check_grpo, load_config
+    from rlkit.config import load_config
+    from rlkit.run.checks import check_grpo
 
     path, driver = ROOT / name, DRIVERS[name]
     if driver == "ablation":

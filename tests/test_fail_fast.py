@@ -123,7 +123,8 @@ def test_range_messages(override, fragment):
 
 
 def test_values_at_the_bounds_load():
-    from rlkit.config import GRPOConfig, check_grpo, load_config
+    from rlkit.config import GRPOConfig, load_config
+    from rlkit.run.checks import check_grpo
 
     cfg = load_config(GRPOConfig, None, ["modes.deep_ratio=1", "rollout.top_p=1", "trainer.betas=[0, 0.999]",
                                          "trainer.max_grad_norm=0", "rollout.num_cpus=0", "data.check_rows=-1",
@@ -133,7 +134,8 @@ def test_values_at_the_bounds_load():
 
 def test_ranges_hold_for_configs_built_in_code():
     """A config built with dataclasses (not loaded) is range-checked by check_grpo / check_dpo."""
-    from rlkit.config import ConfigError, GRPOConfig, TrainerConfig, check_grpo
+    from rlkit.config import ConfigError, GRPOConfig, TrainerConfig
+    from rlkit.run.checks import check_grpo
     from rlkit.dpo import DPOConfig, DPODataConfig, DPOSection, check_dpo
 
     with pytest.raises(ConfigError, match=r"^config key 'trainer.lr': -1.0 is out of range"):
@@ -152,7 +154,8 @@ def test_ranges_hold_for_configs_built_in_code():
     ("algorithm.kl_estimator=k9", "config key 'algorithm.kl_estimator': unknown KL estimator 'k9'"),
 ])
 def test_algorithm_options_are_tried_before_any_worker(override, fragment):
-    from rlkit.config import ConfigError, GRPOConfig, check_grpo, load_config
+    from rlkit.config import ConfigError, GRPOConfig, load_config
+    from rlkit.run.checks import check_grpo
 
     with pytest.raises(ConfigError) as e:
         check_grpo(load_config(GRPOConfig, None, [override]))
@@ -161,7 +164,8 @@ def test_algorithm_options_are_tried_before_any_worker(override, fragment):
 
 def test_every_example_config_loads_and_checks():
     from rlkit.ablation import load_ablation_config
-    from rlkit.config import GRPOConfig, check_grpo, load_config, load_tree
+    from rlkit.config import GRPOConfig, load_config, load_tree
+    from rlkit.run.checks import check_grpo
     from rlkit.dpo import DPOConfig, check_dpo
     from rlkit.rlaifv import RLAIFVConfig, check_rlaifv
 

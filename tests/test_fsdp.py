@@ -213,7 +213,8 @@ def test_fsdp2_checkpoint_resumes_under_either_strategy(tiny_text_path, tmp_path
 @pytest.mark.parametrize("override,match", [("trainer.strategy=zero3", "trainer.strategy"),
                                             ("model.lora={r: 4}", "model.lora")])
 def test_strategy_is_checked(override, match, tmp_path):
-    from rlkit.config import ConfigError, GRPOConfig, check_grpo, load_config
+    from rlkit.config import ConfigError, GRPOConfig, load_config
+    from rlkit.run.checks import check_grpo
 
     cfg = load_config(GRPOConfig, None, [f"output_dir={tmp_path}", "trainer.strategy=fsdp2", override])
     with pytest.raises(ConfigError, match=match):

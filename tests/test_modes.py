@@ -69,7 +69,8 @@ def test_schedule_interpolates_between_points_and_holds_outside():
     ("[0.5]", "point 0: expected [step, deep_ratio]"),
 ])
 def test_schedule_validation_names_the_key_and_point(schedule, fragment):
-    from rlkit.config import ConfigError, GRPOConfig, check_grpo, load_config
+    from rlkit.config import ConfigError, GRPOConfig, load_config
+    from rlkit.run.checks import check_grpo
 
     with pytest.raises(ConfigError) as e:
         check_grpo(load_config(GRPOConfig, None, [f"modes.schedule={schedule}"]))

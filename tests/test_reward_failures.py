@@ -180,7 +180,8 @@ def test_strict_rewards_stops_at_the_first_failing_step(plugin):
 
 
 def test_config_keys_are_checked_at_load():
-    from rlkit.config import ConfigError, GRPOConfig, check_grpo, load_config
+    from rlkit.config import ConfigError, GRPOConfig, load_config
+    from rlkit.run.checks import check_grpo
 
     cfg = load_config(GRPOConfig, None, [])
     assert (cfg.reward_fail_steps, cfg.reward_fail_frac) == (2, 1.0)

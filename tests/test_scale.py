@@ -197,7 +197,8 @@ def test_dead_policy_rank_stops_with_a_clear_message(tiny_text_path, ray_local):
                                  "rollout.timeout_s=-1", "trainer.timeout_s=-1", "reward_retries=-1",
                                  "ray.placement=packed", "ray.placement_strategy=pack"])
 def test_scale_keys_are_checked(key, tmp_path):
-    from rlkit.config import ConfigError, GRPOConfig, check_grpo, load_config
+    from rlkit.config import ConfigError, GRPOConfig, load_config
+    from rlkit.run.checks import check_grpo
 
     with pytest.raises(ConfigError, match=key.split("=")[0]):  # ranges already at load (rlkit/config_ranges.py)
         check_grpo(load_config(GRPOConfig, None, [f"output_dir={tmp_path}", key]))

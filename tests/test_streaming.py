@@ -166,7 +166,8 @@ def test_grpo_streamed_matches_unstreamed(tmp_path):
     ("algorithm.advantage=batch_std", "algorithm.advantage"),
 ])
 def test_streaming_config_clashes_name_both_keys(tmp_path, override, names):
-    from rlkit.config import ConfigError, GRPOConfig, check_grpo, load_config
+    from rlkit.config import ConfigError, GRPOConfig, load_config
+    from rlkit.run.checks import check_grpo
 
     check_grpo(load_config(GRPOConfig, None, [f"output_dir={tmp_path}", "rollout.stream_chunks=2"]))  # fine alone
     cfg = load_config(GRPOConfig, None, [f"output_dir={tmp_path}", "rollout.stream_chunks=2", override])

@@ -35,7 +35,8 @@ def test_grpo_lora_epochs_kl_in_reward_vllm(tmp_path):
 
 
 def test_config_keys_are_validated():
-    from rlkit.config import ConfigError, check_grpo
+    from rlkit.config import ConfigError
+    from rlkit.run.checks import check_grpo
 
     for bad, key in [("trainer.ppo_epochs=0", "trainer.ppo_epochs"), ("trainer.mini_batch_size=-1", "trainer.mini_batch_size"),
                      ("algorithm.kl_in_reward=true", "algorithm.kl_in_reward"), ("model.lora={rank: 2}", "model.lora")]:

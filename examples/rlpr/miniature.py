@@ -83,7 +83,8 @@ def base_config(out: pathlib.Path, seed: int, steps: int):
     """The GRPO config all arms share (examples/rlpr/grpo_rlpr.yaml with the miniature's settings)."""
     import yaml
 
-    from rlkit.config import GRPOConfig, _build, check_grpo
+    from rlkit.config import GRPOConfig, _build
+    from rlkit.run.checks import check_grpo
 
     tree = yaml.safe_load((HERE / "grpo_rlpr.yaml").read_text())
     tree.update(output_dir=str(out / f"seed{seed}"), seed=seed, max_steps=steps)
@@ -98,7 +99,8 @@ def base_config(out: pathlib.Path, seed: int, steps: int):
 
 
 def arm_config(base, arm: str, start_model: str):
-    from rlkit.config import GRPOConfig, _build, check_grpo, to_dict
+    from rlkit.config import GRPOConfig, _build, to_dict
+    from rlkit.run.checks import check_grpo
 
     rewards, algo = ARMS[arm]
     tree = to_dict(base)
