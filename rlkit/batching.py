@@ -106,8 +106,9 @@ def _length_mask(lengths: list[int]) -> torch.Tensor:
 
 def _weights(mask: torch.Tensor, mode: str, norm_length) -> torch.Tensor:
     """d aggregate / d values: the weight each token has in the aggregated scalar (all aggregations are linear)."""
-    v = torch.zeros_like(mask, requires_grad=True)
-    aggregate(v, mask, mode, norm_length=norm_length).backward()
+    with torch.enable_grad():  # also under no_grad (PolicyWorker.loss)
+        v = torch.zeros_like(mask, requires_grad=True)
+        aggregate(v, mask, mode, norm_length=norm_length).backward()
     return v.grad
 
 
@@ -130,6 +131,15 @@ def new_accumulator() -> dict:
     """What the worker's `_accumulate` adds to over micro-batches: summed scaled loss, token count, and
     token-weighted metric sums."""
     return {"loss": 0.0, "weight": 0.0, "totals": {}}
+
+
+def add_to_accumulator(acc: dict, loss: float, mb: dict, metrics: dict) -> None:
+    """Add one micro-batch's scaled loss, its token count and its token-weighted metrics to `acc`."""
+    w = float(mb["mask"].sum())
+    acc["loss"] += loss
+    acc["weight"] += w
+    for k, v in metrics.items():
+        acc["totals"][k] = acc["totals"].get(k, 0.0) + float(v) * w
 
 
 def relative_row_weights(lengths: list[int], mode: str, norm_length) -> torch.Tensor:

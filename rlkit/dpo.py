@@ -39,7 +39,8 @@ from rlkit.config import ConfigError, LoggingConfig, ModelConfig, TrainerConfig,
 from rlkit.models.loading import load_policy, load_processor
 from rlkit.records import TrainItem
 from rlkit.rundir import dpo_resumable, open_run
-from rlkit.run.build import resolve_model
+from rlkit.policy.settings import WorkerSettings
+from rlkit.run.build import resolve_model, worker_settings
 from rlkit.runlog import RunLog
 from rlkit.worker import PolicyWorker
 
@@ -103,19 +104,20 @@ def check_dpo(cfg: DPOConfig) -> None:
 class DPOWorker(PolicyWorker):
     """The policy worker plus `dpo_step(pairs)`; see the module docstring. Plain class (no Ray)."""
 
-    def __init__(self, model_path: str, *, loss: str = "sigmoid", beta: float = 0.1, loss_opts: dict | None = None,
-                 reference_path: str | None = None, lr_schedule: str = "constant", warmup_steps: int = 0,
-                 total_steps: int = 1, **worker_kwargs):
+    def __init__(self, model_path: str, settings: WorkerSettings | None = None, *, loss: str = "sigmoid",
+                 beta: float = 0.1, loss_opts: dict | None = None, reference_path: str | None = None,
+                 lr_schedule: str = "constant", warmup_steps: int = 0, total_steps: int = 1, **overrides):
         """`reference_path`: load a frozen reference model from there (on-the-fly reference log-probs, or a
         cached reference that differs from the starting weights); None: the current policy is the reference
-        for `reference_logps`, and `dpo_step` needs the cached values. Other keywords: `PolicyWorker`'s."""
-        super().__init__(model_path, temperature=1.0, kl_coef=0.0, **worker_kwargs)
+        for `reference_logps`, and `dpo_step` needs the cached values. `settings` and other keywords: the
+        policy worker's (rlkit/policy/settings.py)."""
+        super().__init__(model_path, settings, temperature=1.0, kl_coef=0.0, **overrides)
         from transformers import get_scheduler
 
         self.dpo_loss = get_dpo_loss(loss)
         self.beta, self.dpo_opts = beta, dict(loss_opts or {})
         if reference_path:
-            self.ref_model, _, _ = load_policy(reference_path, worker_kwargs.get("dtype", "float32"))
+            self.ref_model, _, _ = load_policy(reference_path, self.settings.dtype)
             self.ref_model.to(self.device).eval().requires_grad_(False)
         self.scheduler = get_scheduler(lr_schedule, self.optimizer, num_warmup_steps=warmup_steps,
                                        num_training_steps=max(1, total_steps))
@@ -264,7 +266,7 @@ def run_dpo(cfg: DPOConfig, resume: bool = False, overwrite: bool = False) -> di
         print(f"rlkit: {enc_stats['retokenized']} of {len(pairs)} pairs carry token ids of another tokenizer; "
               "they were re-rendered and re-tokenised from their text")
 
-    d, t = cfg.dpo, cfg.trainer
+    d = cfg.dpo
     per_epoch = math.ceil(len(pairs) / d.batch_size)
     total = d.max_steps or d.epochs * per_epoch
     ref_model = d.reference_path or base
@@ -274,12 +276,10 @@ def run_dpo(cfg: DPOConfig, resume: bool = False, overwrite: bool = False) -> di
         raise ValueError(f"{cache} is missing or stale: the cached reference log-probs of the starting model are "
                          "needed to resume (start again, or use dpo.reference: on_the_fly)")
     load_ref = d.reference == "on_the_fly" or (ref is None and ref_model != start_model)
-    worker = DPOWorker(start_model, loss=d.loss, beta=d.beta, loss_opts=dict(d.loss_opts),
+    # DPO in this process, one rank, full fine-tuning (model.lora and trainer.strategy are GRPO's), one thread as before
+    worker = DPOWorker(start_model, worker_settings(cfg, lora=None, strategy="replicate", num_threads=1), loss=d.loss, beta=d.beta, loss_opts=dict(d.loss_opts),
                        reference_path=ref_model if load_ref else None, lr_schedule=d.lr_schedule,
-                       warmup_steps=math.ceil(total * d.warmup_ratio), total_steps=total, dtype=cfg.model.dtype,
-                       freeze=list(cfg.model.freeze), lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas),
-                       adam_eps=t.adam_eps, max_grad_norm=t.max_grad_norm, micro_batch_size=t.micro_batch_size, seed=cfg.seed,
-                       device=t.device, gradient_checkpointing=t.gradient_checkpointing)
+                       warmup_steps=math.ceil(total * d.warmup_ratio), total_steps=total)
     if d.reference == "cached" and ref is None:  # once, before any update; then the reference model is dropped
         ref = worker.reference_logps(pairs)
         cache.write_text(json.dumps({"model": ref_model, "fingerprint": _fingerprint(pairs), "logps": ref}))

@@ -30,7 +30,7 @@ from rlkit.records import MODES, Sample, TrainItem
 from rlkit.reward_health import RewardHealth
 from rlkit.rundir import GRPO_RESUMABLE, open_run
 from rlkit.run.build import (PolicyLogprobs, RewardResources, engine_options, load_prompt_data,  # noqa: F401
-                             resolve_model, reward_scorer, reward_specs, row_texts)
+                             resolve_model, reward_scorer, reward_specs, row_texts, worker_settings)
 from rlkit.run.checks import check_grpo
 from rlkit.run.labeler import labeler_config, labeler_resources
 from rlkit.runlog import RunLog
@@ -125,18 +125,9 @@ def _policy(cfg: GRPOConfig, model_path: str, base_model: str, out: pathlib.Path
     from rlkit.orchestration import spawn
     from rlkit.pool import PolicyGroup, PolicyRank
 
-    t, a = cfg.trainer, cfg.algorithm
-    return PolicyGroup(lambda rank: spawn(
-                 PolicyRank, model_path, num_cpus=t.num_cpus, num_gpus=t.num_gpus, device=t.device,
-                 bundle=placement.rank(rank),
-                 gradient_checkpointing=t.gradient_checkpointing, dtype=cfg.model.dtype, freeze=list(cfg.model.freeze),
-                 lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas), adam_eps=t.adam_eps, max_grad_norm=t.max_grad_norm,
-                 micro_batch_size=t.micro_batch_size, mini_batch_size=t.mini_batch_size, ppo_epochs=t.ppo_epochs,
-                 shuffle_minibatches=t.shuffle_minibatches,
-                 policy_loss=a.policy_loss, loss_opts=dict(a.loss_opts), kl_coef=a.kl_coef,
-                 kl_estimator=a.kl_estimator, kl_in_reward=a.kl_in_reward, reference_path=base_model,
-                 temperature=cfg.rollout.temperature, lora=dict(cfg.model.lora) or None, seed=cfg.seed,
-                 num_threads=max(1, int(t.num_cpus)), strategy=t.strategy, env=POLICY_ENV),
+    t, settings = cfg.trainer, worker_settings(cfg, reference_path=base_model)  # rlkit/policy/settings.py
+    return PolicyGroup(lambda rank: spawn(PolicyRank, model_path, settings, num_cpus=t.num_cpus, num_gpus=t.num_gpus,
+                                          bundle=placement.rank(rank), env=POLICY_ENV),
         t.num_ranks, where=lambda: ckpt.last_note(out, model_path), strategy=t.strategy, call_timeout_s=t.timeout_s)
 
 

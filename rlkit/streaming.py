@@ -45,7 +45,7 @@ class StreamedStep:
         self._check_batch(items)
         lengths = [len(it.completion_ids) for it in items]
         rel = relative_row_weights(lengths, self.aggregation, self.loss_opts.get("norm_length"))
-        [(_, mbs)] = self._layout(items, self._encode_prompts(items), list(range(len(items))))
+        [(_, mbs)] = self._layout(items, self._encode_prompts(items), list(range(len(items))), whole=True)
         self._accumulate(items, mbs, None, {}, rel, s["acc"])  # old logprobs: the current ones (one step)
         s["lengths"] += lengths
         s["mass"] += float(rel.sum())

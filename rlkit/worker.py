@@ -52,11 +52,12 @@ import torch
 from rlkit.algorithms import aggregate, get_kl_estimator, get_policy_loss
 from rlkit.algorithms.kl import sequence_k1
 from rlkit.batching import (_aggregation_scale, _gather, _length_mask, _per_item, _weights, build_batch, encode_prompt,
-                            image_digest, new_accumulator)
+                            add_to_accumulator, image_digest, new_accumulator)
 from rlkit.lora import (ADAPTER_DIR, adapter_base_path, adapters_off, adapters_off_is_reference, apply_lora, load_lora,
                         lora_settings, merged_state_dict, save_lora)
 from rlkit.lora import trainable_counts as lora_trainable_counts
 from rlkit.models.loading import apply_freeze, load_policy, resolve_device, tokenizer_of
+from rlkit.policy.settings import WorkerSettings, settings_with
 from rlkit.records import TrainItem
 from rlkit.streaming import StreamedStep
 from rlkit.sharding import (all_reduce_grads, check_strategy, full_optimizer_state, full_state_dict, global_norm,
@@ -68,49 +69,25 @@ TRAINER_STATE = "trainer_state.pt"
 
 
 class PolicyWorker(StreamedStep):
-    def __init__(
-        self,
-        model_path: str,
-        *,
-        dtype: str = "float32",
-        freeze: list[str] | None = None,
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8,
-        max_grad_norm: float = 1.0,
-        micro_batch_size: int = 64,
-        mini_batch_size: int = 0,
-        ppo_epochs: int = 1,
-        shuffle_minibatches: bool = True,
-        policy_loss: str = "ppo_clip",
-        loss_opts: dict | None = None,
-        kl_coef: float = 0.0,
-        kl_estimator: str = "k3",
-        kl_in_reward: bool = False,
-        reference_path: str | None = None,
-        temperature: float = 1.0,
-        lora: dict | None = None,
-        seed: int = 0,
-        num_threads: int = 1,
-        device: str = "auto",
-        gradient_checkpointing: bool = False,
-        strategy: str = "replicate",
-    ):
-        torch.set_num_threads(num_threads)
-        torch.manual_seed(seed)
-        self.device = resolve_device(device)
+    def __init__(self, model_path: str, settings: WorkerSettings | None = None, **overrides):
+        """`settings`: rlkit/policy/settings.py; keywords override single fields (`PolicyWorker(path, lr=1e-3)`)."""
+        self.settings = cfg = settings_with(settings, **overrides)
+        dtype, lora, model_path = cfg.dtype, cfg.lora, str(model_path)
+        torch.set_num_threads(cfg.num_threads)
+        torch.manual_seed(cfg.seed)
+        self.device = resolve_device(cfg.device)
         self.lora = lora_settings(lora)
-        check_strategy(strategy, lora=bool(self.lora))
-        self.strategy, self.sharded = strategy, False  # fsdp2: sharded when join_group forms the group
+        check_strategy(cfg.strategy, lora=bool(self.lora))
+        self.strategy, self.sharded = cfg.strategy, False  # fsdp2: sharded when join_group forms the group
         resume_base = adapter_base_path(model_path) if self.lora else None
         self.model, self.processor, self.is_vlm = load_policy(resume_base or model_path, dtype)
         self.tokenizer = tokenizer_of(self.processor)
-        self.trainable = apply_freeze(self.model, list(freeze or []))
+        self.trainable = apply_freeze(self.model, list(cfg.freeze or []))
         if self.lora:  # only adapter weights train; a checkpoint's adapter is resumed on its base model
             self.model = (load_lora(self.model, pathlib.Path(model_path) / ADAPTER_DIR) if resume_base
                           else apply_lora(self.model, self.lora))
             self.trainable = lora_trainable_counts(self.model)
-        if gradient_checkpointing:  # recompute activations in backward: memory for compute (GPU-sized models)
+        if cfg.gradient_checkpointing:  # recompute activations in backward: memory for compute (GPU-sized models)
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if self.lora:  # frozen embeddings: make the checkpointed blocks' inputs require grad
                 self.model.enable_input_require_grads()
@@ -118,30 +95,30 @@ class PolicyWorker(StreamedStep):
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("model.freeze leaves no trainable parameter")
-        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=adam_eps)
-        self.max_grad_norm = max_grad_norm
-        self.micro_batch_size = max(1, micro_batch_size)
-        if mini_batch_size < 0 or ppo_epochs < 1:
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas),
+                                           eps=cfg.adam_eps)
+        self.max_grad_norm = cfg.max_grad_norm
+        self.micro_batch_size = max(1, cfg.micro_batch_size)
+        if cfg.mini_batch_size < 0 or cfg.ppo_epochs < 1:
             raise ValueError(f"mini_batch_size must be >= 0 (0: the whole batch) and ppo_epochs >= 1, "
-                             f"got {mini_batch_size} and {ppo_epochs}")
-        self.mini_batch_size = mini_batch_size  # sequences per optimizer step (0: the whole rollout batch)
-        self.ppo_epochs = ppo_epochs
-        self.shuffle_minibatches = shuffle_minibatches  # a fresh item order per epoch (when there are >1 mini-batches)
-        self.seed = seed
+                             f"got {cfg.mini_batch_size} and {cfg.ppo_epochs}")
+        self.mini_batch_size = cfg.mini_batch_size  # sequences per optimizer step (0: the whole rollout batch)
+        self.ppo_epochs, self.seed = cfg.ppo_epochs, cfg.seed
+        self.shuffle_minibatches = cfg.shuffle_minibatches  # a fresh item order per epoch (>1 mini-batches)
         self.update_log: list[dict] = []  # per optimizer step of the last train_step: epoch, mini_batch, metrics
-        self.loss_fn = get_policy_loss(policy_loss)
-        self.loss_opts = dict(loss_opts or {})
+        self.loss_fn = get_policy_loss(cfg.policy_loss)
+        self.loss_opts = dict(cfg.loss_opts or {})
         self.aggregation = self.loss_opts.get("aggregation", "token_mean")
-        self.kl_coef = kl_coef
-        self.kl_in_reward = kl_in_reward  # True: k1 penalty in the reward (reference_kl), none in the loss
-        self.kl_fn = get_kl_estimator(kl_estimator)
-        self.temperature = temperature
+        self.kl_coef = kl_coef = cfg.kl_coef
+        self.kl_in_reward = cfg.kl_in_reward  # True: k1 penalty in the reward (reference_kl), none in the loss
+        self.kl_fn = get_kl_estimator(cfg.kl_estimator)
+        self.temperature = cfg.temperature
         self.ref_model = None
         # LoRA, only adapters train, their base is the reference: the policy with adapters off (no second model)
         self.ref_adapters_off = kl_coef > 0 and bool(self.lora) and adapters_off_is_reference(
-            self.model, reference_path or model_path, resume_base or model_path)
+            self.model, cfg.reference_path or model_path, resume_base or model_path)
         if kl_coef > 0 and not self.ref_adapters_off:
-            self.ref_model, _, _ = load_policy(reference_path or model_path, dtype)
+            self.ref_model, _, _ = load_policy(cfg.reference_path or model_path, dtype)
             self.ref_model.to(self.device).eval().requires_grad_(False)
         self.step = 0
         self.skipped_updates = 0
@@ -250,13 +227,14 @@ class PolicyWorker(StreamedStep):
         g = torch.Generator().manual_seed(int.from_bytes(key, "little"))
         return torch.randperm(n, generator=g).tolist()
 
-    def _layout(self, items: list[TrainItem], prompts: list[dict], order: list[int]) -> list[tuple[list, list]]:
+    def _layout(self, items: list[TrainItem], prompts: list[dict], order: list[int],
+                whole: bool = False) -> list[tuple[list, list]]:
         """Mini-batches (one optimizer step each) over `order`: (rows, micro_batches) with `rows` every index
         into `items` of the mini-batch, and `micro_batches` (one forward/backward each) covering this rank's
         contiguous slice of them (all of them with one rank). Each micro-batch is a batch dict (see `_batch`)
         plus `rows` (the indices into `items` of its B rows) and `start` (its first row's position in the
-        mini-batch)."""
-        mini = self.mini_batch_size or len(items)
+        mini-batch). `whole`: one mini-batch of every item."""
+        mini = len(items) if whole else (self.mini_batch_size or len(items))
         out = []
         for m in range(0, len(order), mini):
             part = order[m:m + mini]
@@ -369,37 +347,59 @@ class PolicyWorker(StreamedStep):
         """Forward/backward of the micro-batches `mbs` into the parameters' gradients, each micro-batch's loss
         scaled by its rows' weight (`row_weights[start:start+B]`, per token or per row) over its own total;
         adds its loss, token count and token-weighted metrics to `acc` (`new_accumulator`)."""
-        opts = dict(self.loss_opts)
-        totals = acc["totals"]
         for mb in mbs:
-            rows = [items[r] for r in mb["rows"]]
             logp, entropy = self._logprobs(self.model, mb)
             if mb.get("pad"):  # fsdp2: a pass that only keeps the ranks' collectives in step; zero gradient
                 (torch.where(mb["mask"] > 0, logp, torch.zeros_like(logp)).sum() * 0.0).backward()
                 continue
-            old_lp = _gather(old, mb, logp) if old is not None else logp.detach()
-            adv = torch.tensor([it.advantage for it in rows], dtype=logp.dtype, device=logp.device)
-            has_rollout = all(it.rollout_logprobs for it in rows)
-            loss, metrics = self.loss_fn(logp, old_lp, adv, mb["mask"],
-                                         rollout_logprobs=mb["rollout_logprobs"] if has_rollout else None, **opts)
-            if self.has_reference and not self.kl_in_reward:
-                if any(r not in ref for r in mb["rows"]):
-                    ref.update(_per_item(self._ref_logprobs(mb), mb))
-                kl = aggregate(self.kl_fn(logp, _gather(ref, mb, logp)), mb["mask"], self.aggregation,
-                               norm_length=opts.get("norm_length"))
-                loss = loss + self.kl_coef * kl
-                metrics["kl"] = float(kl.detach())
+            loss, metrics = self._micro_loss(items, mb, logp, entropy, old, ref)
             # this micro-batch's share of the whole mini-batch's aggregate (over every rank's rows)
             scale = _aggregation_scale(row_weights, mb["start"], mb["mask"].cpu(), self.aggregation,
-                                       opts.get("norm_length"))
+                                       self.loss_opts.get("norm_length"))
             (loss * scale).backward()
-            acc["loss"] += float(loss.detach()) * scale
-            w = float(mb["mask"].sum())
-            acc["weight"] += w
-            metrics["entropy"] = float((entropy * mb["mask"]).sum() / mb["mask"].sum().clamp(min=1))
-            for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + float(v) * w
+            add_to_accumulator(acc, float(loss.detach()) * scale, mb, metrics)
         return acc
+
+    def _micro_loss(self, items, mb: dict, logp, entropy, old, ref: dict) -> tuple[torch.Tensor, dict]:
+        """One micro-batch's loss: the registered policy loss (old logprobs: `old`, else `logp` detached), plus
+        kl_coef * KL to the reference when the KL is in the loss; and its metrics (entropy included)."""
+        rows = [items[r] for r in mb["rows"]]
+        old_lp = _gather(old, mb, logp) if old is not None else logp.detach()
+        adv = torch.tensor([it.advantage for it in rows], dtype=logp.dtype, device=logp.device)
+        has_rollout = all(it.rollout_logprobs for it in rows)
+        loss, metrics = self.loss_fn(logp, old_lp, adv, mb["mask"],
+                                     rollout_logprobs=mb["rollout_logprobs"] if has_rollout else None, **self.loss_opts)
+        if self.has_reference and not self.kl_in_reward:
+            if any(r not in ref for r in mb["rows"]):
+                ref.update(_per_item(self._ref_logprobs(mb), mb))
+            kl = aggregate(self.kl_fn(logp, _gather(ref, mb, logp)), mb["mask"], self.aggregation,
+                           norm_length=self.loss_opts.get("norm_length"))
+            loss = loss + self.kl_coef * kl
+            metrics["kl"] = float(kl.detach())
+        metrics["entropy"] = float((entropy * mb["mask"]).sum() / mb["mask"].sum().clamp(min=1))
+        return loss, metrics
+
+    @torch.no_grad()
+    def loss(self, items: list[TrainItem]) -> tuple[float, dict[str, float]]:
+        """(loss, metrics) of `items` as one mini-batch, as a one-step `train_step` computes them (old logprobs:
+        the current ones; KL in the loss when configured), without stepping: weights, optimizer, step unchanged.
+        Metrics: token-weighted means (`train_step`'s names without `train/`); several ranks: every rank calls."""
+        self._check_batch(items)
+        [(_, mbs)] = self._layout(items, self._encode_prompts(items), list(range(len(items))), whole=True)
+        weights = _weights(_length_mask([len(it.completion_ids) for it in items]), self.aggregation,
+                           self.loss_opts.get("norm_length"))
+        acc = new_accumulator()
+        for mb in mbs:
+            logp, entropy = self._logprobs(self.model, mb)
+            if not mb.get("pad"):
+                loss, metrics = self._micro_loss(items, mb, logp, entropy, None, {})
+                scale = _aggregation_scale(weights, mb["start"], mb["mask"].cpu(), self.aggregation,
+                                           self.loss_opts.get("norm_length"))
+                add_to_accumulator(acc, float(loss) * scale, mb, metrics)
+        loss, weight, totals = acc["loss"], acc["weight"], acc["totals"]
+        if self.world_size > 1:
+            loss, weight, totals = merge_metrics(self.world_size, loss, weight, totals)
+        return loss, {k: v / max(weight, 1.0) for k, v in totals.items()}
 
     def _apply(self, acc: dict, grad_scale: float = 1.0) -> dict[str, float]:
         """Sum over ranks, multiply gradients (and loss) by `grad_scale`, clip, step unless non-finite, zero."""

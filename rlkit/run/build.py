@@ -21,6 +21,7 @@ from typing import Callable, Iterable
 
 from rlkit.config import ConfigError, ModelConfig, RolloutConfig
 from rlkit.models.loading import build_tiny, check_model_path
+from rlkit.policy.settings import WorkerSettings, settings_with
 from rlkit.records import TrainItem
 
 TINY = ("tiny:text", "tiny:vlm")
@@ -76,6 +77,24 @@ def row_texts(ds) -> list[str]:
     """A prompt data set's text for a tiny model's vocabulary: every prompt and answer."""
     answers = ds["answer"] if "answer" in ds.column_names else []
     return list(ds["prompt"]) + [str(a) for a in answers]
+
+
+# ----------------------------------------------------------------------------------------------- policy
+def worker_settings(cfg, **overrides) -> WorkerSettings:
+    """The policy worker's settings from a GRPO or DPO config, in this one place: every `WorkerSettings` field
+    named like a key of `trainer:` or `algorithm:` (when the config has one) is copied by name; the model's
+    dtype, frozen parts and LoRA, the run's seed, the rollout's temperature and one thread per trainer CPU
+    are added; `overrides` last (e.g. `reference_path`)."""
+    sections = [s for s in (getattr(cfg, "trainer", None), getattr(cfg, "algorithm", None)) if s is not None]
+    values = {f.name: getattr(sec, f.name) for f in dataclasses.fields(WorkerSettings) for sec in sections
+              if hasattr(sec, f.name)}
+    rollout = getattr(cfg, "rollout", None)
+    values.update(dtype=cfg.model.dtype, freeze=tuple(cfg.model.freeze), lora=dict(cfg.model.lora) or None,
+                  seed=cfg.seed, num_threads=max(1, int(cfg.trainer.num_cpus)), betas=tuple(values["betas"]),
+                  loss_opts=dict(values.get("loss_opts", {})))
+    if rollout is not None:
+        values["temperature"] = rollout.temperature
+    return settings_with(WorkerSettings(**values), **overrides)
 
 
 # ----------------------------------------------------------------------------------------------- rewards

@@ -1,0 +1,1 @@
+"""The policy: the worker that holds the model and its optimizer, its settings, batching, vision, LoRA, sharding."""
