@@ -164,7 +164,7 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> 
     engine = _engines(cfg, p.start_model, placement)
     processor = load_processor(p.start_model)  # while the actors start
     engine.restarts = state.get("rollout_worker_restarts", 0)
-    p.resources.policy = PolicyLogprobs(policy.leader, tokenizer_of(processor))
+    p.resources.policy = PolicyLogprobs(policy, tokenizer_of(processor))
     p.scorer.start()  # reward worker processes warm up while the engine starts
     if p.resume_from:
         policy.load_trainer_state(str(p.resume_from))
@@ -289,15 +289,13 @@ def _held_out(cfg: GRPOConfig, p: Prepared, engine, processor) -> HeldOutEval | 
 def _advantages(cfg: GRPOConfig, policy, samples: list[Sample], adv_fn) -> torch.Tensor | None:
     """Set each sample's advantage over algorithm.mode_groups; with algorithm.kl_in_reward the rewards are first
     penalised by kl_coef * sum_t k1 (returned per sample for the metrics; None without it)."""
-    import ray
-
     rewards_t = torch.tensor([s.reward for s in samples], dtype=torch.float32)
     seq_kl = None
     if cfg.algorithm.kl_in_reward:
         from rlkit.algorithms.kl import kl_penalized_rewards
 
-        seq_kl = torch.tensor(ray.get(policy.leader.reference_kl.remote(
-            [TrainItem(s.prompt_text, s.row.images, s.completion_ids, 0.0, []) for s in samples])))
+        seq_kl = torch.tensor(policy.reference_kl(
+            [TrainItem(s.prompt_text, s.row.images, s.completion_ids, 0.0, []) for s in samples]))
         rewards_t = kl_penalized_rewards(rewards_t, seq_kl, cfg.algorithm.kl_coef)
     groups_t = advantage_groups(torch.tensor([s.group for s in samples]),
                                 torch.tensor([MODES.index(s.mode) for s in samples]),

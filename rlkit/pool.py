@@ -158,24 +158,6 @@ class PolicyRank(PolicyWorker):
         return where_am_i()
 
 
-class AllRanks:
-    """Rank 0's actor handle as the driver uses it (`h.method.remote(*args)` -> object ref), for sharded ranks:
-    the call goes to every rank in rank order (their collectives meet) and rank 0's ref is returned."""
-
-    def __init__(self, ranks: list):
-        self.ranks = ranks
-
-    def __getattr__(self, name: str):
-        methods = [getattr(a, name) for a in self.ranks]
-
-        class _Method:
-            @staticmethod
-            def remote(*args, **kwargs):
-                return [m.remote(*args, **kwargs) for m in methods][0]
-
-        return _Method()
-
-
 class PolicyRankError(RuntimeError):
     """A policy rank died or failed; the run stops (the last complete checkpoint is untouched)."""
 
@@ -202,11 +184,18 @@ class PolicyGroup:
     def sharded(self) -> bool:
         return self.strategy == "fsdp2" and len(self.ranks) > 1
 
-    @property
-    def leader(self):
-        """Rank 0: weights for the sync, scoring for rewards, checkpoints. Sharded (fsdp2): a handle whose
-        `h.method.remote(...)` calls the method on every rank (same arguments) and returns rank 0's ref."""
-        return AllRanks(self.ranks) if self.sharded else self.ranks[0]
+    def _on_leader(self, method: str, *args) -> list:
+        """Refs of `method(*args)` on rank 0, the leader (weights for the sync, scoring for rewards), first;
+        sharded (fsdp2), on every rank with the same arguments, since every forward is a collective."""
+        return [getattr(a, method).remote(*args) for a in (self.ranks if self.sharded else self.ranks[:1])]
+
+    def compute_logprobs(self, items) -> list:
+        """Rank 0's completion logprobs of `items` (RLPR's policy access, rlkit.run.build.PolicyLogprobs)."""
+        return self._get(self._on_leader("compute_logprobs", items))[0]
+
+    def reference_kl(self, items) -> list:
+        """Rank 0's per-sequence k1 KL to the reference (algorithm.kl_in_reward)."""
+        return self._get(self._on_leader("reference_kl", items))[0]
 
     def train_step(self, items) -> dict:
         return self._get([a.train_step.remote(items) for a in self.ranks])[0]
@@ -225,8 +214,8 @@ class PolicyGroup:
         return self._get([a.where.remote() for a in self.ranks])
 
     def state_dict(self):
-        """An object ref to rank 0's weights (every rank holds the same)."""
-        return self.leader.state_dict.remote()
+        """An object ref to rank 0's weights (every rank holds the same; sharded, every rank gathers them)."""
+        return self._on_leader("state_dict")[0]
 
     def save(self, directory: str) -> None:
         self._get([a.save.remote(directory) for a in (self.ranks if self.sharded else self.ranks[:1])])

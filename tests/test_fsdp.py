@@ -252,13 +252,13 @@ def ray_local():
 
 
 def test_policy_group_fans_leader_calls_out_under_fsdp2(tiny_text_path, ray_local, tmp_path):
-    """PolicyGroup (Ray actors, as the GRPO driver uses it): under fsdp2 the leader handle runs RLPR's scoring,
+    """PolicyGroup (Ray actors, as the GRPO driver uses it): under fsdp2 the leader's calls run RLPR's scoring,
     the weight sync's state dict and the checkpoint on every rank (each forward all-gathers), with rank 0's
     result; under replicate the leader stays rank 0's actor."""
     import ray
 
     from rlkit.orchestration import spawn
-    from rlkit.pool import AllRanks, PolicyGroup, PolicyRank
+    from rlkit.pool import PolicyGroup, PolicyRank
     from rlkit.worker import PolicyWorker
 
     single = PolicyWorker(tiny_text_path, **KW)
@@ -269,9 +269,9 @@ def test_policy_group_fans_leader_calls_out_under_fsdp2(tiny_text_path, ray_loca
                                            **KW), 2,
                         strategy="fsdp2")
     try:
-        assert isinstance(group.leader, AllRanks)
+        assert group.sharded
         got = group.train_step(items)
-        lp = ray.get(group.leader.compute_logprobs.remote(items[:2]))  # RLPR's path (rlkit/grpo.py)
+        lp = group.compute_logprobs(items[:2])  # RLPR's path (rlkit.run.build.PolicyLogprobs)
         weights = ray.get(group.state_dict())  # the sync's object ref: rank 0's full weights
         group.save(str(tmp_path / "ck"))
     finally:
@@ -281,15 +281,15 @@ def test_policy_group_fans_leader_calls_out_under_fsdp2(tiny_text_path, ray_loca
         assert a == pytest.approx(b, abs=1e-5)
     assert_same_update(weights, single.state_dict(), base)
     assert (tmp_path / "ck" / "trainer_state.pt").exists() and (tmp_path / "ck" / "config.json").exists()
-    for strategy in ("replicate", "fsdp2"):  # one rank: no group, nothing sharded: rank 0's own handle
+    for strategy in ("replicate", "fsdp2"):  # one rank: no group, nothing sharded: rank 0 alone
         one = PolicyGroup(lambda rank: object(), 1, strategy=strategy)
-        assert one.leader is one.ranks[0]
+        assert not one.sharded
 
 
 @pytest.mark.slow
 def test_grpo_fsdp2_two_ranks_match_one_rank(tmp_path):
     """The GRPO driver end to end (vLLM rollout, Ray ranks) with the KL penalty in the reward, so the driver
-    calls `policy.leader.reference_kl` every step: 2 fsdp2 ranks sample the same completions and end with the
+    calls `policy.reference_kl` every step: 2 fsdp2 ranks sample the same completions and end with the
     same weights as 1 rank (same seed)."""
     from safetensors.torch import load_file
 

@@ -99,18 +99,17 @@ def worker_settings(cfg, **overrides) -> WorkerSettings:
 
 # ----------------------------------------------------------------------------------------------- rewards
 class PolicyLogprobs:
-    """`rewards.rlpr.PolicyAccess` over the policy actor: completion logprobs from the weights that sampled this
-    step (rewards are scored after the rollout and before the update), batched in the worker; no second copy."""
+    """`rewards.rlpr.PolicyAccess` over the policy ranks (`pool.PolicyGroup`): completion logprobs from the
+    weights that sampled this step (rewards are scored after the rollout and before the update), batched in the
+    worker; no second copy."""
 
-    def __init__(self, actor, tokenizer):
-        self.actor, self.tokenizer = actor, tokenizer
+    def __init__(self, policy, tokenizer):
+        self.policy, self.tokenizer = policy, tokenizer
 
     def completion_logprobs(self, prompt_texts, images, completion_ids):
-        import ray
-
         items = [TrainItem(p, list(im or []), list(ids), 0.0, [])
                  for p, im, ids in zip(prompt_texts, images, completion_ids)]
-        return ray.get(self.actor.compute_logprobs.remote(items))
+        return self.policy.compute_logprobs(items)
 
 
 @dataclasses.dataclass
