@@ -10,7 +10,6 @@ import dataclasses
 import json
 import pathlib
 import random
-import time
 
 import torch
 
@@ -33,6 +32,7 @@ from rlkit.run.build import (PolicyLogprobs, RewardResources, engine_options, lo
                              resolve_model, reward_scorer, reward_specs, row_texts, worker_settings)
 from rlkit.run.checks import check_grpo
 from rlkit.run.labeler import labeler_config, labeler_resources
+from rlkit.run.timing import timed
 from rlkit.runlog import RunLog
 
 REWARD_STATE = "reward_state.json"
@@ -134,147 +134,210 @@ def _policy(cfg: GRPOConfig, model_path: str, base_model: str, out: pathlib.Path
 def run_grpo(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> dict:
     """Run GRPO as configured; returns a summary (last metrics, checkpoint path). A new run refuses an
     output_dir that holds another one unless `overwrite` (moved aside); see rlkit/rundir.py."""
+    run = Run(cfg)
+    try:
+        setup(run, resume, overwrite)
+        last = train(run)
+    finally:
+        cleanup(run)
+    return {**last, "time/startup_s": run.startup_s}
+
+
+def train(run: Run) -> dict:
+    """The loop: collect, advantages, update, sync, log, evaluate, checkpoint; returns the last step's record."""
+    cfg, last = run.cfg, {}
+    if run.held_out and run.start == 0:  # the curve's starting point: the initial policy
+        run.log.log_step(0, run.held_out.run(run.tokens_total), [])
+    for step in range(run.start + 1, cfg.max_steps + 1):
+        phases: dict[str, float] = {}
+        with timed(phases, "step"):  # from the first request to the end of the sync
+            # rollout + rewards (the group filter drops flat groups, fresh prompts refill); advantages per group.
+            # Streamed (rollout.stream_chunks > 1): each chunk's groups already train while the next generates
+            update = Update(run)
+            c = collect(cfg, run.engine, run.processor, run.rows, run.p.scorer, run.group_filter, run.rng, step,
+                        on_kept=update.part if update.streamed else None)
+            if c.samples and not update.streamed:
+                update.advantages(c.samples)
+            # reward health: one line per failing reward; a broken reward stops here, before the update
+            health = run.health.step(step, c.result, c.samples, c.everything, lambda: ckpt.latest(run.p.out))
+            with timed(phases, "sleep"):
+                sleep_engines(run)  # rollout.sleep: engines free their memory for the update; the sync wakes them
+            with timed(phases, "update"):
+                trained = update.finish(c.samples)
+            with timed(phases, "sync"):  # policy rank 0 -> object store (once) -> every engine actor
+                if c.samples:
+                    run.engine.update_weights(run.policy.state_dict())
+        metrics = step_metrics(run, step, c, {**health, **trained, **update.kl_metrics()}, phases)
+        run.log.log_step(step, metrics, [s.log_record() for s in c.samples])
+        last = {"step": step, **metrics}
+        run.bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", tokens=int(metrics["completion/tokens_mean"]))
+        run.bar.update(1)
+        if run.held_out and run.held_out.due(step):  # greedy held-out answers from the synced engine
+            evaluation = run.held_out.run(run.tokens_total)
+            run.log.log_step(step, evaluation, [])
+            last.update(evaluation)
+        if step == cfg.max_steps or (cfg.logging.save_every and step % cfg.logging.save_every == 0):
+            last["checkpoint"] = save_checkpoint(run, step)
+    return last
+
+
+# ----------------------------------------------------------------------------------------------- set-up, teardown
+@dataclasses.dataclass
+class Run:
+    """What the loop carries from step to step; `setup` fills it, `cleanup` closes what it holds."""
+
+    cfg: GRPOConfig
+    p: Prepared | None = None
+    start: int = 0  # the last completed step (resumed) or 0
+    rng: random.Random | None = None
+    stream: PromptStream | None = None
+    rows: StepRows | None = None  # the prompt rows of each step (skipped bad rows counted)
+    tokens_total: int = 0  # completion tokens sampled over the run
+    mode_metrics: ModeMetrics | None = None
+    adv_fn: object = None  # the registered advantage estimator
+    group_filter: object = None
+    reward_states: dict = dataclasses.field(default_factory=dict)  # `reward_states`: saved with checkpoints
+    health: RewardHealth | None = None
+    log: RunLog | None = None
+    placement: object = None  # orchestration.Placement
+    policy: object = None  # pool.PolicyGroup
+    engine: object = None  # pool.EnginePool
+    processor: object = None
+    held_out: HeldOutEval | None = None
+    can_sleep: bool = False  # rollout.sleep, until the engines say they cannot
+    startup_s: float = 0.0  # from the actors' start to all of them ready
+    bar: object = None
+
+
+def setup(run: Run, resume: bool, overwrite: bool) -> None:
+    """Checks, data, model and rewards (`prepare`, before Ray); the run's state (restored on --resume); then the
+    placement, the policy ranks and the engines, waited for until ready."""
     from tqdm import tqdm
 
-    from rlkit.orchestration import init_ray
+    from rlkit.orchestration import init_ray, wait_ready
 
-    p = prepare(cfg, resume, overwrite)
+    cfg = run.cfg
+    run.p = p = prepare(cfg, resume, overwrite)
     state = ckpt.read_run_state(p.resume_from) if p.resume_from else {}
-    start = state.get("step", 0)
-    rng = random.Random(cfg.seed)
+    run.start = state.get("step", 0)
+    run.rng = random.Random(cfg.seed)
     if "rng" in state:
-        rng.setstate(_tuple(state["rng"]))
-    stream = PromptStream(p.data, seed=cfg.seed, shuffle=cfg.data.shuffle, position=state.get("data_position", 0),
-                          rows=p.rows)
-    rows_src = StepRows(cfg, stream)
-    rows_src.skipped = state.get("skipped_rows", p.bad_rows)
-    tokens_total = state.get("tokens_sampled_total", 0)
-    mode_metrics = ModeMetrics(p.accuracy_reward, state.get("mode_tokens_sampled_total"))
-    adv_fn = get_advantage_fn(cfg.algorithm.advantage)
-    group_filter = get_filter(cfg.algorithm.group_filter, **cfg.algorithm.group_filter_opts)
-    group_filter.load_state_dict(state.get("group_filter", {}))
-    states = reward_states(p.scorer, p.resume_from)
-    health = RewardHealth.from_config(cfg, p.scorer)  # failure summaries, the stop rule, steps with nothing to learn
-    log = RunLog(p.out, tensorboard=cfg.logging.tensorboard, log_samples=cfg.logging.log_samples,
-                 resume_step=start if p.resume_from else None)
+        run.rng.setstate(_tuple(state["rng"]))
+    run.stream = PromptStream(p.data, seed=cfg.seed, shuffle=cfg.data.shuffle,
+                              position=state.get("data_position", 0), rows=p.rows)
+    run.rows = StepRows(cfg, run.stream)
+    run.rows.skipped = state.get("skipped_rows", p.bad_rows)
+    run.tokens_total = state.get("tokens_sampled_total", 0)
+    run.mode_metrics = ModeMetrics(p.accuracy_reward, state.get("mode_tokens_sampled_total"))
+    run.adv_fn = get_advantage_fn(cfg.algorithm.advantage)
+    run.group_filter = get_filter(cfg.algorithm.group_filter, **cfg.algorithm.group_filter_opts)
+    run.group_filter.load_state_dict(state.get("group_filter", {}))
+    run.reward_states = reward_states(p.scorer, p.resume_from)
+    run.health = RewardHealth.from_config(cfg, p.scorer)  # failure summaries, the stop rule, nothing to learn
+    run.log = RunLog(p.out, tensorboard=cfg.logging.tensorboard, log_samples=cfg.logging.log_samples,
+                     resume_step=run.start if p.resume_from else None)
 
     init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.loopback)
-    placement = _placement(cfg)
-    policy = _policy(cfg, p.start_model, p.base_model, p.out, placement)
-    engine = _engines(cfg, p.start_model, placement)
-    processor = load_processor(p.start_model)  # while the actors start
-    engine.restarts = state.get("rollout_worker_restarts", 0)
-    p.resources.policy = PolicyLogprobs(policy, tokenizer_of(processor))
+    run.placement = _placement(cfg)
+    run.policy = _policy(cfg, p.start_model, p.base_model, p.out, run.placement)
+    run.engine = _engines(cfg, p.start_model, run.placement)
+    run.processor = load_processor(p.start_model)  # while the actors start
+    run.engine.restarts = state.get("rollout_worker_restarts", 0)
+    p.resources.policy = PolicyLogprobs(run.policy, tokenizer_of(run.processor))
     p.scorer.start()  # reward worker processes warm up while the engine starts
     if p.resume_from:
-        policy.load_trainer_state(str(p.resume_from))
-    held_out = _held_out(cfg, p, engine, processor)
-    last: dict = {}
-    can_sleep = cfg.rollout.sleep
-    from rlkit.orchestration import wait_ready  # the bar (and its rate, its time left) starts with the first step
+        run.policy.load_trainer_state(str(p.resume_from))
+    run.held_out = _held_out(cfg, p, run.engine, run.processor)
+    run.can_sleep = cfg.rollout.sleep
+    # the bar (and its rate, its time left) starts with the first step
+    run.startup_s = wait_ready([*run.policy.ranks, *run.engine.actors], f"{cfg.trainer.num_ranks} policy rank(s) "
+                               f"and {cfg.rollout.num_workers} {cfg.rollout.engine} rollout engine(s)")
+    run.bar = tqdm(total=cfg.max_steps, initial=run.start, disable=not cfg.logging.progress, desc="grpo", unit="step")
 
-    startup_s = wait_ready([*policy.ranks, *engine.actors], f"{cfg.trainer.num_ranks} policy rank(s) and "
-                           f"{cfg.rollout.num_workers} {cfg.rollout.engine} rollout engine(s)")
-    bar = tqdm(total=cfg.max_steps, initial=start, disable=not cfg.logging.progress, desc="grpo", unit="step")
-    try:
-        if held_out and start == 0:  # the curve's starting point: the initial policy
-            log.log_step(0, held_out.run(tokens_total), [])
-        for step in range(start + 1, cfg.max_steps + 1):
-            # ---- rollout + rewards (the group filter drops uninformative groups; fresh prompts refill the batch).
-            # rollout.stream_chunks > 1: each chunk's kept groups get their advantages and go to the policy, which
-            # accumulates their gradient while the engines generate the next chunk (rlkit/streaming.py)
-            t_start = time.perf_counter()
-            pending, seq_kls = [], []
 
-            def train_part(part):
-                seq_kls.append(_advantages(cfg, policy, part, adv_fn))
-                pending.extend(policy.train_part(_train_items(cfg, part)))
+def cleanup(run: Run) -> None:
+    """Close what `setup` opened, newest first, whatever it got to: the bar, the log, the reward workers and
+    resources (a claim LM's engine), the engines, the policy ranks, the placement groups."""
+    for close in (run.bar and run.bar.close, run.log and run.log.close, run.p and run.p.scorer.close,
+                  run.p and run.p.resources.close, run.engine and run.engine.close, run.policy and run.policy.close,
+                  run.placement and run.placement.remove):
+        if close:
+            close()
 
-            streamed = cfg.rollout.stream_chunks > 1
-            c = collect(cfg, engine, processor, rows_src, p.scorer, group_filter, rng, step,
-                         on_kept=train_part if streamed else None)
-            samples, everything, result = c.samples, c.everything, c.result
-            t_rollout, t_reward, seen, kept, rounds = c.t_rollout, c.t_reward, c.seen, c.kept, c.rounds
-            if samples and not streamed:  # advantages over algorithm.mode_groups (batch-level ones see everything)
-                seq_kls.append(_advantages(cfg, policy, samples, adv_fn))
-            kl_metrics = _kl_metrics(cfg, seq_kls)
-            # ---- reward health: one line per failing reward; a broken reward stops here, before the update
-            health_metrics = health.step(step, result, samples, everything, lambda: ckpt.latest(p.out))
 
-            # ---- rollout.sleep: engines free their memory for the update (colocated GPUs); the sync wakes them
-            t0 = time.perf_counter()
-            if can_sleep and not engine.sleep():  # asked once: a backend that cannot, never can
-                can_sleep = False
-                print("rlkit: rollout.sleep: this engine cannot free its memory here (vLLM's CPU build has no sleep "
-                      "mode; the hf engine on a CPU has nothing to free); engines keep their memory")
-            t_sleep = time.perf_counter() - t0
+# ----------------------------------------------------------------------------------------------- one step
+class Update:
+    """One step's update: the advantages of its samples (whole, or streamed part by part into the policy
+    ranks, which accumulate gradients while the engines generate the next chunk: rlkit/streaming.py), then
+    `finish`: the policy's optimizer step (skipped when the filter left nothing to train on)."""
 
-            # ---- update (skipped when the filter left nothing to train on); streamed: the wait for the parts
-            # still in progress and the one optimizer step
-            t0 = time.perf_counter()
-            if not samples:
-                train_metrics = {"train/update_skipped": 1.0}
-            elif streamed:
-                train_metrics = policy.train_finish(pending)
-            else:
-                train_metrics = policy.train_step(_train_items(cfg, samples))
-            t_update = time.perf_counter() - t0
+    def __init__(self, run: Run):
+        self.run, self.streamed = run, run.cfg.rollout.stream_chunks > 1
+        self.pending: list = []  # streamed parts' calls, waited for by `finish`
+        self.seq_kls: list = []  # per-sample KL penalties (algorithm.kl_in_reward)
 
-            # ---- sync: weights go policy rank 0 -> object store (once) -> every engine actor (never the driver)
-            t0 = time.perf_counter()
-            if samples:
-                engine.update_weights(policy.state_dict())
-            t_sync = time.perf_counter() - t0
-            t_step = time.perf_counter() - t_start
+    def advantages(self, samples: list[Sample]) -> None:
+        self.seq_kls.append(_advantages(self.run.cfg, self.run.policy, samples, self.run.adv_fn))
 
-            # ---- log
-            sampled, n_all = sum(len(s.completion_ids) for s in everything), max(1, len(everything))
-            tokens_total += sampled
-            metrics = {**result.stats(), **health_metrics, **train_metrics, **kl_metrics, **mode_metrics.step(everything),
-                       "mode/deep_ratio": deep_ratio_at(step, cfg.modes.deep_ratio, cfg.modes.schedule),
-                       **{k: v for st in states.values() if hasattr(st, "metrics") for k, v in st.metrics().items()},
-                       **group_filter.metrics(), "filter/groups_seen": seen, "filter/groups_kept": kept,
-                       "filter/filtered_frac": 1 - kept / max(1, seen), "filter/refill_rounds": rounds,
-                       "completion/tokens_mean": sampled / n_all,
-                       "completion/truncated_frac": sum(s.finish_reason == "length" for s in everything) / n_all,
-                       "tokens/sampled": sampled, "tokens/sampled_total": tokens_total,
-                       "data/skipped_rows": rows_src.skipped, "reward/failures": len(result.failures),
-                       "rollout/worker_restarts": engine.restarts,
-                       "time/rollout_s": t_rollout, "time/reward_s": t_reward, "time/update_s": t_update,
-                       "time/sync_s": t_sync, "time/sleep_s": t_sleep, "time/step_s": t_step}
-            log.log_step(step, metrics, [s.log_record() for s in samples])
-            last = {"step": step, **metrics}
-            bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", tokens=int(metrics["completion/tokens_mean"]))
-            bar.update(1)
-            if held_out and held_out.due(step):  # greedy held-out answers from the synced engine
-                evaluation = held_out.run(tokens_total)
-                log.log_step(step, evaluation, [])
-                last.update(evaluation)
+    def part(self, samples: list[Sample]) -> None:
+        self.advantages(samples)
+        self.pending.extend(self.run.policy.train_part(_train_items(self.run.cfg, samples)))
 
-            # ---- checkpoint
-            every = cfg.logging.save_every
-            if step == cfg.max_steps or (every and step % every == 0):
-                with ckpt.naming_a_full_disk(p.out, step):
-                    staging = ckpt.staging_dir(p.out, step)
-                    policy.save(str(staging))
-                    (staging / REWARD_STATE).write_text(json.dumps({k: st.state_dict() for k, st in states.items()}))
-                    final = ckpt.finalize(p.out, step, staging, {
-                        "step": step, "data_position": stream.position, "rng": _jsonable_state(rng.getstate()),
-                        "tokens_sampled_total": tokens_total, "base_model": p.base_model,
-                        "group_filter": group_filter.state_dict(),
-                        "mode_tokens_sampled_total": mode_metrics.state_dict(),
-                        "skipped_rows": rows_src.skipped, "rollout_worker_restarts": engine.restarts,
-                    }, keep=cfg.logging.keep_checkpoints)
-                last["checkpoint"] = str(final)
-    finally:
-        bar.close()
-        log.close()
-        p.scorer.close()
-        p.resources.close()
-        for group in (engine, policy):
-            group.close()
-        placement.remove()
-    return {**last, "time/startup_s": startup_s}
+    def finish(self, samples: list[Sample]) -> dict:
+        if not samples:
+            return {"train/update_skipped": 1.0}
+        if self.streamed:  # the wait for the parts still in progress and the one optimizer step
+            return self.run.policy.train_finish(self.pending)
+        return self.run.policy.train_step(_train_items(self.run.cfg, samples))
+
+    def kl_metrics(self) -> dict:
+        return _kl_metrics(self.run.cfg, self.seq_kls)
+
+
+def sleep_engines(run: Run) -> None:
+    """rollout.sleep: ask the engines to free their memory (colocated GPUs); asked once when they cannot."""
+    if run.can_sleep and not run.engine.sleep():
+        run.can_sleep = False
+        print("rlkit: rollout.sleep: this engine cannot free its memory here (vLLM's CPU build has no sleep "
+              "mode; the hf engine on a CPU has nothing to free); engines keep their memory")
+
+
+def step_metrics(run: Run, step: int, c, parts: dict, phases: dict) -> dict:
+    """The step's metrics record (metrics.jsonl): rewards, `parts` (health, update, KL), modes, filter,
+    completions, tokens (adds this step's to `run.tokens_total`), data, failures, restarts, phase times."""
+    cfg, everything = run.cfg, c.everything
+    sampled, n_all = sum(len(s.completion_ids) for s in everything), max(1, len(everything))
+    run.tokens_total += sampled
+    return {**c.result.stats(), **parts, **run.mode_metrics.step(everything),
+            "mode/deep_ratio": deep_ratio_at(step, cfg.modes.deep_ratio, cfg.modes.schedule),
+            **{k: v for st in run.reward_states.values() if hasattr(st, "metrics") for k, v in st.metrics().items()},
+            **run.group_filter.metrics(), "filter/groups_seen": c.seen, "filter/groups_kept": c.kept,
+            "filter/filtered_frac": 1 - c.kept / max(1, c.seen), "filter/refill_rounds": c.rounds,
+            "completion/tokens_mean": sampled / n_all,
+            "completion/truncated_frac": sum(s.finish_reason == "length" for s in everything) / n_all,
+            "tokens/sampled": sampled, "tokens/sampled_total": run.tokens_total,
+            "data/skipped_rows": run.rows.skipped, "reward/failures": len(c.result.failures),
+            "rollout/worker_restarts": run.engine.restarts,
+            "time/rollout_s": c.t_rollout, "time/reward_s": c.t_reward,
+            **{f"time/{k}_s": phases[k] for k in ("update", "sync", "sleep", "step")}}
+
+
+def run_state(run: Run, step: int) -> dict:
+    """checkpoints/step_N/run_state.json: what --resume restores besides the weights and the optimizer."""
+    return {"step": step, "data_position": run.stream.position, "rng": _jsonable_state(run.rng.getstate()),
+            "tokens_sampled_total": run.tokens_total, "base_model": run.p.base_model,
+            "group_filter": run.group_filter.state_dict(), "mode_tokens_sampled_total": run.mode_metrics.state_dict(),
+            "skipped_rows": run.rows.skipped, "rollout_worker_restarts": run.engine.restarts}
+
+
+def save_checkpoint(run: Run, step: int) -> str:
+    """checkpoints/step_N, written aside and renamed when complete (rlkit/checkpoint.py); returns its path."""
+    out = run.p.out
+    with ckpt.naming_a_full_disk(out, step):
+        staging = ckpt.staging_dir(out, step)
+        run.policy.save(str(staging))
+        (staging / REWARD_STATE).write_text(json.dumps({k: st.state_dict() for k, st in run.reward_states.items()}))
+        return str(ckpt.finalize(out, step, staging, run_state(run, step), keep=run.cfg.logging.keep_checkpoints))
 
 
 def _held_out(cfg: GRPOConfig, p: Prepared, engine, processor) -> HeldOutEval | None:
