@@ -18,7 +18,7 @@ from rlkit.data import DataError, PromptStream, open_image, to_row
 from rlkit.modes import assign_modes, deep_ratio_at, render_prompt
 from rlkit.records import MODES, Sample, reward_columns
 from rollout import RolloutRequest, SamplingConfig
-from rollout.base import requests_n
+from rollout.base import balanced_chunks, requests_n
 
 
 class StepRows:
@@ -104,8 +104,6 @@ def collect(cfg: GRPOConfig, engine, processor, rows_src, scorer, group_filter, 
 def _group_ranges(owners: list, parts: int) -> list[tuple[int, int]]:
     """`parts` contiguous request ranges (lo, hi) of whole groups, balanced by group count (a row's requests,
     one per mode, are adjacent)."""
-    from rlkit.pool import balanced_chunks
-
     starts = [i for i, o in enumerate(owners) if i == 0 or o[0] != owners[i - 1][0]]
     ends = starts[1:] + [len(owners)]
     return [(starts[lo], ends[hi - 1]) for lo, hi in balanced_chunks([1] * len(starts), parts)]

@@ -297,13 +297,6 @@ class StartWatch:
 START_WATCH = StartWatch()
 
 
-def rendezvous_file(port: int, world_size: int, token: str = "") -> str:
-    """Where the ranks of a local gloo group rendezvous (the driver removes it when the group closes)."""
-    import tempfile
-
-    return os.path.join(tempfile.gettempdir(), f"rlkit-rendezvous-{port}-{world_size}{'-' + token if token else ''}")
-
-
 def spawn(cls, *args, num_cpus: float = 1.0, num_gpus: float = 0.0, env: dict | None = None, bundle=None,
           **kwargs):
     """`cls(*args, **kwargs)` inside a Ray actor with `num_cpus` (and `num_gpus`) reserved and its thread env set.

@@ -38,11 +38,19 @@ def check_strategy(strategy: str, *, lora: bool = False) -> None:
                          "use trainer.strategy: replicate for LoRA")
 
 
+def rendezvous_file(port: int, world_size: int, token: str = "") -> str:
+    """Where the ranks of a local gloo group rendezvous (the driver removes it when the group closes)."""
+    import os
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), f"rlkit-rendezvous-{port}-{world_size}{'-' + token if token else ''}")
+
+
 def init_group(device: torch.device, address: str, port: int, rank: int, world_size: int, backend: str = "",
                timeout_s: float = 600.0, token: str = "") -> None:
     """torch.distributed's default group: NCCL on CUDA, gloo on CPU. `address` "file:///path" rendezvous
     through that file (one machine, no TCP store: benchmarks/gpu_fsdp.py). `token` makes a local group's
-    rendezvous file unique (`orchestration.rendezvous_file`)."""
+    rendezvous file unique (`rendezvous_file`)."""
     import datetime
     import os
 
@@ -55,8 +63,6 @@ def init_group(device: torch.device, address: str, port: int, rank: int, world_s
         # address it is given, so rendezvous through a file (every rank is on this machine), and gloo's own
         # connections go over the loopback interface.
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-        from rlkit.orchestration import rendezvous_file
-
         init_method = "file://" + rendezvous_file(port, world_size, token)
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=timeout_s))

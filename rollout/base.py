@@ -131,3 +131,19 @@ def requests_n(requests: Sequence[RolloutRequest], sampling: SamplingConfig) -> 
     if any(k < 1 for k in out):
         raise ValueError(f"every request needs n >= 1, got {out}")
     return out
+
+
+def balanced_chunks(sizes: Sequence[int], parts: int) -> list[tuple[int, int]]:
+    """Contiguous (lo, hi) ranges over `sizes`, at most `parts` of them, non-empty, with sums as even as a
+    greedy cut at the running-total targets total*k/parts gives. Order is kept: chunks concatenate back."""
+    total, n = sum(sizes), len(sizes)
+    parts = max(1, min(parts, n))
+    bounds, acc, i = [0], 0, 0
+    for k in range(1, parts):
+        target = total * k / parts
+        while i < n - (parts - k) and (acc + sizes[i] <= target or i < bounds[-1] + 1):
+            acc += sizes[i]
+            i += 1
+        bounds.append(i)
+    bounds.append(n)
+    return [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from _updates import EXACT, assert_same_update
 
-from rlkit.pool import balanced_chunks
+from rollout.base import balanced_chunks
 
 
 def test_balanced_chunks_keep_order_and_balance_samples():
