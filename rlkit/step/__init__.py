@@ -1,0 +1,1 @@
+"""One GRPO step's parts: modes, collect (rollout, rewards, group filter, refill), per-mode metrics, reward health."""
