@@ -221,7 +221,7 @@ def _records(path: pathlib.Path) -> list[dict]:
 
 
 def _sha(path: pathlib.Path) -> str:
-    from rlkit.checkpoint import _sha256  # the manifest's own checksum
+    from rlkit.run.checkpoint import _sha256  # the manifest's own checksum
 
     return _sha256(path)
 

@@ -75,7 +75,7 @@ def run_size(name, spec, args, tiny_dir, texts):
 
     from rlkit.models.loading import build_tiny, tokenizer_of
     from rlkit.models.tiny import TinySpec, build_vlm_model
-    from rlkit.worker import PolicyWorker
+    from rlkit.policy.worker import PolicyWorker
     from rollout import SamplingConfig
     from rollout.hf_engine import HFEngine
 

@@ -6,7 +6,7 @@ Why: the 2-rank FSDP2 tests run on CPU with gloo (tests/test_fsdp.py); this scri
 a GPU, where FSDP2 uses NCCL (all-gather, reduce-scatter) and bf16, in the few minutes of GPU time we get. No
 Ray: one process forms a 1-rank group (NCCL on CUDA, gloo on CPU; file rendezvous), so nothing is actually
 split, but every FSDP2 path runs: `fully_shard` of blocks, vision tower and root, DTensor parameters and AdamW
-state, the vision tower called before the root (rlkit/vision.py), reduce-scatter with divide factor 1, global
+state, the vision tower called before the root (rlkit/policy/vision.py), reduce-scatter with divide factor 1, global
 norm clipping over DTensor gradients, the full state dict and full optimizer state of a checkpoint.
 
 Per size (Qwen2.5-VL-shaped, randomly initialised, the sizes of benchmarks/gpu_worker.py), the same initial
@@ -50,7 +50,7 @@ def run_strategy(strategy, model_dir, spec, init, args, items_seed=0):
 
     from rlkit.models.loading import tokenizer_of
     from rlkit.models.tiny import TinySpec, build_vlm_model
-    from rlkit.worker import PolicyWorker
+    from rlkit.policy.worker import PolicyWorker
 
     spec = dict(spec)
     micro = spec.pop("micro")

@@ -16,7 +16,7 @@ vocabulary (so the output head is cheap and the figures are the body's cost):
 Per size, a GRPO batch (prompts x n sequences, each image shared by its n samples, `--tokens` completion
 tokens): `train_step` (one optimizer step, micro-batches accumulate) and `compute_logprobs` (the no-grad pass
 RLPR and the KL reward use), median of 3 after a warm-up, peak memory, and the train step with every image
-encoded per sequence (rlkit/vision.py off) for comparison. Checks on the tiny model: CUDA fp32 logprobs equal
+encoded per sequence (rlkit/policy/vision.py off) for comparison. Checks on the tiny model: CUDA fp32 logprobs equal
 CPU fp32 ones; bf16 ones are close. Prints a table and writes JSON (default benchmarks/results/gpu_worker.json).
 """
 from __future__ import annotations
@@ -65,7 +65,7 @@ def timed(fn, repeats=3):
 def make_items(worker, prompts, n, tokens, image_size, seed=0):
     from PIL import Image
 
-    from rlkit.modes import render_prompt
+    from rlkit.step.modes import render_prompt
     from rlkit.records import PromptRow, TrainItem
 
     rng = random.Random(seed)
@@ -97,7 +97,7 @@ def swap_model(worker, model, gradient_checkpointing=False):
 def run_size(name, spec, args, tiny_dir, texts):
     import torch
 
-    import rlkit.worker as W
+    import rlkit.policy.worker as W
     from rlkit.models.loading import build_tiny, tokenizer_of
     from rlkit.models.tiny import TinySpec, build_vlm_model
 
@@ -154,7 +154,7 @@ def run_sizes(run_size, args, tiny_dir, texts, result: dict) -> None:
 def check_tiny(tiny_dir, texts, device):
     """CUDA fp32 logprobs equal CPU fp32 ones; bf16 within bf16 precision."""
     from rlkit.models.loading import build_tiny
-    from rlkit.worker import PolicyWorker
+    from rlkit.policy.worker import PolicyWorker
 
     d = build_tiny("vlm", pathlib.Path(tiny_dir) / "check", texts=texts)
     out = {}
@@ -185,7 +185,7 @@ def main() -> int:
     import torch
     import transformers
 
-    from rlkit.vision import supports_dedup  # noqa: F401  (import check)
+    from rlkit.policy.vision import supports_dedup  # noqa: F401  (import check)
 
     env = {"torch": torch.__version__, "transformers": transformers.__version__, "cuda": torch.cuda.is_available(),
            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

@@ -35,7 +35,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from rlkit.config import GRPOConfig, load_config
-    from rlkit.grpo import run_grpo
+    from rlkit.drivers.grpo import run_grpo
 
     out_dir = tempfile.mkdtemp(prefix="rlkit-bench-")
     source = "easy_vqa" if args.model == "vlm" else "arithmetic"

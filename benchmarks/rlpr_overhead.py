@@ -10,7 +10,7 @@ default); every step brings new prompts, so each step also computes its 8 baseli
 "without": rewards = [exact_match]; "with": [exact_match, rlpr].
 
 Harnesses:
-- `driver`: `rlkit.grpo.run_grpo` twice (Ray actors; rlpr reaches the policy actor through
+- `driver`: `rlkit.drivers.grpo.run_grpo` twice (Ray actors; rlpr reaches the policy actor through
   `resources.policy`).
 - `local`: the same phases in this process (vLLM engine + PolicyWorker + RewardScorer, rlpr through
   `WorkerPolicyAccess`), alternating a step without and a step with RLPR on the same engine and worker,
@@ -40,15 +40,15 @@ RLPR_KWARGS = {"unfinished": "close"}
 
 
 def driver_patched() -> bool:
-    import rlkit.grpo
+    import rlkit.drivers.grpo
 
-    return hasattr(rlkit.grpo, "PolicyLogprobs")
+    return hasattr(rlkit.drivers.grpo, "PolicyLogprobs")
 
 
 # ------------------------------------------------------------------------------------------------- driver
 def run_driver(args) -> dict[str, list[dict]]:
     from rlkit.config import GRPOConfig, load_config
-    from rlkit.grpo import run_grpo
+    from rlkit.drivers.grpo import run_grpo
 
     source = "easy_vqa" if args.model == "vlm" else "arithmetic"
     runs = {}
@@ -81,9 +81,9 @@ def run_local(args) -> dict[str, list[dict]]:
     from rlkit.algorithms import get_advantage_fn
     from rlkit.data import load_source, open_image, to_row
     from rlkit.models.loading import build_tiny, load_processor
-    from rlkit.modes import render_prompt
+    from rlkit.step.modes import render_prompt
     from rlkit.records import TrainItem
-    from rlkit.worker import PolicyWorker
+    from rlkit.policy.worker import PolicyWorker
     from rollout import RolloutRequest, SamplingConfig, make_engine
 
     source = "easy_vqa" if args.model == "vlm" else "arithmetic"

@@ -2,7 +2,7 @@
 
     python benchmarks/scaling.py [--prompts 12] [--n 8] [--max-tokens 32] [--items 32] [--reps 3] [--out FILE]
 
-Uses the pieces the GRPO driver uses (rlkit/pool.py: `EnginePool` of vLLM engine actors, `PolicyGroup` of
+Uses the pieces the GRPO driver uses (rlkit/distributed/pool.py: `EnginePool` of vLLM engine actors, `PolicyGroup` of
 policy rank actors in one gloo group) on the tiny text model, one thread per actor. Each figure is the median
 of `--reps` timed calls after one warm-up call. Rollout: the same requests and seeds for 1 and 2 workers
 (same samples, so the same token count). Update: one `train_step` over `--items` sequences (prompt + a
@@ -53,9 +53,9 @@ def main() -> int:
 
     from rlkit.data.arithmetic import load_arithmetic
     from rlkit.models.loading import build_tiny
-    from rlkit.modes import render_prompt
-    from rlkit.orchestration import EngineActor, init_ray, shutdown, spawn
-    from rlkit.pool import EnginePool, PolicyGroup, PolicyRank
+    from rlkit.step.modes import render_prompt
+    from rlkit.distributed.orchestration import EngineActor, init_ray, shutdown, spawn
+    from rlkit.distributed.pool import EnginePool, PolicyGroup, PolicyRank
     from rlkit.records import PromptRow, TrainItem
     from rollout import RolloutRequest, SamplingConfig
 

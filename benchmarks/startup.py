@@ -8,12 +8,12 @@ output_dir, and stops it when the first rollout has come back. The times are sec
 launched, taken in that process by wrapping the tree's own functions (so they measure any tree that has them):
 
     python      the interpreter runs the first line of this script
-    imports     `rlkit.cli` and `rlkit.grpo` imported (torch, transformers, datasets, ...)
-    prepare     `rlkit.grpo.prepare` returned (config checks, data, the tiny model built, rewards)
-    ray_init    `rlkit.orchestration.init_ray` returned
+    imports     `rlkit.cli` and `rlkit.drivers.grpo` imported (torch, transformers, datasets, ...)
+    prepare     `rlkit.drivers.grpo.prepare` returned (config checks, data, the tiny model built, rewards)
+    ray_init    `rlkit.distributed.orchestration.init_ray` returned
     policy      the policy actor's constructor finished (Ray's `__ray_ready__`, asked right after the spawn)
     engine      the engine actor's constructor finished (vLLM started)
-    rollout     the first step's rollout and rewards are back (`rlkit.grpo.collect` returned)
+    rollout     the first step's rollout and rewards are back (`rlkit.drivers.grpo.collect` returned)
 
 and `cpu_s`, the CPU seconds the command's whole process tree (driver, Ray's processes, the actors) used until
 then: on a loaded machine the wall times above stretch with the load, the work much less.
@@ -56,8 +56,8 @@ def child(t0: float, trace: str, argv: list[str]) -> int:
             marks.setdefault(name, time.time() - t0)
 
     import rlkit.cli as cli
-    import rlkit.grpo as grpo
-    import rlkit.orchestration as orch
+    import rlkit.drivers.grpo as grpo
+    import rlkit.distributed.orchestration as orch
 
     mark("imports")
 

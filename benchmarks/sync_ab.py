@@ -4,8 +4,8 @@ source trees in one Ray session, calls interleaved so both sides see the same ma
     python benchmarks/sync_ab.py --base /path/to/other/checkout [--model text|vlm|realistic-text] [--calls 40]
 
 (`git archive <commit> | tar -x -C DIR` makes a checkout of the "before" tree.) Each side gets its own policy actor
-(`rlkit.pool.PolicyRank`, spawned with `rlkit.grpo.POLICY_ENV` where the tree has it) and engine actor
-(`rlkit.orchestration.EngineActor`, vLLM), with `PYTHONPATH` pointing at its tree. One call is what the GRPO
+(`rlkit.distributed.pool.PolicyRank`, spawned with `rlkit.drivers.grpo.POLICY_ENV` where the tree has it) and engine actor
+(`rlkit.distributed.orchestration.EngineActor`, vLLM), with `PYTHONPATH` pointing at its tree. One call is what the GRPO
 driver does per step: `ray.get(engine.update_weights.remote(policy.state_dict.remote()))`. Prints medians of
 the wall time and of each actor's CPU time per call.
 """
@@ -29,8 +29,8 @@ class _CPUTime:
 
 
 def _policy_env(root: str) -> dict:
-    """`POLICY_ENV` of the tree at `root` (its rlkit/grpo.py, read as text: the tree may not import here)."""
-    text = pathlib.Path(root, "rlkit/grpo.py").read_text()
+    """`POLICY_ENV` of the tree at `root` (its rlkit/drivers/grpo.py, read as text: the tree may not import here)."""
+    text = pathlib.Path(root, "rlkit/drivers/grpo.py").read_text()
     return {"RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": "1"} if "RAY_ENABLE_ZERO_COPY_TORCH_TENSORS" in text else {}
 
 
@@ -45,8 +45,8 @@ def main() -> int:
     import ray
 
     from benchmarks.vs_trl import Case, build_model
-    from rlkit.orchestration import EngineActor, init_ray, spawn
-    from rlkit.pool import PolicyRank
+    from rlkit.distributed.orchestration import EngineActor, init_ray, spawn
+    from rlkit.distributed.pool import PolicyRank
 
     size, kind = ("realistic", "text") if args.model == "realistic-text" else ("small", args.model)
     model = build_model(Case(size, kind, 1, 1, 1), tempfile.mkdtemp(prefix="rlkit-sync-ab-"))

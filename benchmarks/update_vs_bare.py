@@ -26,10 +26,10 @@ def main() -> int:
     import torch
 
     import vs_trl
-    from rlkit.batching import build_batch, encode_prompt
-    from rlkit.modes import render_prompt
+    from rlkit.policy.batching import build_batch, encode_prompt
+    from rlkit.step.modes import render_prompt
     from rlkit.records import TrainItem
-    from rlkit.worker import PolicyWorker
+    from rlkit.policy.worker import PolicyWorker
 
     torch.set_num_threads(1)
     case = vs_trl.Case("realistic", "text", 16, 8, 128)

@@ -10,7 +10,7 @@ Sizes (P prompts x n completions x T new tokens, one optimizer step per rollout 
   default tiny Qwen2.5-VL at the same batch shape.
 
 Each side runs in its own child process (this script with `--side`), so peak resident memory is per process and
-start-up is excluded from the step times: rlkit's step time is the median `time/step_s` of `rlkit.grpo.run_grpo`'s
+start-up is excluded from the step times: rlkit's step time is the median `time/step_s` of `rlkit.drivers.grpo.run_grpo`'s
 metrics.jsonl after `--warmup` steps; TRL's is the median time between `on_step_begin` and `on_step_end` of its
 optimizer steps after the same warm-up (its generation happens inside the step). Repetitions alternate the order
 (A/B, B/A, ...), and the floor runs in every repetition, so all three see the same machine load. Random tiny models
@@ -125,7 +125,7 @@ def _hwm_kib(pid: int) -> int:
 
 def actor_key(process_name: str) -> str:
     """The label of an rlkit actor's process, '' for any other. Ray renames an actor's process after the method
-    it runs (ray::PolicyRank.train_step); policy ranks (rlkit.pool.PolicyRank) are labelled PolicyWorker."""
+    it runs (ray::PolicyRank.train_step); policy ranks (rlkit.distributed.pool.PolicyRank) are labelled PolicyWorker."""
     if not process_name.startswith("ray::"):
         return ""
     return ACTORS.get(process_name.split()[0][len("ray::"):].split(".")[0], "")
@@ -177,7 +177,7 @@ class PeakRSS:
 # ------------------------------------------------------------------------------------------------ sides
 def side_rlkit(case: Case, model_dir: str, steps: int, warmup: int, stream_chunks: int = 1) -> dict:
     from rlkit.config import GRPOConfig, load_config
-    from rlkit.grpo import run_grpo
+    from rlkit.drivers.grpo import run_grpo
 
     out_dir = tempfile.mkdtemp(prefix="rlkit-vs-trl-")
     cfg = load_config(GRPOConfig, None, [
@@ -278,9 +278,9 @@ def side_floor(case: Case, model_dir: str, steps: int, warmup: int) -> dict:
     """Bare vLLM generation of the same requests, then a bare forward+backward+AdamW over the sequences."""
     import torch
 
-    from rlkit.batching import build_batch, encode_prompt
+    from rlkit.policy.batching import build_batch, encode_prompt
     from rlkit.models.loading import load_policy, tokenizer_of
-    from rlkit.modes import render_prompt
+    from rlkit.step.modes import render_prompt
     from rlkit.records import TrainItem
     from rollout import RolloutRequest, SamplingConfig
     from rollout.vllm_engine import VLLMEngine

@@ -405,4 +405,4 @@ def rlpr(prompts, completions, *, resources, answer=None, prompt_text=None, mode
         state=state)]
 
 
-rlpr.state = DEFAULT_STATE  # checkpointed and logged by the GRPO driver (rlkit.grpo.reward_states)
+rlpr.state = DEFAULT_STATE  # checkpointed and logged by the GRPO driver (rlkit.drivers.grpo.reward_states)

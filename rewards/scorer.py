@@ -5,7 +5,7 @@ from the config's `rewards:` list (unknown names or paths fail here, at load tim
 calls it once per step, and gets per-reward values, the weighted total used for advantages, and the
 failures with their samples. A reward that raises, times out, or returns something unusable (the wrong number
 of values, a non-number, NaN or an infinity) gives None for that sample and a `RewardFailure`; the caller decides
-what failures mean (the GRPO loop: rlkit/reward_health.py), unless `strict=True` raises on the first. A call that hung (ran out of time) or whose worker
+what failures mean (the GRPO loop: rlkit/step/reward_health.py), unless `strict=True` raises on the first. A call that hung (ran out of time) or whose worker
 process died is retried on those samples, at most `retries` times (`reward_retries` in the config): a hang or a
 crash can be transient (a loaded machine, a flaky service the reward calls), while a reward that raises
 would raise again on the same input, so that is not retried. Retries are counted (`reward/retries`).

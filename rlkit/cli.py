@@ -8,7 +8,7 @@
     rlkit build-tiny --kind vlm|text --out DIR [--tokenizer small|qwen] [--data easy_vqa]
 
 Config errors are printed as one line naming the key, with exit status 2, before anything starts; a reward that
-keeps failing (rlkit/reward_health.py) stops a run with one such line, naming the reward and the last checkpoint.
+keeps failing (rlkit/step/reward_health.py) stops a run with one such line, naming the reward and the last checkpoint.
 grpo, dpo and rlaifv print rlkit's own lines, a progress bar and a summary at the end; the output of vLLM, Ray
 and transformers goes to output_dir/logs/ (`--verbose`: to the console too; rlkit/console.py).
 """
@@ -32,8 +32,8 @@ def _quiet_defaults() -> None:
 def _claim(cfg, args) -> None:
     """A new run's output_dir is claimed (refused when it holds another run; --overwrite moves that run aside)
     before the run's log folder is made in it, so the log folder never lands inside the run moved aside. The
-    driver's own check (rlkit/rundir.py open_run) then finds the folder free."""
-    from rlkit.rundir import claim_new
+    driver's own check (rlkit/run/rundir.py open_run) then finds the folder free."""
+    from rlkit.run.rundir import claim_new
 
     if not args.resume:
         claim_new(cfg.output_dir, args.overwrite)
@@ -42,7 +42,7 @@ def _claim(cfg, args) -> None:
 def cmd_grpo(args) -> int:
     from rlkit.config import GRPOConfig, load_config
     from rlkit.console import run_console
-    from rlkit.grpo import run_grpo
+    from rlkit.drivers.grpo import run_grpo
 
     cfg = load_config(GRPOConfig, args.config, args.overrides)
     _claim(cfg, args)
@@ -54,7 +54,7 @@ def cmd_grpo(args) -> int:
 def cmd_dpo(args) -> int:
     from rlkit.config import load_config
     from rlkit.console import run_console
-    from rlkit.dpo import DPOConfig, run_dpo
+    from rlkit.drivers.dpo import DPOConfig, run_dpo
 
     cfg = load_config(DPOConfig, args.config, args.overrides)
     _claim(cfg, args)
@@ -66,7 +66,7 @@ def cmd_dpo(args) -> int:
 def cmd_rlaifv(args) -> int:
     from rlkit.config import load_config
     from rlkit.console import run_console
-    from rlkit.rlaifv import RLAIFVConfig, run_rlaifv
+    from rlkit.drivers.rlaifv import RLAIFVConfig, run_rlaifv
 
     cfg = load_config(RLAIFVConfig, args.config, args.overrides)
     if args.overwrite:  # a rerun continues (complete rounds skipped); --overwrite moves the old run aside first
@@ -78,7 +78,7 @@ def cmd_rlaifv(args) -> int:
 
 def cmd_eval(args) -> int:
     from rlkit.config import GRPOConfig, load_config
-    from rlkit.evaluate import run_eval
+    from rlkit.drivers.evaluate import run_eval
 
     cfg = load_config(GRPOConfig, args.config, args.overrides)
     report = run_eval(cfg, args.checkpoint, out=args.out, split=args.split, limit=args.limit)
@@ -92,7 +92,7 @@ def cmd_ablation(args) -> int:
     from rlkit.runtime_env import apply_defaults
 
     apply_defaults(VLLM_LOGGING_LEVEL="ERROR", TRANSFORMERS_VERBOSITY="error", HF_HUB_DISABLE_PROGRESS_BARS="1")
-    from rlkit.ablation import load_ablation_config, run_ablation
+    from rlkit.drivers.ablation import load_ablation_config, run_ablation
 
     grpo, abl = load_ablation_config(args.config, args.overrides)
     result = run_ablation(grpo, abl)
@@ -178,11 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     from rlkit.config import ConfigError
     from rlkit.data import DataError
     from rlkit.models.loading import ModelLoadError
-    from rlkit.modes import ModeError
+    from rlkit.step.modes import ModeError
     from preference import PreferenceDataError
     from rewards import RewardError
-    from rlkit.checkpoint import DiskFullError
-    from rlkit.resources import ResourceError
+    from rlkit.run.checkpoint import DiskFullError
+    from rlkit.distributed.resources import ResourceError
 
     try:
         return args.fn(args)

@@ -37,7 +37,7 @@ class ModelConfig:
     vision_init_std: float = 0.0  # tiny:vlm only: std of the vision tower's weight matrices (0: transformers' default)
     vocab_size: int = 512  # tiny models with tokenizer "small": the BPE's target vocabulary size
     seed: int = 0  # tiny models only: the weight-initialisation seed
-    lora: dict = dataclasses.field(default_factory=dict)  # LoRA adapters (peft): {r, alpha, dropout, targets: [language, vision, projector]}; empty: full fine-tuning (rlkit/lora.py)
+    lora: dict = dataclasses.field(default_factory=dict)  # LoRA adapters (peft): {r, alpha, dropout, targets: [language, vision, projector]}; empty: full fine-tuning (rlkit/policy/lora.py)
 
 
 @dataclasses.dataclass
@@ -93,7 +93,7 @@ class AlgorithmConfig:
     kl_coef: float = 0.0  # weight of the KL penalty to the reference policy, in the loss or (kl_in_reward) in the reward (0: no reference model is loaded)
     kl_estimator: str = "k3"  # KL estimator by registered name: k1, k2, k3
     kl_in_reward: bool = False  # True: subtract kl_coef * sum_t k1 from each reward before advantages (no KL term in the loss)
-    group_filter: str = "none"  # drop uninformative prompt groups before the update and refill the batch: none, all_equal or std_ema (rlkit/filters.py)
+    group_filter: str = "none"  # drop uninformative prompt groups before the update and refill the batch: none, all_equal or std_ema (rlkit/step/filters.py)
     group_filter_opts: dict = dataclasses.field(default_factory=dict)  # keyword arguments of the group filter (std_ema: beta, ema, ema_start_step, filter_start_step)
     refill_rounds: int = 3  # after filtering, at most this many extra rollout rounds of fresh prompts to fill the batch (0: train on what is kept)
     mode_groups: str = "prompt"  # advantage groups with mixed modes: "prompt" normalises over each prompt's whole group, "mode" within each (prompt, mode) subgroup (docs/algorithms.md)
@@ -340,7 +340,7 @@ def check_grpo_fields(cfg: GRPOConfig) -> None:
 
 
 def check_streaming(cfg: GRPOConfig, batch_level: bool = False) -> None:
-    """rollout.stream_chunks > 1 (rlkit/streaming.py) needs an update that can start before the batch is whole;
+    """rollout.stream_chunks > 1 (rlkit/policy/streaming.py) needs an update that can start before the batch is whole;
     `batch_level`: the advantage estimator normalises over the whole batch (known to rlkit.run.checks)."""
     k = cfg.rollout.stream_chunks
     if k == 1:

@@ -74,7 +74,7 @@ def render(root=C.GRPOConfig, title: str = "GRPO (`rlkit grpo`)") -> str:
         name, cls = sections.pop(0)
         lines += ["", f"### `{name}`", ""] + table(cls, f"{name}.")
     if root is C.GRPOConfig:
-        from rlkit.ablation import AblationSection
+        from rlkit.drivers.ablation import AblationSection
 
         lines += ["", "## Ablation (`rlkit ablation`)", "",
                   "A GRPO config (every key above, shared by both runs) plus an `ablation:` section; see docs/ablation.md.",

@@ -33,16 +33,16 @@ RANGES: dict[str, dict[str, str]] = {
                       "num_ranks": ">= 1", "eval_every": ">= 0"},
     "LoggingConfig": {"save_every": ">= 0", "keep_checkpoints": ">= 0"},
     "RayConfig": {"num_cpus": ">= 0", "placement_timeout_s": "> 0"},
-    # rlkit/dpo.py
+    # rlkit/drivers/dpo.py
     "DPODataConfig": {"limit": ">= 0"},
     "DPOSection": {"beta": "> 0", "epochs": ">= 1", "max_steps": ">= 0", "batch_size": ">= 1",
                    "warmup_ratio": "[0, 1)", "eval_every": ">= 0"},
-    # rlkit/rlaifv.py
+    # rlkit/drivers/rlaifv.py
     "RLAIFVConfig": {"rounds": ">= 1", "prompts_per_round": ">= 1"},
     "LabelerConfig": {"batch_size": ">= 1", "accept_odds": "> 0", "lm_max_tokens": ">= 1", "max_claims": ">= 1",
                       "short_answer_words": ">= 0"},
     "PairsConfig": {"threshold": "> 0", "k": ">= 0"},
-    # rlkit/ablation.py
+    # rlkit/drivers/ablation.py
     "AblationSection": {"hybrid_deep_ratio": "[0, 1]", "deep_only_ratio": "[0, 1]"},
     "ColdStartSection": {"steps": ">= 0", "lr": "> 0", "batch_size": ">= 1", "warmup_steps": ">= 0", "limit": ">= 0"},
     "EvalSection": {"limit": ">= 0", "every": ">= 1", "max_tokens": ">= 0"},

@@ -9,12 +9,12 @@ to a log folder of its own in the run directory, `output_dir/logs/<command>-<tim
     <ActorClass>-<pid>.log   everything a Ray actor writes to stdout/stderr (vLLM's start-up, warnings, ...)
 
 In the actors the capture is at the file-descriptor level (`capture_process_output`, called first thing by the
-actors' constructors: `rlkit.orchestration.EngineActor`, `rlkit.pool.PolicyRank`),
+actors' constructors: `rlkit.distributed.orchestration.EngineActor`, `rlkit.distributed.pool.PolicyRank`),
 so output from C/C++ and from vLLM's own processes lands there too; records at ERROR or above still reach the
 console (Ray forwards them to the driver), as do the actors' exceptions (raised by the driver's `ray.get`).
 `logging.verbose` (or `rlkit ... --verbose`) shows everything on the console as before, and still writes the
 files. The run's `RLKIT_LOG_DIR` / `RLKIT_VERBOSE` environment variables carry the choice to the actors
-(`rlkit.orchestration.actor_env`).
+(`rlkit.distributed.orchestration.actor_env`).
 """
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def start_run_log(out_dir: str | os.PathLike, command: str, verbose: bool = Fals
 def adopt_library_loggers() -> None:
     """While a run log is open: take the THIRD_PARTY loggers' own console handlers off (kept, and put back by
     `stop_run_log`) and let their records propagate to the run's handlers. Again after importing a library
-    that installs its handler on import (Ray: `rlkit.orchestration.init_ray`)."""
+    that installs its handler on import (Ray: `rlkit.distributed.orchestration.init_ray`)."""
     if "log_dir" not in _state:
         return
     for name in THIRD_PARTY:
@@ -219,7 +219,7 @@ def errors_to_console(logger_name: str) -> None:
 
 def actor_setup() -> None:
     """First thing in an rlkit actor's constructor: capture its output when the driver opened a run log (the
-    actor's env has RLKIT_LOG_DIR, from `rlkit.orchestration.actor_env`). Once per process."""
+    actor's env has RLKIT_LOG_DIR, from `rlkit.distributed.orchestration.actor_env`). Once per process."""
     if _state.get("captured"):
         return
     _state["captured"] = True

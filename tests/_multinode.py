@@ -18,8 +18,8 @@ def main(out_dir: str, model: str) -> None:
     import ray
 
     from rlkit.config import GRPOConfig, load_config
-    from rlkit.grpo import _engines, _placement, _policy, run_grpo
-    from rlkit.orchestration import init_ray
+    from rlkit.drivers.grpo import _engines, _placement, _policy, run_grpo
+    from rlkit.distributed.orchestration import init_ray
 
     overrides = [f"output_dir={out_dir}", f"ray.address={cluster.address}", "ray.placement=colocate",
                  "ray.placement_strategy=STRICT_SPREAD", "rollout.num_workers=2", "trainer.num_ranks=2",

@@ -8,7 +8,7 @@ import torch
 
 from rewards import exact_match
 from rewards.structure import format_ok
-from rlkit.sft import IGNORE_INDEX, build_sft_batch, mode_rows
+from rlkit.drivers.sft import IGNORE_INDEX, build_sft_batch, mode_rows
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def test_labels_cover_exactly_the_target_in_both_modes(chain_tok):
 
 def test_sft_trains_on_mixed_modes(chain_tok):
     from rlkit.models.tiny import TinySpec, build_text_model
-    from rlkit.sft import SFTConfig, answer_loss, sft
+    from rlkit.drivers.sft import SFTConfig, answer_loss, sft
 
     tok, rows = chain_tok
     torch.set_num_threads(1)
@@ -104,7 +104,7 @@ def _metrics(path, evals, steps, tokens_per_step):
 def test_report_from_hand_built_metrics(tmp_path):
     from PIL import Image
 
-    from rlkit.ablation import curve_from_metrics, final_scores, tokens_to_reach, write_report
+    from rlkit.drivers.ablation import curve_from_metrics, final_scores, tokens_to_reach, write_report
 
     _metrics(tmp_path / "deep.jsonl", [(0, 0.2, 0.4), (10, 0.25, 0.5), (20, 0.3, 0.6)], 20, 1000)
     _metrics(tmp_path / "hyb.jsonl", [(0, 0.2, 0.4), (10, 0.4, 0.6), (20, 0.5, 0.65)], 20, 550)
@@ -133,7 +133,7 @@ def test_report_from_hand_built_metrics(tmp_path):
 
 
 def test_report_when_hybrid_never_reaches(tmp_path):
-    from rlkit.ablation import curve_from_metrics, final_scores, report_table
+    from rlkit.drivers.ablation import curve_from_metrics, final_scores, report_table
 
     _metrics(tmp_path / "deep.jsonl", [(0, 0.2, 0.4), (10, 0.3, 0.7)], 10, 1000)
     _metrics(tmp_path / "hyb.jsonl", [(0, 0.2, 0.4), (10, 0.5, 0.6)], 10, 500)
@@ -145,7 +145,7 @@ def test_report_when_hybrid_never_reaches(tmp_path):
 
 
 def test_a_rerun_moves_the_previous_run_aside(tmp_path):
-    from rlkit.ablation import fresh_run_dir
+    from rlkit.drivers.ablation import fresh_run_dir
 
     run = tmp_path / "hybrid"
     assert fresh_run_dir(run) is None
@@ -158,7 +158,7 @@ def test_a_rerun_moves_the_previous_run_aside(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ configs
 def test_example_configs_load_and_validate():
-    from rlkit.ablation import load_ablation_config
+    from rlkit.drivers.ablation import load_ablation_config
 
     grpo, abl = load_ablation_config(ROOT / "examples/ablation/ablation.yaml")
     assert grpo.data.source == "arith_chain" and grpo.model.path == "tiny:text"
@@ -171,7 +171,7 @@ def test_example_configs_load_and_validate():
 
     from rewards import RewardScorer
     from rlkit.algorithms import get_policy_loss
-    from rlkit.grpo import reward_specs
+    from rlkit.drivers.grpo import reward_specs
 
     assert set(grpo.algorithm.loss_opts) <= set(inspect.signature(get_policy_loss(grpo.algorithm.policy_loss)).parameters)
     from rewards.registry import get_reward
@@ -195,7 +195,7 @@ def test_example_configs_load_and_validate():
     ("trainer.lrr=1", "trainer.lrr"),
 ])
 def test_bad_ablation_keys_are_named(override, key):
-    from rlkit.ablation import load_ablation_config
+    from rlkit.drivers.ablation import load_ablation_config
     from rlkit.config import ConfigError
 
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -205,7 +205,7 @@ def test_bad_ablation_keys_are_named(override, key):
 def test_ablation_fields_are_documented():
     import dataclasses
 
-    from rlkit import ablation as A
+    from rlkit.drivers import ablation as A
     from rlkit.config_docs import _comments
 
     for cls in (A.AblationSection, A.ColdStartSection, A.EvalSection):

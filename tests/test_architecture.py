@@ -5,12 +5,12 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FORBIDDEN = {
     "rollout": ("rlkit", "ray", "rewards", "preference"),
-    "rewards": ("rlkit.grpo", "rlkit.worker", "rlkit.orchestration", "rlkit.cli", "ray", "rollout"),
-    "preference": ("rlkit.grpo", "rlkit.worker", "rlkit.orchestration", "rlkit.cli", "ray", "rollout"),
-    "rlkit/algorithms": ("rlkit.grpo", "rlkit.worker", "rlkit.orchestration", "ray", "rollout", "rewards",
+    "rewards": ("rlkit.drivers.grpo", "rlkit.policy.worker", "rlkit.distributed.orchestration", "rlkit.cli", "ray", "rollout"),
+    "preference": ("rlkit.drivers.grpo", "rlkit.policy.worker", "rlkit.distributed.orchestration", "rlkit.cli", "ray", "rollout"),
+    "rlkit/algorithms": ("rlkit.drivers.grpo", "rlkit.policy.worker", "rlkit.distributed.orchestration", "ray", "rollout", "rewards",
                          "transformers", "vllm"),
 }
-RAY_ALLOWED = {"rlkit/orchestration.py", "rlkit/pool.py", "rlkit/grpo.py", "rlkit/run/build.py"}
+RAY_ALLOWED = {"rlkit/distributed/orchestration.py", "rlkit/distributed/pool.py", "rlkit/drivers/grpo.py", "rlkit/run/build.py"}
 
 
 def imports(path: pathlib.Path):

@@ -56,16 +56,15 @@ def test_engine_options_carry_engine_kwargs_for_vllm_only():
 
 
 def test_grpo_engine_actors_get_engine_kwargs(monkeypatch, tiny_text_path):
-    import rlkit.orchestration
-    from rlkit import grpo
-
+    import rlkit.distributed.orchestration
+    from rlkit.drivers import grpo
     spawned = []
 
     def spawn(cls, *args, **kwargs):
         spawned.append((args, kwargs))
         raise Asked(cls.__name__)
 
-    monkeypatch.setattr(rlkit.orchestration, "spawn", spawn)
+    monkeypatch.setattr(rlkit.distributed.orchestration, "spawn", spawn)
     cfg = GRPOConfig(rollout=_vllm_rollout())
 
     class NoBundles:
@@ -79,7 +78,7 @@ def test_grpo_engine_actors_get_engine_kwargs(monkeypatch, tiny_text_path):
 
 
 def test_eval_engine_gets_engine_kwargs(asked, tmp_path, tiny_text_path):
-    from rlkit.evaluate import run_eval
+    from rlkit.drivers.evaluate import run_eval
 
     cfg = load_config(GRPOConfig, None, [f"data.eval_source={_rows(tmp_path / 'eval.jsonl')}"])
     cfg.rollout = _vllm_rollout()
@@ -90,7 +89,7 @@ def test_eval_engine_gets_engine_kwargs(asked, tmp_path, tiny_text_path):
 
 
 def test_rlaifv_sampler_and_claim_lm_get_engine_kwargs(asked, tmp_path, tiny_text_path, tiny_vlm_path):
-    from rlkit.rlaifv import RLAIFVConfig, run_rlaifv
+    from rlkit.drivers.rlaifv import RLAIFVConfig, run_rlaifv
     from rlkit.run.labeler import labeler_resources
 
     cfg = RLAIFVConfig(output_dir=str(tmp_path / "run"), rounds=1, prompts_per_round=2,
@@ -104,7 +103,7 @@ def test_rlaifv_sampler_and_claim_lm_get_engine_kwargs(asked, tmp_path, tiny_tex
 
 
 def test_ablation_evaluator_gets_engine_kwargs(asked, tiny_text_path):
-    from rlkit.ablation import AblationSection, _Evaluator
+    from rlkit.drivers.ablation import AblationSection, _Evaluator
 
     grpo = GRPOConfig(rollout=_vllm_rollout())
     ev = _Evaluator(tiny_text_path, [], AblationSection().eval, None, 8, grpo)
@@ -122,7 +121,7 @@ def _vision(path):
 
 def test_dpo_builds_the_tiny_model_with_vision_init_std(monkeypatch, tmp_path):
     """`rlkit dpo` resolves tiny:vlm with every model.* key, vision_init_std included (its copy had dropped it)."""
-    from rlkit import dpo
+    from rlkit.drivers import dpo
     from rlkit.models.loading import build_tiny
 
     def stop(*a, **k):

@@ -4,12 +4,12 @@ import random
 
 import pytest
 
-import rlkit.collect as collect
-import rlkit.grpo as grpo
+import rlkit.step.collect as collect
+import rlkit.drivers.grpo as grpo
 from rewards import RewardScorer
 from rlkit.config import GRPOConfig, load_config
 from rlkit.data import PromptStream, load_source, map_columns
-from rlkit.filters import get_filter
+from rlkit.step.filters import get_filter
 from rollout import Completion, RolloutRequest
 
 

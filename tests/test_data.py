@@ -71,7 +71,7 @@ def test_bad_rows_stop_or_are_skipped_and_counted(tmp_path):
     from PIL import Image
 
     from rlkit.config import GRPOConfig, load_config
-    from rlkit.collect import StepRows
+    from rlkit.step.collect import StepRows
 
     good = tmp_path / "good.png"
     Image.new("RGB", (8, 8), "red").save(good)

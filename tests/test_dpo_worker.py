@@ -10,8 +10,8 @@ from preference import Candidate, EncodedPair, PromptInfo, build_pairs, pairs_to
 from rlkit.config import ConfigError, load_config
 from rlkit.data import open_image
 from rlkit.data.easy_vqa import load_easy_vqa
-from rlkit.dpo import DPOConfig, DPOWorker, run_dpo
-from rlkit.modes import render_prompt
+from rlkit.drivers.dpo import DPOConfig, DPOWorker, run_dpo
+from rlkit.step.modes import render_prompt
 from rlkit.records import PromptRow
 
 WRONG = {"yes": "no", "no": "yes"}

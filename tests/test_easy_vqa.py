@@ -4,7 +4,7 @@ import os
 import pytest
 
 from rlkit.data.easy_vqa import ANSWERS_BY_TYPE, TYPES, load_easy_vqa, question_type
-from rlkit.vqa_eval import evaluate_vqa, exact_match
+from rlkit.drivers.vqa_eval import evaluate_vqa, exact_match
 
 
 def test_columns_types_and_answers():

@@ -1,4 +1,4 @@
-"""Held-out evaluation per mode (rlkit.evaluate) and the `rlkit eval` command, on a tiny real text model.
+"""Held-out evaluation per mode (rlkit.drivers.evaluate) and the `rlkit eval` command, on a tiny real text model.
 
 The tiny model's weights are perturbed (seeded) so that its greedy answers vary in text and length (the freshly
 initialised one repeats one token up to the limit); every number is checked against an independent greedy
@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from rewards import RewardScorer, RewardSpec, exact_match, think_format
-from rlkit import checkpoint as ckpt
+from rlkit.run import checkpoint as ckpt
 from rlkit.cli import main
 from rlkit.config import ConfigError, GRPOConfig, load_config
 from rlkit.data import DataError
-from rlkit.evaluate import (HeldOutEval, accuracy_reward_name, evaluate_modes, load_eval_rows, resolve_checkpoint,
+from rlkit.drivers.evaluate import (HeldOutEval, accuracy_reward_name, evaluate_modes, load_eval_rows, resolve_checkpoint,
                             reward_score_fn)
 from rlkit.models.loading import ModelLoadError
-from rlkit.modes import render_prompt
+from rlkit.step.modes import render_prompt
 from rlkit.records import PromptRow
 
 MAX_TOKENS = 8

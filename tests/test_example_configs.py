@@ -36,7 +36,7 @@ def test_example_config_loads_with_its_driver(name):
 
     path, driver = ROOT / name, DRIVERS[name]
     if driver == "ablation":
-        from rlkit.ablation import load_ablation_config
+        from rlkit.drivers.ablation import load_ablation_config
 
         grpo, _ = load_ablation_config(path)
         check_grpo(grpo)
@@ -45,11 +45,11 @@ def test_example_config_loads_with_its_driver(name):
 
         check_grpo(load_config(GRPOConfig, path))
     elif driver == "dpo":
-        from rlkit.dpo import DPOConfig, check_dpo
+        from rlkit.drivers.dpo import DPOConfig, check_dpo
 
         check_dpo(load_config(DPOConfig, path))
     else:
-        from rlkit.rlaifv import RLAIFVConfig, check_rlaifv
+        from rlkit.drivers.rlaifv import RLAIFVConfig, check_rlaifv
 
         check_rlaifv(load_config(RLAIFVConfig, path))
     # the command a comment gives for this file names its driver

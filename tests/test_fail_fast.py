@@ -26,10 +26,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # ----------------------------------------------------------------------------------------------- config ranges
 def _roots():
-    from rlkit.ablation import AblationSection
+    from rlkit.drivers.ablation import AblationSection
     from rlkit.config import GRPOConfig
-    from rlkit.dpo import DPOConfig
-    from rlkit.rlaifv import RLAIFVConfig
+    from rlkit.drivers.dpo import DPOConfig
+    from rlkit.drivers.rlaifv import RLAIFVConfig
 
     return [("grpo", GRPOConfig, ""), ("dpo", DPOConfig, ""), ("rlaifv", RLAIFVConfig, ""),
             ("ablation", AblationSection, "ablation.")]
@@ -72,7 +72,7 @@ def _load(kind, override):
     from rlkit.config import load_config
 
     if kind == "ablation":
-        from rlkit.ablation import load_ablation_config
+        from rlkit.drivers.ablation import load_ablation_config
 
         return load_ablation_config(None, [override])
     return load_config(dict((k, r) for k, r, _ in _roots())[kind], None, [override])
@@ -136,7 +136,7 @@ def test_ranges_hold_for_configs_built_in_code():
     """A config built with dataclasses (not loaded) is range-checked by check_grpo / check_dpo."""
     from rlkit.config import ConfigError, GRPOConfig, TrainerConfig
     from rlkit.run.checks import check_grpo
-    from rlkit.dpo import DPOConfig, DPODataConfig, DPOSection, check_dpo
+    from rlkit.drivers.dpo import DPOConfig, DPODataConfig, DPOSection, check_dpo
 
     with pytest.raises(ConfigError, match=r"^config key 'trainer.lr': -1.0 is out of range"):
         check_grpo(GRPOConfig(trainer=TrainerConfig(lr=-1.0)))
@@ -163,11 +163,11 @@ def test_algorithm_options_are_tried_before_any_worker(override, fragment):
 
 
 def test_every_example_config_loads_and_checks():
-    from rlkit.ablation import load_ablation_config
+    from rlkit.drivers.ablation import load_ablation_config
     from rlkit.config import GRPOConfig, load_config, load_tree
     from rlkit.run.checks import check_grpo
-    from rlkit.dpo import DPOConfig, check_dpo
-    from rlkit.rlaifv import RLAIFVConfig, check_rlaifv
+    from rlkit.drivers.dpo import DPOConfig, check_dpo
+    from rlkit.drivers.rlaifv import RLAIFVConfig, check_rlaifv
 
     files = sorted(ROOT.glob("examples/**/*.yaml"))
     assert len(files) >= 10
@@ -228,7 +228,7 @@ def _ray_started() -> bool:
 ])
 def test_bad_image_found_in_prepare_before_ray(tmp_path, damage, fragment):
     from rlkit.data import DataError
-    from rlkit.grpo import prepare
+    from rlkit.drivers.grpo import prepare
 
     good = _png(tmp_path / "ok.png")
     bad = tmp_path / "bad.png"
@@ -246,7 +246,7 @@ def test_bad_image_found_in_prepare_before_ray(tmp_path, damage, fragment):
 
 def test_bad_rows_skipped_up_front_are_never_drawn(tmp_path, tiny_text_path, capsys):
     from rlkit.data import PromptStream
-    from rlkit.grpo import prepare
+    from rlkit.drivers.grpo import prepare
 
     good = _png(tmp_path / "ok.png")
     f = _vqa_file(tmp_path, [good, str(tmp_path / "gone.png"), good, good])
@@ -266,7 +266,7 @@ def test_scan_is_bounded_by_check_rows(tmp_path):
     """data.check_rows 0 turns the scan off (a bad row is then found when drawn); N checks the first N rows."""
     from rlkit.data import DataError
     from rlkit.data.checks import check_rows
-    from rlkit.grpo import load_prompt_data
+    from rlkit.drivers.grpo import load_prompt_data
 
     good = _png(tmp_path / "ok.png")
     f = _vqa_file(tmp_path, [good, good, str(tmp_path / "gone.png")])
@@ -318,8 +318,8 @@ def test_cli_infeasible_resources_fail_before_ray(tmp_path):
 
 def test_prepare_refuses_more_cpus_than_the_local_ray_will_have(tmp_path):
     """Before Ray starts (a local Ray's CPUs are ray.num_cpus, or this machine's): prepare stops, in-process."""
-    from rlkit.grpo import prepare
-    from rlkit.resources import ResourceError
+    from rlkit.drivers.grpo import prepare
+    from rlkit.distributed.resources import ResourceError
 
     cfg = _grpo_cfg(tmp_path, "arithmetic", "rollout.num_workers=2", "trainer.num_ranks=2", "ray.num_cpus=2",
                     "ray.placement=colocate", model="tiny:text")
@@ -333,7 +333,7 @@ def test_prepare_refuses_more_cpus_than_the_local_ray_will_have(tmp_path):
 
 @pytest.fixture(scope="module")
 def ray_two_cpus():
-    from rlkit.orchestration import init_ray, shutdown
+    from rlkit.distributed.orchestration import init_ray, shutdown
 
     init_ray("", 2)
     yield
@@ -353,8 +353,8 @@ def test_infeasible_resources_fail_in_seconds_every_placement(ray_two_cpus, plac
     """Against the real local Ray (2 CPUs, no GPU): no placement group waits out its timeout, no actor starts."""
     import ray
 
-    from rlkit.orchestration import place
-    from rlkit.resources import ResourceError
+    from rlkit.distributed.orchestration import place
+    from rlkit.distributed.resources import ResourceError
 
     t0 = time.perf_counter()
     with pytest.raises(ResourceError) as e:
@@ -368,7 +368,7 @@ def test_infeasible_resources_fail_in_seconds_every_placement(ray_two_cpus, plac
 
 def test_per_node_conditions():
     """Enough in total but not on any one node (two 2-CPU nodes): each actor, or bundle, must fit a node."""
-    from rlkit.resources import capacity_problem
+    from rlkit.distributed.resources import capacity_problem
 
     nodes = [{"CPU": 2.0}, {"CPU": 2.0}]
     assert capacity_problem(1, 1, {"CPU": 1}, {"CPU": 2}, nodes) is None
@@ -385,8 +385,8 @@ def test_per_node_conditions():
 def test_driver_placement_on_a_running_ray_checks_its_nodes(ray_two_cpus, tmp_path):
     """The driver's own step before it spawns any actor (`grpo._placement`), Ray already up with 2 CPUs: the
     default 1 CPU per actor, 2 workers + 2 ranks (the reported 6-minute silent hang) now fail at once."""
-    from rlkit.grpo import _placement
-    from rlkit.resources import ResourceError
+    from rlkit.drivers.grpo import _placement
+    from rlkit.distributed.resources import ResourceError
 
     cfg = _grpo_cfg(tmp_path, "arithmetic", "rollout.num_workers=2", "trainer.num_ranks=2")
     t0 = time.perf_counter()
@@ -399,8 +399,8 @@ def test_driver_placement_on_a_running_ray_checks_its_nodes(ray_two_cpus, tmp_pa
 
 def test_cluster_that_may_grow_is_waited_for_saying_so(ray_two_cpus, capsys):
     """ray.address (grow): one line saying what it waits for, then the error after ray.placement_timeout_s."""
-    from rlkit.orchestration import place
-    from rlkit.resources import ResourceError
+    from rlkit.distributed.orchestration import place
+    from rlkit.distributed.resources import ResourceError
 
     t0 = time.perf_counter()
     with pytest.raises(ResourceError, match=r"\(waited 2 s: ray.placement_timeout_s\)$"):
@@ -414,7 +414,7 @@ def test_an_actor_waiting_for_resources_is_named(ray_two_cpus, capsys, monkeypat
     """Fits the cluster but not what is free now (another actor holds it): the wait is announced."""
     import ray
 
-    from rlkit.orchestration import START_WATCH, spawn
+    from rlkit.distributed.orchestration import START_WATCH, spawn
 
     class Hog:
         def ping(self):

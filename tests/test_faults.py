@@ -52,7 +52,7 @@ def test_outcome_reads_how_a_run_ended():
     assert ft.outcome(-9, "") == "crashed (signal 9)"
     assert ft.outcome(2, "rlkit: error: config key 'x': bad") == "stopped cleanly"
     tb = "Traceback (most recent call last):\n  File ...\n"
-    assert ft.outcome(1, tb + "rlkit.pool.PolicyRankError: policy rank 0 failed") == "stopped cleanly"
+    assert ft.outcome(1, tb + "rlkit.distributed.pool.PolicyRankError: policy rank 0 failed") == "stopped cleanly"
     assert ft.outcome(1, tb + "KeyError: 'step'\n\x1b[36m(PolicyRank pid=1)\x1b[0m ValueError: x") == "crashed"
     assert ft.outcome(1, tb + "RuntimeError: rollout worker 0 died 3 times (config key 'rollout.max_retries')") \
         == "stopped cleanly"

@@ -1,11 +1,11 @@
-"""Group filters (rlkit/filters.py): the std-EMA filter against hand-derived numbers, refill calls within a
+"""Group filters (rlkit/step/filters.py): the std-EMA filter against hand-derived numbers, refill calls within a
 step, the state round trip, dynamic sampling's all-equal rule, and the registry."""
 import json
 import pickle
 
 import pytest
 
-from rlkit.filters import FILTERS, AllEqualFilter, StdFilter, get_filter, group_stds
+from rlkit.step.filters import FILTERS, AllEqualFilter, StdFilter, get_filter, group_stds
 
 
 def trio(std):
@@ -112,7 +112,7 @@ def test_registry():
 def test_doctests():
     import doctest
 
-    import rlkit.filters
+    import rlkit.step.filters
 
-    result = doctest.testmod(rlkit.filters)
+    result = doctest.testmod(rlkit.step.filters)
     assert result.attempted > 0 and result.failed == 0

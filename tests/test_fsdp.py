@@ -1,4 +1,4 @@
-"""trainer.strategy fsdp2 (rlkit/sharding.py): 2 FSDP2 ranks (gloo on CPU, torch.multiprocessing) take the same
+"""trainer.strategy fsdp2 (rlkit/policy/sharding.py): 2 FSDP2 ranks (gloo on CPU, torch.multiprocessing) take the same
 optimizer steps as 1 replicate worker on the same batch.
 
 - tiny text model, after one and after two train steps (weights, loss, grad norm);
@@ -38,9 +38,9 @@ def _vlm_items(worker):
 
 def _rank_main(rank, world, tmp, path, kw, kind, steps, nan, save, load_from, parts=None):
     """One rank: join the group, train `steps` steps (streamed in `parts`, (lo, hi) item ranges, when given:
-    rlkit/streaming.py), write its results to tmp/rank{rank}.pt."""
+    rlkit/policy/streaming.py), write its results to tmp/rank{rank}.pt."""
     torch.set_num_threads(1)
-    from rlkit.worker import PolicyWorker
+    from rlkit.policy.worker import PolicyWorker
 
     w = PolicyWorker(path, strategy="fsdp2", **kw)
     w.join_group(f"file://{tmp}/rendezvous", 0, rank, world)
@@ -81,7 +81,7 @@ def run_ranks(tmp_path, path, kw, kind="text", steps=1, world=2, nan=False, save
 
 
 def replicate(path, kw, kind="text", steps=1, nan=False):
-    from rlkit.worker import PolicyWorker
+    from rlkit.policy.worker import PolicyWorker
 
     w = PolicyWorker(path, **kw)
     items = _text_items(w) if kind == "text" else _vlm_items(w)
@@ -108,7 +108,7 @@ def assert_same(got_w, got_m, ref_w, ref_m, base):
     dict(KW, mini_batch_size=3, ppo_epochs=2, kl_coef=0.1),  # 8 optimizer steps, old logprobs, a KL term
 ], ids=["uneven-passes", "mini-batches-epochs-kl"])
 def test_fsdp2_two_ranks_match_one_replicate_over_two_steps(tiny_text_path, tmp_path, kw):
-    from rlkit.worker import PolicyWorker
+    from rlkit.policy.worker import PolicyWorker
 
     base = {k: v.clone() for k, v in PolicyWorker(tiny_text_path).state_dict().items()}
     w, ref_m, ref_w = replicate(tiny_text_path, kw, steps=2)
@@ -124,7 +124,7 @@ def test_fsdp2_two_ranks_match_one_replicate_over_two_steps(tiny_text_path, tmp_
 def test_fsdp2_streamed_parts_match_one_replicate(tiny_text_path, tmp_path):
     """A streamed step (rollout.stream_chunks) under fsdp2: parts of 1 and 4 rows (the 1-row part leaves rank 0
     with padding passes only) accumulate into the same update as one replicate train_step over all 5."""
-    from rlkit.worker import PolicyWorker
+    from rlkit.policy.worker import PolicyWorker
 
     base = {k: v.clone() for k, v in PolicyWorker(tiny_text_path).state_dict().items()}
     kw = KW
@@ -138,7 +138,7 @@ def test_fsdp2_streamed_parts_match_one_replicate(tiny_text_path, tmp_path):
 def test_fsdp2_empty_slice_does_not_hang(tiny_text_path, tmp_path):
     """mini_batch_size 1: every optimizer step has one row, so rank 0's slice is empty (padding passes only)."""
     kw = dict(KW, mini_batch_size=1, shuffle_minibatches=False)
-    from rlkit.worker import PolicyWorker
+    from rlkit.policy.worker import PolicyWorker
 
     base = {k: v.clone() for k, v in PolicyWorker(tiny_text_path).state_dict().items()}
     _, ref_m, ref_w = replicate(tiny_text_path, kw)
@@ -148,10 +148,10 @@ def test_fsdp2_empty_slice_does_not_hang(tiny_text_path, tmp_path):
 
 @pytest.mark.parametrize("gc", [False, True], ids=["plain", "gradient-checkpointing"])
 def test_fsdp2_vlm_vision_tower_path(tiny_vlm_path, tmp_path, gc):
-    """Images a a b c c: rank 0's micro-batch repeats an image (rlkit/vision.py encodes it once, calling the
+    """Images a a b c c: rank 0's micro-batch repeats an image (rlkit/policy/vision.py encodes it once, calling the
     vision tower unit before the root), rank 1's does not; under fsdp2 both take the same path (a rank on the
     plain path would all-gather the root first: the ranks' collectives would not meet)."""
-    from rlkit.worker import PolicyWorker
+    from rlkit.policy.worker import PolicyWorker
 
     base = {k: v.clone() for k, v in PolicyWorker(tiny_vlm_path).state_dict().items()}
     kw = dict(KW, gradient_checkpointing=gc)
@@ -162,7 +162,7 @@ def test_fsdp2_vlm_vision_tower_path(tiny_vlm_path, tmp_path, gc):
 
 
 def test_fsdp2_nan_skip_agrees(tiny_text_path, tmp_path):
-    from rlkit.worker import PolicyWorker
+    from rlkit.policy.worker import PolicyWorker
 
     base = {k: v.clone() for k, v in PolicyWorker(tiny_text_path).state_dict().items()}
     r0, r1 = run_ranks(tmp_path, tiny_text_path, KW, nan=True)
@@ -174,7 +174,7 @@ def test_fsdp2_nan_skip_agrees(tiny_text_path, tmp_path):
 def test_fsdp2_checkpoint_resumes_under_either_strategy(tiny_text_path, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from rlkit.worker import PolicyWorker
+    from rlkit.policy.worker import PolicyWorker
 
     base = {k: v.clone() for k, v in PolicyWorker(tiny_text_path).state_dict().items()}
     ck = str(tmp_path / "ck")
@@ -244,7 +244,7 @@ def test_gpu_fsdp_script_smoke_on_cpu(tmp_path):
 
 @pytest.fixture(scope="module")
 def ray_local():
-    from rlkit.orchestration import init_ray, shutdown
+    from rlkit.distributed.orchestration import init_ray, shutdown
 
     init_ray("", 4)
     yield
@@ -257,9 +257,9 @@ def test_policy_group_fans_leader_calls_out_under_fsdp2(tiny_text_path, ray_loca
     result; under replicate the leader stays rank 0's actor."""
     import ray
 
-    from rlkit.orchestration import spawn
-    from rlkit.pool import PolicyGroup, PolicyRank
-    from rlkit.worker import PolicyWorker
+    from rlkit.distributed.orchestration import spawn
+    from rlkit.distributed.pool import PolicyGroup, PolicyRank
+    from rlkit.policy.worker import PolicyWorker
 
     single = PolicyWorker(tiny_text_path, **KW)
     base = {k: v.clone() for k, v in single.state_dict().items()}

@@ -9,7 +9,7 @@ import pathlib
 import pytest
 
 from rlkit.config import GRPOConfig, load_config
-from rlkit.grpo import run_grpo
+from rlkit.drivers.grpo import run_grpo
 
 REQUIRED = ["step", "reward/mean", "reward/exact_match/mean", "completion/tokens_mean", "tokens/sampled",
             "tokens/sampled_total", "time/rollout_s", "time/reward_s", "time/update_s", "time/sync_s"]

@@ -4,7 +4,7 @@ import time
 import pytest
 
 from rlkit.config import GRPOConfig
-from rlkit.grpo import Run, cleanup
+from rlkit.drivers.grpo import Run, cleanup
 from rlkit.run.timing import timed
 
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 from _updates import EXACT, assert_same_update
 
-from rlkit.lora import ADAPTER_DIR, lora_settings
+from rlkit.policy.lora import ADAPTER_DIR, lora_settings
 from rlkit.records import TrainItem
-from rlkit.worker import PolicyWorker
+from rlkit.policy.worker import PolicyWorker
 from test_worker import vqa_items
 from test_worker_ppo import text_items
 
@@ -121,7 +121,7 @@ def test_kl_reference_is_the_policy_with_adapters_off(tiny_text_path):
 
 
 def test_kl_reference_copy_when_adapters_off_is_not_the_reference(tiny_text_path, tmp_path):
-    from rlkit.lora import adapters_off_is_reference, apply_lora
+    from rlkit.policy.lora import adapters_off_is_reference, apply_lora
     from rlkit.models.loading import load_policy
 
     w = PolicyWorker(tiny_text_path, lr=5e-2, lora=LORA)

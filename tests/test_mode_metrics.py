@@ -1,9 +1,9 @@
-"""Per-mode metrics of a step (rlkit.mode_metrics), from hand-built samples with hand-derived values."""
+"""Per-mode metrics of a step (rlkit.step.mode_metrics), from hand-built samples with hand-derived values."""
 import json
 
 import pytest
 
-from rlkit.mode_metrics import ModeMetrics
+from rlkit.step.mode_metrics import ModeMetrics
 from rlkit.records import PromptRow, Sample
 
 ROW = PromptRow(0, "q", [], "4", {})

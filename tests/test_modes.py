@@ -4,7 +4,7 @@ import random
 import pytest
 
 from rlkit.models.tokenizers import train_small_tokenizer
-from rlkit.modes import ModeError, assign_modes, render_prompt
+from rlkit.step.modes import ModeError, assign_modes, render_prompt
 from rlkit.records import PromptRow
 
 
@@ -49,7 +49,7 @@ def test_deep_mode_needs_the_switch():
 
 
 def test_schedule_interpolates_between_points_and_holds_outside():
-    from rlkit.modes import deep_ratio_at
+    from rlkit.step.modes import deep_ratio_at
 
     sched = [[2, 0.0], [6, 1.0], [10, 0.5]]
     # before the first point: its ratio; then linear: step 3 = 1/4 of the way from 0 to 1; step 8 = 1 - 0.5/2
@@ -83,7 +83,7 @@ def test_scheduled_ratio_drives_the_mode_draw():
     """What `collect._requests` does each step: deep_ratio_at(step) -> assign_modes. Step 1 ratio 0 (all fast),
     step 3 ratio 1 (all deep), step 2 halfway."""
     from rlkit.config import GRPOConfig, load_config
-    from rlkit.modes import deep_ratio_at
+    from rlkit.step.modes import deep_ratio_at
 
     cfg = load_config(GRPOConfig, None, ["modes.schedule=[[1, 0.0], [3, 1.0]]", "modes.per=sample"])
     rng = random.Random(0)

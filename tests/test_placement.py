@@ -9,7 +9,7 @@
 """
 import pytest
 
-from rlkit.orchestration import bundles
+from rlkit.distributed.orchestration import bundles
 
 
 def test_bundles_colocate_separate_none():
@@ -28,7 +28,7 @@ def test_bundles_colocate_separate_none():
 
 @pytest.fixture(scope="module")
 def ray_local():
-    from rlkit.orchestration import init_ray, shutdown
+    from rlkit.distributed.orchestration import init_ray, shutdown
 
     shutdown()  # a Ray an earlier test left running in this process (an in-process run) has other CPUs
     init_ray("", 4)
@@ -48,7 +48,7 @@ def _cfg(tmp_path, *overrides):
 def test_actors_land_in_their_bundles(tiny_text_path, ray_local, tmp_path, placement):
     import ray
 
-    from rlkit.grpo import _engines, _placement, _policy
+    from rlkit.drivers.grpo import _engines, _placement, _policy
     from rollout import RolloutRequest, SamplingConfig
 
     cfg = _cfg(tmp_path, f"ray.placement={placement}")
@@ -104,7 +104,7 @@ def test_unsatisfiable_placement_fails_fast_naming_the_key(ray_local):
     what is free (another actor holds it) wait ray.placement_timeout_s, then name the bundles."""
     import ray
 
-    from rlkit.orchestration import place, spawn
+    from rlkit.distributed.orchestration import place, spawn
 
     with pytest.raises(RuntimeError, match=r"asks Ray for \{CPU: 65, GPU: 0\}.*the cluster has \{CPU: 4, GPU: 0\}"):
         place("separate", "PACK", 1, 1, {"CPU": 64}, {"CPU": 1}, timeout_s=1.0)
@@ -126,8 +126,8 @@ def test_hung_policy_rank_stops_the_run_naming_the_key(tiny_text_path, ray_local
     """A limit no train step can meet makes the rank 'hung': it is stopped and the error names the key."""
     import ray
 
-    from rlkit.orchestration import spawn
-    from rlkit.pool import PolicyGroup, PolicyRank, PolicyRankError
+    from rlkit.distributed.orchestration import spawn
+    from rlkit.distributed.pool import PolicyGroup, PolicyRank, PolicyRankError
     from rlkit.records import TrainItem
 
     group = PolicyGroup(lambda rank: spawn(PolicyRank, tiny_text_path, num_cpus=0.5), 1,

@@ -116,7 +116,7 @@ def test_dataset_has_trl_columns_and_round_trips(tmp_path):
 def test_encode_rows_uses_sampled_ids_or_renders_like_the_rollout(tmp_path, tiny_vlm_path):
     from rlkit.data import open_image
     from rlkit.models.loading import load_processor
-    from rlkit.modes import render_prompt
+    from rlkit.step.modes import render_prompt
     from rlkit.records import PromptRow
 
     processor = load_processor(tiny_vlm_path)

@@ -112,7 +112,7 @@ def test_wrong_length_and_timeout_kinds(plugin):
 
 
 def test_one_summary_line_per_failing_reward_per_step(plugin):
-    from rlkit.reward_health import RewardHealth
+    from rlkit.step.reward_health import RewardHealth
 
     lines = []
     health = RewardHealth(["always_raise", "by_letter", "wrong_length"], say=lines.append,
@@ -133,7 +133,7 @@ def test_one_summary_line_per_failing_reward_per_step(plugin):
 
 
 def test_stop_after_two_steps_failing_every_sample(plugin):
-    from rlkit.reward_health import RewardHealth, RewardStop
+    from rlkit.step.reward_health import RewardHealth, RewardStop
 
     lines = []
     health = RewardHealth(["always_raise", "by_letter"], say=lines.append)
@@ -153,7 +153,7 @@ def test_stop_after_two_steps_failing_every_sample(plugin):
 
 
 def test_a_step_below_the_threshold_resets_the_streak(plugin):
-    from rlkit.reward_health import RewardHealth, RewardStop
+    from rlkit.step.reward_health import RewardHealth, RewardStop
 
     health = RewardHealth(["by_letter"], fail_steps=2, fail_frac=0.5, say=lambda line: None)
     half = score(plugin, ["by_letter"], ["n", "s", "ok", "ok"])  # 2/4 fail: counts at fail_frac 0.5
@@ -170,7 +170,7 @@ def test_a_step_below_the_threshold_resets_the_streak(plugin):
 
 
 def test_strict_rewards_stops_at_the_first_failing_step(plugin):
-    from rlkit.reward_health import RewardHealth, RewardStop
+    from rlkit.step.reward_health import RewardHealth, RewardStop
 
     health = RewardHealth(["by_letter"], strict=True, say=lambda line: None)
     health.failures(1, score(plugin, ["by_letter"], ["ok", "x"]))  # None is not a failure
@@ -209,7 +209,7 @@ def samples_of(groups, advantage_fn="grpo"):
 
 
 def test_nothing_to_learn_is_reported_once_per_run_of_such_steps():
-    from rlkit.reward_health import RewardHealth
+    from rlkit.step.reward_health import RewardHealth
 
     lines = []
     health = RewardHealth(["r"], say=lines.append)
@@ -226,7 +226,7 @@ def test_nothing_to_learn_is_reported_once_per_run_of_such_steps():
 
 
 def test_nothing_to_learn_reasons():
-    from rlkit.reward_health import nothing_to_learn
+    from rlkit.step.reward_health import nothing_to_learn
 
     assert nothing_to_learn(samples_of([[0, 1], [1, 1]]), []) is None
     assert nothing_to_learn(samples_of([[1, 1], [1, 1]]), []).startswith(
@@ -277,7 +277,7 @@ def test_always_raising_reward_stops_the_run_at_step_2(tmp_path, plugin, tiny_te
 
 
 def test_held_out_grading_prints_one_line_per_call(plugin, tiny_text_path, capsys):
-    from rlkit.evaluate import reward_score_fn
+    from rlkit.drivers.evaluate import reward_score_fn
     from rlkit.models.loading import load_processor
     from rlkit.records import PromptRow
 

@@ -1,8 +1,8 @@
 """The RLAIF-V rounds' labeler calibration (`labeler.calibrate`) and the one-line reason of a round without
-pairs (rlkit/rlaifv_checks.py), on hand-built scores; the values follow from the rules in the docstrings."""
+pairs (rlkit/drivers/rlaifv_checks.py), on hand-built scores; the values follow from the rules in the docstrings."""
 from preference import Candidate
 from rewards.rlaifv import ClaimVerdict, RLAIFVScore
-from rlkit.rlaifv_checks import calibrate_verdicts, claim_odds, no_pairs_reason
+from rlkit.drivers.rlaifv_checks import calibrate_verdicts, claim_odds, no_pairs_reason
 
 
 def response(*p_yes, p_no=0.5, status="scored"):
@@ -65,7 +65,7 @@ def test_grpo_labeler_section_refuses_calibrate():
     import pytest
 
     from rlkit.config import ConfigError
-    from rlkit.rlaifv import labeler_config
+    from rlkit.drivers.rlaifv import labeler_config
 
     assert labeler_config({"path": "policy", "accept_odds": 2.0}).accept_odds == 2.0
     with pytest.raises(ConfigError, match="'labeler.calibrate': only `rlkit rlaifv` rounds calibrate"):

@@ -23,8 +23,8 @@ def test_config_reference_in_docs_is_current():
 
 def test_example_configs_load():
     from rlkit.config import load_config
-    from rlkit.dpo import DPOConfig, check_dpo
-    from rlkit.rlaifv import RLAIFVConfig, check_rlaifv
+    from rlkit.drivers.dpo import DPOConfig, check_dpo
+    from rlkit.drivers.rlaifv import RLAIFVConfig, check_rlaifv
 
     for name in ("rlaifv.yaml", "rlaifv_real.yaml"):
         check_rlaifv(load_config(RLAIFVConfig, ROOT / "examples/rlaifv" / name))

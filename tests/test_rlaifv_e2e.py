@@ -14,7 +14,7 @@ import statistics
 
 from preference import load_preference_dataset
 from rlkit.config import load_config
-from rlkit.rlaifv import RLAIFVConfig, run_rlaifv
+from rlkit.drivers.rlaifv import RLAIFVConfig, run_rlaifv
 
 
 def overrides(out, model, *extra):

@@ -10,7 +10,7 @@ import json
 import pathlib
 
 from rlkit.config import load_config
-from rlkit.rlaifv import RLAIFVConfig, run_rlaifv
+from rlkit.drivers.rlaifv import RLAIFVConfig, run_rlaifv
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHRINK = ["rounds=1", "prompts_per_round=8", "rollout.engine=hf"]

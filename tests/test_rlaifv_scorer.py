@@ -159,7 +159,7 @@ def test_registered_reward_in_the_scorer(tmp_path):
 def test_transformers_labeler_matches_a_direct_forward(tiny_vlm_path):
     from rlkit.data import open_image
     from rlkit.data.easy_vqa import load_easy_vqa
-    from rlkit.rlaifv import TransformersLabeler
+    from rlkit.drivers.rlaifv import TransformersLabeler
 
     lab = TransformersLabeler(tiny_vlm_path, batch_size=4)
     assert "Yes" in lab.skipped and "No" in lab.skipped  # two tokens in the tiny vocabulary
@@ -185,7 +185,7 @@ def test_transformers_labeler_matches_a_direct_forward(tiny_vlm_path):
 
 def test_labeler_resources_from_a_config_section(tiny_vlm_path):
     from rlkit.config import ConfigError
-    from rlkit.rlaifv import labeler_resources
+    from rlkit.drivers.rlaifv import labeler_resources
 
     with pytest.raises(ConfigError, match="did you mean 'labeler.batch_size'"):
         labeler_resources({"batch_sise": 2}, tiny_vlm_path)

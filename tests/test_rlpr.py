@@ -14,9 +14,9 @@ from rewards import RewardScorer, RewardSpec, get_reward
 from rewards.rlpr import RLPRState, WorkerPolicyAccess, aggregate_logprobs, rlpr, rlpr_scores
 from rlkit.data import open_image
 from rlkit.data.easy_vqa import load_easy_vqa
-from rlkit.modes import render_prompt
+from rlkit.step.modes import render_prompt
 from rlkit.records import PromptRow
-from rlkit.worker import PolicyWorker
+from rlkit.policy.worker import PolicyWorker
 
 EMPTY = "<think>\n\n</think>"
 

@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-import rlkit.grpo
+import rlkit.drivers.grpo
 from rlkit.config import GRPOConfig, load_config
 
 pytestmark = [
@@ -32,7 +32,7 @@ def test_rlpr_example_with_filter_refill_and_resume(tmp_path, monkeypatch, chunk
               "algorithm.group_filter_opts={beta: 1.0e+9, ema: 0.5, ema_start_step: 1, filter_start_step: 2}",
               "algorithm.refill_rounds=1"]
     cfg = load_config(GRPOConfig, ROOT / "examples/rlpr/grpo_rlpr.yaml", [*common, "max_steps=2"])
-    rlkit.grpo.run_grpo(cfg)
+    rlkit.drivers.grpo.run_grpo(cfg)
     out = tmp_path / "run"
     m1, m2 = read_jsonl(out / "metrics.jsonl")
     assert m1["rlpr/scored"] == 12 and m1["rlpr/baselines_computed"] == 3 and m1["reward/rlpr/fail_frac"] == 0.0
@@ -48,7 +48,7 @@ def test_rlpr_example_with_filter_refill_and_resume(tmp_path, monkeypatch, chunk
     filt = json.loads((ck / "run_state.json").read_text())["group_filter"]
     assert filt["ema"] is not None
 
-    rlkit.grpo.run_grpo(load_config(GRPOConfig, ROOT / "examples/rlpr/grpo_rlpr.yaml", [*common, "max_steps=3"]),
+    rlkit.drivers.grpo.run_grpo(load_config(GRPOConfig, ROOT / "examples/rlpr/grpo_rlpr.yaml", [*common, "max_steps=3"]),
                         resume=True)
     m3 = read_jsonl(out / "metrics.jsonl")[-1]
     assert m3["step"] == 3 and m3["rlpr/baseline_cache_size"] >= len(cache)  # the cache came back

@@ -228,7 +228,7 @@ def test_reload_warnings_quieted_without_clearing_logger_caches():
 
 def test_tied_head_sent_without_shared_storage(pair):
     """A state dict whose tied head arrives as its own buffer, not sharing the embedding's storage (what Ray's
-    zero-copy tensor serialisation delivers from rlkit.grpo's policy actors), loads as the shared one does."""
+    zero-copy tensor serialisation delivers from rlkit.drivers.grpo's policy actors), loads as the shared one does."""
     eng, trainer = pair
     req = _requests(eng)[0]
     perturb_(trainer.model, scale=0.05, seed=4, prefix="model.embed_tokens." if not eng.is_multimodal else "")

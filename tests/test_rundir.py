@@ -1,4 +1,4 @@
-"""A run directory belongs to one run (rlkit/rundir.py), and checkpoints prove themselves (rlkit/checkpoint.py).
+"""A run directory belongs to one run (rlkit/run/rundir.py), and checkpoints prove themselves (rlkit/run/checkpoint.py).
 
 Unit level (no Ray): the drivers' first touch of output_dir (`grpo.prepare`, `run_dpo`, `run_rlaifv`, the CLI)
 refuses a used directory, moves it aside on --overwrite, checks the config on --resume; checkpoints carry a
@@ -14,9 +14,9 @@ import sys
 import pytest
 import yaml
 
-from rlkit import checkpoint as ckpt
+from rlkit.run import checkpoint as ckpt
 from rlkit.config import GRPOConfig, load_config
-from rlkit.rundir import GRPO_RESUMABLE, RunDirError, config_changes, holds_run, open_run
+from rlkit.run.rundir import GRPO_RESUMABLE, RunDirError, config_changes, holds_run, open_run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -47,7 +47,7 @@ def fake_run(out, cfg=None, steps=(), keep=0):
 
 # ------------------------------------------------------------------------------------ a new run, a used dir
 def test_new_run_into_a_used_dir_is_refused_in_one_line(tmp_path):
-    from rlkit.grpo import prepare
+    from rlkit.drivers.grpo import prepare
 
     out = fake_run(tmp_path / "run", steps=[1, 2])
     before = sorted(p.name for p in out.iterdir())
@@ -69,7 +69,7 @@ def test_free_dirs_are_fine(tmp_path):
 
 
 def test_overwrite_moves_the_old_run_aside(tmp_path, capsys):
-    from rlkit.grpo import prepare
+    from rlkit.drivers.grpo import prepare
 
     out = fake_run(tmp_path / "run", steps=[1])
     old_metrics = (out / "metrics.jsonl").read_text()
@@ -120,9 +120,9 @@ def test_cli_claims_the_dir_before_the_run_log_folder(tmp_path):
 
 def test_dpo_and_rlaifv_apply_the_same_rules(tmp_path):
     from rlkit.config import dump_config
-    from rlkit.dpo import DPOConfig, run_dpo
-    from rlkit.rlaifv import RLAIFVConfig, run_rlaifv
-    from rlkit.rundir import check_resume_config, dpo_resumable
+    from rlkit.drivers.dpo import DPOConfig, run_dpo
+    from rlkit.drivers.rlaifv import RLAIFVConfig, run_rlaifv
+    from rlkit.run.rundir import check_resume_config, dpo_resumable
 
     dpo = load_config(DPOConfig, None, [f"output_dir={tmp_path / 'dpo'}", "data.path=pairs/"])
     fake_run(tmp_path / "dpo", cfg=dpo)
@@ -145,7 +145,7 @@ def test_dpo_and_rlaifv_apply_the_same_rules(tmp_path):
 
 # ------------------------------------------------------------------------------------ --resume
 def test_resume_config_check_names_refused_and_allowed_keys(tmp_path, capsys):
-    from rlkit.grpo import prepare
+    from rlkit.drivers.grpo import prepare
 
     out = fake_run(tmp_path / "run", steps=[1])
     with pytest.raises(RunDirError) as e:
@@ -180,7 +180,7 @@ def test_a_key_added_since_counts_as_its_default(tmp_path):
 
 
 def test_resume_without_a_run_fails_in_one_line(tmp_path):
-    from rlkit.grpo import prepare
+    from rlkit.drivers.grpo import prepare
 
     for out in (tmp_path / "typo", tmp_path):
         with pytest.raises(RunDirError, match="nothing to resume") as e:
@@ -190,7 +190,7 @@ def test_resume_without_a_run_fails_in_one_line(tmp_path):
 
 
 def test_resume_before_the_first_checkpoint_restarts_at_step_0_logs_aside(tmp_path, capsys):
-    from rlkit.grpo import prepare
+    from rlkit.drivers.grpo import prepare
 
     out = fake_run(tmp_path / "run")  # config.yaml, no checkpoint (it died before the first save)
     (out / "metrics.jsonl").write_text('{"step": 0, "eval/fast/accuracy": 0.0}\n')
@@ -279,7 +279,7 @@ def test_no_advice_that_loops(tmp_path):
 # ------------------------------------------------------------------------------------ end to end
 def test_grpo_resumes_past_a_checkpoint_missing_its_weights(tmp_path, capsys):
     """Two steps, step_2's weights deleted; --resume continues from step_1 (saying so) to step 3."""
-    from rlkit.grpo import run_grpo
+    from rlkit.drivers.grpo import run_grpo
 
     out = tmp_path / "run"
     common = ["rollout.n=2", "rollout.max_tokens=4", "trainer.prompts_per_step=2", "rollout.engine=hf",

@@ -1,4 +1,4 @@
-"""Scale-out (rlkit/pool.py): rollout workers and policy ranks change where the work runs, not the result.
+"""Scale-out (rlkit/distributed/pool.py): rollout workers and policy ranks change where the work runs, not the result.
 
 - `balanced_chunks` keeps order and balances sample counts;
 - 2 policy ranks (Ray actors, one gloo group) take the same optimizer steps as 1 worker on the same batch;
@@ -30,7 +30,7 @@ def test_balanced_chunks_keep_order_and_balance_samples():
 
 @pytest.fixture(scope="module")
 def ray_local():
-    from rlkit.orchestration import init_ray, shutdown
+    from rlkit.distributed.orchestration import init_ray, shutdown
 
     init_ray("", 4)
     yield
@@ -38,7 +38,7 @@ def ray_local():
 
 
 def _items(worker):
-    from rlkit.modes import render_prompt
+    from rlkit.step.modes import render_prompt
     from rlkit.records import PromptRow, TrainItem
 
     tok = worker.tokenizer
@@ -54,9 +54,9 @@ def _items(worker):
 def test_two_ranks_take_the_same_steps_as_one(tiny_text_path, ray_local, aggregation):
     """6 items, mini-batches of 4 (2 optimizer steps an epoch, the second has 2 rows), 2 epochs with shuffling,
     micro-batches of 1 and a KL term: every path that splits work across ranks."""
-    from rlkit.orchestration import spawn
-    from rlkit.pool import PolicyGroup, PolicyRank
-    from rlkit.worker import PolicyWorker
+    from rlkit.distributed.orchestration import spawn
+    from rlkit.distributed.pool import PolicyGroup, PolicyRank
+    from rlkit.policy.worker import PolicyWorker
 
     kw = dict(lr=1e-2, micro_batch_size=1, mini_batch_size=4, ppo_epochs=2, kl_coef=0.1,
               loss_opts={"aggregation": aggregation}, **EXACT)  # tests/_updates.py: a bound from the arithmetic
@@ -87,7 +87,7 @@ def ray_get(ref):
 
 def _run(tmp_path, name, *overrides):
     from rlkit.config import GRPOConfig, load_config
-    from rlkit.grpo import run_grpo
+    from rlkit.drivers.grpo import run_grpo
 
     cfg = load_config(GRPOConfig, None, [
         f"output_dir={tmp_path / name}", "logging.progress=false", "model.path=tiny:text", "data.source=arithmetic",
@@ -131,8 +131,8 @@ def test_grpo_two_workers_two_ranks_match_one_and_one(tmp_path):
 def test_killed_rollout_worker_is_recreated_with_the_synced_weights(tiny_text_path, ray_local):
     import ray
 
-    from rlkit.orchestration import EngineActor, spawn
-    from rlkit.pool import EnginePool
+    from rlkit.distributed.orchestration import EngineActor, spawn
+    from rlkit.distributed.pool import EnginePool
     from rollout import RolloutRequest, SamplingConfig
 
     pool = EnginePool(lambda _: spawn(EngineActor, "vllm", model_path=tiny_text_path, num_cpus=0.5, seed=0,
@@ -168,7 +168,7 @@ def _dead_actor():
     """An engine actor that is already dead when the pool uses it (a worker that keeps dying)."""
     import ray
 
-    from rlkit.orchestration import EngineActor, spawn
+    from rlkit.distributed.orchestration import EngineActor, spawn
 
     a = spawn(EngineActor, "hf", model_path="/nonexistent", num_cpus=0.5)
     ray.kill(a)
@@ -179,8 +179,8 @@ def test_dead_policy_rank_stops_with_a_clear_message(tiny_text_path, ray_local):
     """Rank 1 dies: rank 0 would wait in the gradient all-reduce; the group kills it and names the rank."""
     import ray
 
-    from rlkit.orchestration import spawn
-    from rlkit.pool import PolicyGroup, PolicyRank, PolicyRankError
+    from rlkit.distributed.orchestration import spawn
+    from rlkit.distributed.pool import PolicyGroup, PolicyRank, PolicyRankError
 
     group = PolicyGroup(lambda rank: spawn(PolicyRank, tiny_text_path, num_cpus=0.5, lr=1e-2), 2,
                         where=lambda: "/runs/x/checkpoints/step_3")
@@ -301,8 +301,8 @@ def _ray_processes():
 def test_hung_rollout_worker_is_recreated_then_the_call_fails_naming_the_key(tiny_text_path, ray_local):
     """rollout.timeout_s: a call over the limit counts as a hung worker (killed, recreated, resent); past
     rollout.max_retries the error names the key. A limit no generate call can meet makes every try hang."""
-    from rlkit.orchestration import EngineActor, spawn
-    from rlkit.pool import EnginePool
+    from rlkit.distributed.orchestration import EngineActor, spawn
+    from rlkit.distributed.pool import EnginePool
     from rollout import RolloutRequest, SamplingConfig
 
     pool = EnginePool(lambda _: spawn(EngineActor, "hf", model_path=tiny_text_path, num_cpus=0.5), 1,

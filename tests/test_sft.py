@@ -5,7 +5,7 @@ import torch
 
 from rlkit.models.tiny import TinySpec, build_vlm_model, make_vlm_processor
 from rlkit.models.tokenizers import train_small_tokenizer
-from rlkit.sft import IGNORE_INDEX, SFTConfig, answer_loss, build_sft_batch, render_prompt, sft
+from rlkit.drivers.sft import IGNORE_INDEX, SFTConfig, answer_loss, build_sft_batch, render_prompt, sft
 
 QUESTIONS = ["what color is the shape?", "is there a red shape?", "what shape is present?", "is no circle present?"]
 ANSWERS = ["red", "no", "circle", "yes"]
@@ -69,7 +69,7 @@ def test_sft_rejects_missing_column(tiny):
 
 
 def test_hf_generate_fn_with_evaluate(tiny):
-    from rlkit.vqa_eval import evaluate_vqa, make_hf_generate_fn
+    from rlkit.drivers.vqa_eval import evaluate_vqa, make_hf_generate_fn
 
     _, proc, model, rows = tiny
     gen = make_hf_generate_fn(model, proc, max_new_tokens=3, batch_size=3)

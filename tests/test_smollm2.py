@@ -38,7 +38,7 @@ def test_one_grpo_step_on_gsm_symbolic(smollm2_path, tmp_path):
     pytest.importorskip("vllm")
     rg = pytest.importorskip("reasoning_gym")
     from rlkit.config import GRPOConfig, load_config
-    from rlkit.grpo import run_grpo
+    from rlkit.drivers.grpo import run_grpo
 
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps({"prompt": x["question"], "answer": str(x["answer"])}) + "\n"

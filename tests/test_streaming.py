@@ -1,4 +1,4 @@
-"""A streamed update (rollout.stream_chunks, rlkit/streaming.py): the batch arrives in parts, gradients accumulate
+"""A streamed update (rollout.stream_chunks, rlkit/policy/streaming.py): the batch arrives in parts, gradients accumulate
 part by part, and the one optimizer step at the end is the same as `train_step` over the whole batch.
 
 The weights each row gets are derived by hand for every aggregation (`relative_row_weights`), and the streamed
@@ -8,7 +8,7 @@ import pytest
 import torch
 from _updates import EXACT, assert_same_update
 
-from rlkit.batching import _length_mask, _weights, relative_row_weights
+from rlkit.policy.batching import _length_mask, _weights, relative_row_weights
 
 
 @pytest.mark.parametrize("mode, norm, expected", [
@@ -36,7 +36,7 @@ def test_parts_rescaled_give_the_whole_batch_weights(mode, norm):
 def _worker(path, **kw):
     """A policy worker whose update can be compared with another computation of it: float64, Adam eps 1e-3
     (tests/_updates.py derives the bound this gives)."""
-    from rlkit.worker import PolicyWorker
+    from rlkit.policy.worker import PolicyWorker
 
     return PolicyWorker(path, lr=1e-2, micro_batch_size=2, **EXACT, **kw)
 
@@ -98,8 +98,8 @@ def test_two_ranks_streamed_take_the_same_step_as_one(tiny_text_path):
     naming the rank and the error, and stops the ranks."""
     import dataclasses
 
-    from rlkit.orchestration import init_ray, shutdown, spawn
-    from rlkit.pool import PolicyGroup, PolicyRank, PolicyRankError
+    from rlkit.distributed.orchestration import init_ray, shutdown, spawn
+    from rlkit.distributed.pool import PolicyGroup, PolicyRank, PolicyRankError
     from test_scale import _items
 
     kw = dict(loss_opts={"aggregation": "seq_mean_token_mean"})

@@ -1,15 +1,15 @@
-"""Encoding each distinct image once (rlkit/vision.py) is the same computation as encoding every copy:
+"""Encoding each distinct image once (rlkit/policy/vision.py) is the same computation as encoding every copy:
 equal logprobs and equal gradients, while the vision tower sees only the distinct images."""
 import pytest
 import torch
 
-import rlkit.worker as worker_mod
+import rlkit.policy.worker as worker_mod
 from rlkit.data import open_image
 from rlkit.data.easy_vqa import load_easy_vqa
-from rlkit.modes import render_prompt
+from rlkit.step.modes import render_prompt
 from rlkit.records import PromptRow, TrainItem
-from rlkit.vision import image_inputs, supports_dedup
-from rlkit.worker import PolicyWorker
+from rlkit.policy.vision import image_inputs, supports_dedup
+from rlkit.policy.worker import PolicyWorker
 
 
 def _plain(model, pixel_values, image_grid_thw, image_keys, always=False):

@@ -9,9 +9,9 @@ from _updates import assert_same_update
 
 from rlkit.data import open_image
 from rlkit.data.easy_vqa import load_easy_vqa
-from rlkit.modes import render_prompt
+from rlkit.step.modes import render_prompt
 from rlkit.records import PromptRow, TrainItem
-from rlkit.worker import PolicyWorker
+from rlkit.policy.worker import PolicyWorker
 
 
 def snapshot(w):

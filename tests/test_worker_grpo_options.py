@@ -11,7 +11,7 @@ from rlkit.config import GRPOConfig, load_config
 def test_grpo_lora_epochs_kl_in_reward_vllm(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from rlkit.grpo import run_grpo
+    from rlkit.drivers.grpo import run_grpo
 
     cfg = load_config(GRPOConfig, None, [
         f"output_dir={tmp_path / 'run'}", "logging.progress=false", "model.path=tiny:text", "data.source=arithmetic",

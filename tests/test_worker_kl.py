@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rlkit.algorithms.kl import kl_penalized_rewards, sequence_k1
-from rlkit.worker import PolicyWorker
+from rlkit.policy.worker import PolicyWorker
 from test_worker_ppo import text_items
 
 

@@ -3,9 +3,9 @@ no-extra-pass path, old logprobs are computed once before the first update, late
 import pytest
 import torch
 
-from rlkit.modes import render_prompt
+from rlkit.step.modes import render_prompt
 from rlkit.records import PromptRow, TrainItem
-from rlkit.worker import PolicyWorker
+from rlkit.policy.worker import PolicyWorker
 
 QA = [("What is 2 + 3?", " 5"), ("What is 12 * 4?", " 48 is it"), ("Hi", " 7"), ("What is 9 - 1?", " 8 8"),
       ("What is 6 / 2?", " 3"), ("What is 1 + 1?", " 2 or 3")]

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from rlkit.config import GRPOConfig, load_config
-from rlkit.modes import render_prompt
+from rlkit.step.modes import render_prompt
 from rlkit.policy.settings import WorkerSettings
 from rlkit.records import PromptRow, TrainItem
 from rlkit.run.build import worker_settings
-from rlkit.worker import PolicyWorker
+from rlkit.policy.worker import PolicyWorker
 
 
 def test_worker_settings_from_a_grpo_config():

@@ -36,9 +36,9 @@ def evaluate(model_dir: str, rows: list[dict], max_tokens: int) -> dict:
     """Greedy accuracy with the vLLM engine, on the real images and on blank ones."""
     from PIL import Image
 
-    from rlkit.evaluate import engine_generate_fn
+    from rlkit.drivers.evaluate import engine_generate_fn
     from rlkit.models.loading import load_processor
-    from rlkit.vqa_eval import evaluate_vqa
+    from rlkit.drivers.vqa_eval import evaluate_vqa
     from rollout import make_engine
 
     engine = make_engine("vllm", model_path=model_dir, max_model_len=512, seed=0)
@@ -59,7 +59,7 @@ def cold_start(base: str, out: str, steps: int, lr: float, seed: int) -> str:
 
     from rlkit.data.easy_vqa import load_easy_vqa_cold_start
     from rlkit.models.loading import load_policy
-    from rlkit.sft import SFTConfig, sft
+    from rlkit.drivers.sft import SFTConfig, sft
 
     model, processor, _ = load_policy(base)
     torch.manual_seed(seed)
@@ -78,9 +78,9 @@ def run_seed(seed: int, args) -> dict:
     from rlkit.config import GRPOConfig, load_config
     from rlkit.console import run_console
     from rlkit.data.easy_vqa import load_easy_vqa
-    from rlkit.grpo import run_grpo
+    from rlkit.drivers.grpo import run_grpo
     from rlkit.models.loading import build_tiny
-    from rlkit.rundir import claim_new
+    from rlkit.run.rundir import claim_new
 
     out = pathlib.Path(args.output_dir) / f"seed_{seed}"
     out.mkdir(parents=True, exist_ok=True)

@@ -14,8 +14,8 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from rlkit.config_docs import _comments  # noqa: E402
-from rlkit.dpo import DPOConfig  # noqa: E402
-from rlkit.rlaifv import RLAIFVConfig  # noqa: E402
+from rlkit.drivers.dpo import DPOConfig  # noqa: E402
+from rlkit.drivers.rlaifv import RLAIFVConfig  # noqa: E402
 
 # Keys of the shared sections (rlkit/config.py) that these commands do not read.
 UNUSED = {"trainer.prompts_per_step", "trainer.num_cpus", "rollout.num_cpus", "trainer.num_gpus", "rollout.num_gpus",
@@ -50,8 +50,8 @@ def render(obj, title: str) -> str:
 
 
 def reference() -> str:
-    return (BEGIN + "\n\n" + render(RLAIFVConfig(), "`rlkit rlaifv` (`rlkit.rlaifv.RLAIFVConfig`)") + "\n"
-            + render(DPOConfig(), "`rlkit dpo` (`rlkit.dpo.DPOConfig`)") + "\n" + END + "\n")
+    return (BEGIN + "\n\n" + render(RLAIFVConfig(), "`rlkit rlaifv` (`rlkit.drivers.rlaifv.RLAIFVConfig`)") + "\n"
+            + render(DPOConfig(), "`rlkit dpo` (`rlkit.drivers.dpo.DPOConfig`)") + "\n" + END + "\n")
 
 
 def write_docs(path: str = "docs/rlaifv.md") -> None:

@@ -2,10 +2,10 @@
 
     python examples/rlaifv/run.py --config examples/rlaifv/rlaifv.yaml [--calibrate] [--overwrite] [key.sub=value ...]
 
-The rounds are `rlkit rlaifv`'s (`rlkit.rlaifv.run_rlaifv`); this script adds the per-round table. --calibrate is
+The rounds are `rlkit rlaifv`'s (`rlkit.drivers.rlaifv.run_rlaifv`); this script adds the per-round table. --calibrate is
 the same as `labeler.calibrate=true` (already on in rlaifv.yaml): each round's claims are judged against that
 round's median yes/no odds, for a random or untrained labeler whose verdicts would otherwise all be "yes"
-(rlkit/rlaifv_checks.py). A real labeler's verdicts already vary with the claim: leave it off.
+(rlkit/drivers/rlaifv_checks.py). A real labeler's verdicts already vary with the claim: leave it off.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from rlkit.runtime_env import apply_defaults  # noqa: E402  (before torch/vLLM/R
 apply_defaults()
 
 from rlkit.config import load_config  # noqa: E402
-from rlkit.rlaifv import RLAIFVConfig, run_rlaifv  # noqa: E402
+from rlkit.drivers.rlaifv import RLAIFVConfig, run_rlaifv  # noqa: E402
 
 
 def main(argv=None) -> int:

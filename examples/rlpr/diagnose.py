@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     from rewards.basic import exact_match
     from rewards.rlpr import RLPRState, rlpr_scores
     from rlkit.models.loading import load_policy, tokenizer_of
-    from rlkit.modes import render_prompt
+    from rlkit.step.modes import render_prompt
     from rlkit.records import DEEP, PromptRow
     from rollout import RolloutRequest, SamplingConfig, make_engine
 

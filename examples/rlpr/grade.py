@@ -86,7 +86,7 @@ def _spec(gold: Any) -> tuple[list[str], list[str]]:
 
 def judge(prompts, completions, *, answer: Sequence[Any], **kwargs) -> list[float | None]:
     """1.0 / 0.0 per completion: the judge on its final answer; None for a row without an answer. The
-    signature of a plain reward (`rlkit.ablation_eval.reward_rows_score_fn` wraps it), but it is never a
+    signature of a plain reward (`rlkit.drivers.ablation_eval.reward_rows_score_fn` wraps it), but it is never a
     training reward here.
 
     >>> judge(["q"] * 3, ["<think>Fri, Sat</think>\\n\\nIt is Saturday.", "<think>Fri", "Saturday"],

@@ -142,7 +142,7 @@ def summarise(held: list[dict], judge: Judge, wall: float, extra: dict) -> dict:
 
 
 def train_metrics(run_dir: pathlib.Path) -> dict:
-    from rlkit.ablation import read_jsonl
+    from rlkit.drivers.ablation import read_jsonl
 
     steps = [m for m in read_jsonl(run_dir / "metrics.jsonl") if "reward/mean" in m]
     keys = sorted({k for m in steps for k in m if k.startswith("reward/") and k.endswith("/mean")})
@@ -156,8 +156,8 @@ def _mean(v):
 
 
 def run_seed(seed: int, arms: list[str], args, train: list[dict], held: list[dict]) -> None:
-    from rlkit.ablation import ColdStartSection, EvalSection, _cold_start, _Evaluator, fresh_run_dir
-    from rlkit.grpo import run_grpo
+    from rlkit.drivers.ablation import ColdStartSection, EvalSection, _cold_start, _Evaluator, fresh_run_dir
+    from rlkit.drivers.grpo import run_grpo
 
     out = pathlib.Path(args.out)
     res_dir = out / "results"

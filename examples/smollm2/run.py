@@ -36,7 +36,7 @@ def accuracy(model_path: str, test: pathlib.Path, max_tokens: int) -> dict:
     """Greedy held-out accuracy with vLLM (math_accuracy reward), and the time it took."""
     from rewards import math_accuracy
     from rlkit.models.loading import load_processor
-    from rlkit.modes import render_prompt
+    from rlkit.step.modes import render_prompt
     from rlkit.records import PromptRow
     from rollout import RolloutRequest, SamplingConfig, make_engine
 
@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="extra dotted config overrides, e.g. trainer.lr=5e-6")
     a = ap.parse_args()
     from rlkit.config import GRPOConfig, load_config
-    from rlkit.grpo import run_grpo
+    from rlkit.drivers.grpo import run_grpo
     from rlkit.models.smollm2 import convert_smollm2
 
     out = pathlib.Path(a.out)

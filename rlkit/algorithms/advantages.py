@@ -184,7 +184,7 @@ def batch_std(rewards: torch.Tensor, group_ids: torch.Tensor, *, eps: float = 1e
     return torch.where(counts[inverse] > 1, adv, torch.zeros_like(adv))
 
 
-batch_std.batch_level = True  # needs the whole batch at once (no streamed update: rlkit/streaming.py)
+batch_std.batch_level = True  # needs the whole batch at once (no streamed update: rlkit/policy/streaming.py)
 
 
 @ADVANTAGES.register("rloo")

@@ -1,6 +1,6 @@
 """The prompt data checked before any worker starts: every row a step could draw, up to `data.check_rows`.
 
-What a step would find when it draws a row (rlkit/collect.py: `to_row`, `open_image`, the answer), found here
+What a step would find when it draws a row (rlkit/step/collect.py: `to_row`, `open_image`, the answer), found here
 instead, before Ray and the engines start: a prompt that is not a non-empty string, a missing answer, a bad
 mode value, an image file that does not exist or does not decode. Each distinct image is decoded once (a data
 set of 38k questions on 4k pictures decodes 4k files). The scan reads whole Arrow columns (no per-row `datasets`

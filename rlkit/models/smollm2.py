@@ -20,7 +20,7 @@ import shutil
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # SmolLM2's own ChatML template (same default system message), extended so a message's content may also be a
-# list of parts ([{"type": "text", "text": ...}], as rlkit.modes.render_prompt writes it): the GGUF's template
+# list of parts ([{"type": "text", "text": ...}], as rlkit.step.modes.render_prompt writes it): the GGUF's template
 # concatenates `content` as a string and fails on a list.
 CHAT_TEMPLATE = (
     "{%- macro text(c) -%}{%- if c is string -%}{{ c }}{%- else -%}{%- for p in c -%}"

@@ -11,12 +11,12 @@ from __future__ import annotations
 from rlkit.algorithms import get_advantage_fn
 from rlkit.config import ConfigError, GRPOConfig, check_grpo_fields, check_streaming
 from rlkit.config_ranges import algorithm_errors
-from rlkit.filters import FILTERS
-from rlkit.lora import lora_settings
-from rlkit.modes import ModeError, check_schedule
-from rlkit.orchestration import PLACEMENTS
+from rlkit.step.filters import FILTERS
+from rlkit.policy.lora import lora_settings
+from rlkit.step.modes import ModeError, check_schedule
+from rlkit.distributed.orchestration import PLACEMENTS
 from rlkit.records import MODES
-from rlkit.sharding import check_strategy
+from rlkit.policy.sharding import check_strategy
 
 
 def check_grpo(cfg: GRPOConfig) -> None:

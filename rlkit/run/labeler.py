@@ -6,7 +6,7 @@
 - `LabelerConfig` (the `labeler:` section), `labeler_config` / `check_labeler` (checks naming the key),
   `labeler_resources` (the one builder: labeler plus claim LM) and `LabelerResources`.
 
-Used by `rlkit rlaifv` (rlkit/rlaifv.py) and by GRPO's `rlaifv` reward (rlkit/grpo.py); imports no driver.
+Used by `rlkit rlaifv` (rlkit/drivers/rlaifv.py) and by GRPO's `rlaifv` reward (rlkit/drivers/grpo.py); imports no driver.
 """
 from __future__ import annotations
 

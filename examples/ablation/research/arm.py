@@ -3,8 +3,8 @@
     PYTHONPATH=. python examples/ablation/research/arm.py --cold runs/abl_r1/cold_start --out runs/arm_x \\
         --tag deep_4prompts modes.deep_ratio=1 trainer.prompts_per_step=4
 
-Runs `rlkit.grpo.run_grpo` with examples/ablation/ablation.yaml's GRPO part plus the overrides, a checkpoint
-every --every steps, then evaluates the cold start and every checkpoint in both modes (rlkit.ablation_eval)
+Runs `rlkit.drivers.grpo.run_grpo` with examples/ablation/ablation.yaml's GRPO part plus the overrides, a checkpoint
+every --every steps, then evaluates the cold start and every checkpoint in both modes (rlkit.drivers.ablation_eval)
 and appends {tag, overrides, curve, wall_s} to results.jsonl.
 """
 from __future__ import annotations
@@ -35,10 +35,10 @@ def main() -> int:
 
     torch.set_num_threads(1)
     from rewards import exact_match
-    from rlkit.ablation import load_ablation_config
-    from rlkit.ablation_eval import checkpoint_curve, eval_record, evaluate_modes
+    from rlkit.drivers.ablation import load_ablation_config
+    from rlkit.drivers.ablation_eval import checkpoint_curve, eval_record, evaluate_modes
     from rlkit.data import load_source
-    from rlkit.grpo import run_grpo
+    from rlkit.drivers.grpo import run_grpo
     from rlkit.models.loading import load_processor
     from rollout import make_engine
 

@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python examples/ablation/research/cold.py --steps 400 --lr 1e-3 --eval-n 300
 
-Builds a tiny text policy, runs the two-mode cold start (`rlkit.sft.mode_rows`), evaluates greedy fast and
+Builds a tiny text policy, runs the two-mode cold start (`rlkit.drivers.sft.mode_rows`), evaluates greedy fast and
 deep accuracy on held-out chains with vLLM, appends a line to results.jsonl.
 """
 from __future__ import annotations
@@ -39,10 +39,10 @@ def main() -> int:
 
     torch.set_num_threads(1)
     from rewards import exact_match
-    from rlkit.ablation_eval import evaluate_modes
+    from rlkit.drivers.ablation_eval import evaluate_modes
     from rlkit.data import load_source
     from rlkit.models.loading import build_tiny, load_policy
-    from rlkit.sft import SFTConfig, mode_rows, sft
+    from rlkit.drivers.sft import SFTConfig, mode_rows, sft
     from rollout import make_engine
 
     kw = dict(min_terms=args.min_terms, max_terms=args.max_terms, max_value=args.max_value)

@@ -13,9 +13,9 @@ from typing import Any, Sequence
 
 import torch
 
-from rlkit.sft import load_image, render_prompt
-from rlkit.vqa_eval import placeholder_ids
-from rlkit.vqa_eval import exact_match
+from rlkit.drivers.sft import load_image, render_prompt
+from rlkit.drivers.vqa_eval import placeholder_ids
+from rlkit.drivers.vqa_eval import exact_match
 
 
 @dataclasses.dataclass

@@ -8,8 +8,8 @@ import torch
 from rlkit.data.easy_vqa import ANSWERS_BY_TYPE, load_easy_vqa
 from rlkit.models.tiny import TinySpec, build_vlm_model, make_vlm_processor
 from rlkit.models.tokenizers import train_small_tokenizer
-from rlkit.sft import SFTConfig, load_image, sft
-from rlkit.vqa_eval import evaluate_vqa, make_hf_generate_fn
+from rlkit.drivers.sft import SFTConfig, load_image, sft
+from rlkit.drivers.vqa_eval import evaluate_vqa, make_hf_generate_fn
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--types", default="color"); ap.add_argument("--steps", type=int, default=200)

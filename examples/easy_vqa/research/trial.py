@@ -35,8 +35,8 @@ from grpo_min import GRPOSettings, grpo_step  # noqa: E402
 from rlkit.data.easy_vqa import ANSWERS_BY_TYPE, load_easy_vqa  # noqa: E402
 from rlkit.models.tiny import TinySpec, build_vlm_model, make_vlm_processor  # noqa: E402
 from rlkit.models.tokenizers import train_small_tokenizer  # noqa: E402
-from rlkit.sft import SFTConfig, load_image, sft  # noqa: E402
-from rlkit.vqa_eval import evaluate_vqa, make_hf_generate_fn  # noqa: E402
+from rlkit.drivers.sft import SFTConfig, load_image, sft  # noqa: E402
+from rlkit.drivers.vqa_eval import evaluate_vqa, make_hf_generate_fn  # noqa: E402
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Ray placement: start or join Ray, and put the policy worker and rollout engine in actors.
 
-The only modules (with rlkit/pool.py and the drivers) that import Ray. Local runs bind every Ray service to
+The only modules (with rlkit/distributed/pool.py and the drivers) that import Ray. Local runs bind every Ray service to
 127.0.0.1 and turn off its dashboard and token auth (`init_ray`); `ray.address` joins an existing cluster
 (`ray start --head` on the head node, docs/scaling.md).
 Every actor gets one torch/OpenMP thread per reserved CPU (2-core machines are 10-30x slower otherwise).
@@ -13,7 +13,7 @@ With "separate", the rollout workers and the policy ranks get a placement group 
 two disjoint pools, each packed (or spread) by `ray.placement_strategy`. Bundles are reserved before any
 actor starts, so a placement the cluster cannot hold fails at once, naming what was asked (`place`).
 In every placement ("none" included), `place` first checks that the actors fit the cluster's nodes at all
-(`check_capacity`, rlkit/resources.py): a local Ray fails within seconds; a cluster (`ray.address`) may still
+(`check_capacity`, rlkit/distributed/resources.py): a local Ray fails within seconds; a cluster (`ray.address`) may still
 grow, so it waits up to `ray.placement_timeout_s` after saying so. Actors still starting after a minute are
 named with their resources and the cluster's free ones (`StartWatch`), so no wait on Ray is silent.
 """
@@ -158,7 +158,7 @@ def place(placement: str, strategy: str, num_workers: int, num_ranks: int, rollo
     import ray
     from ray.util import placement_group
 
-    from rlkit.resources import ResourceError
+    from rlkit.distributed.resources import ResourceError
 
     specs, workers, ranks = bundles(placement, num_workers, num_ranks, rollout, trainer)
     check_capacity(num_workers, num_ranks, rollout, trainer, specs, strategy, wait_s=timeout_s if grow else 0.0)
@@ -180,11 +180,11 @@ def place(placement: str, strategy: str, num_workers: int, num_ranks: int, rollo
 def check_capacity(num_workers: int, num_ranks: int, rollout: dict, trainer: dict, groups: list | None = None,
                    strategy: str = "PACK", wait_s: float = 0.0, poll_s: float = 2.0) -> None:
     """ResourceError, one line naming what the run asks, what the cluster has and the keys to change, when the
-    actors cannot fit the cluster's nodes (rlkit/resources.py). `wait_s` > 0 (a cluster that may grow): say so
+    actors cannot fit the cluster's nodes (rlkit/distributed/resources.py). `wait_s` > 0 (a cluster that may grow): say so
     once, then wait that long for enough nodes before failing."""
     import ray
 
-    from rlkit.resources import ResourceError, capacity_problem
+    from rlkit.distributed.resources import ResourceError, capacity_problem
 
     deadline, said = time.monotonic() + wait_s, False
     while True:
@@ -209,7 +209,7 @@ def check_local_capacity(address: str, num_cpus: int, placement: str, strategy: 
     for a cluster or a Ray already running in this process (its own resources count)."""
     import sys
 
-    from rlkit.resources import ResourceError, capacity_problem
+    from rlkit.distributed.resources import ResourceError, capacity_problem
 
     ray = sys.modules.get("ray")
     if address or (ray is not None and ray.is_initialized()):
@@ -282,7 +282,7 @@ class StartWatch:
     def message(pending: dict, now: float) -> str:
         import ray
 
-        from rlkit.resources import KINDS
+        from rlkit.distributed.resources import KINDS
 
         oldest = max(now - t0 for _, _, t0 in pending.values())
         names = ", ".join(f"{what} {{{', '.join(f'{k}: {res.get(k, 0):g}' for k in KINDS)}}}"

@@ -10,7 +10,7 @@ anything there:
 - `--resume` needs the run's `config.yaml`; the new config may differ from it only in keys that change where,
   how fast, how verbosely or how long the run computes (each driver's `*_RESUMABLE` below, listed in one line),
   never what it computes: any other changed key is refused, naming it;
-- `--resume` takes the newest intact checkpoint (`rlkit.checkpoint.resume_point`, which verifies the manifest
+- `--resume` takes the newest intact checkpoint (`rlkit.run.checkpoint.resume_point`, which verifies the manifest
   and skips damaged ones, saying why); a run with no checkpoint at all (it stopped before its first save)
   restarts from step 0 in the same directory, saying so, with its old logs moved aside.
 docs/scaling.md ("Run directories and resume") is the user-facing description.
@@ -22,7 +22,7 @@ import time
 
 import yaml
 
-from rlkit import checkpoint as ckpt
+from rlkit.run import checkpoint as ckpt
 from rlkit.config import ConfigError, to_dict
 
 CONFIG = "config.yaml"

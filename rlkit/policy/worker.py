@@ -26,7 +26,7 @@ Several ranks (`join_group`, trainer.num_ranks): every rank receives the whole r
 mini-batch's rows are cut into `world_size` contiguous slices and a rank runs forward/backward on its slice
 only, each micro-batch's loss scaled as its share of the WHOLE mini-batch (`_aggregation_scale` with the
 slice's offset), so gradients are SUMMED over ranks; metrics are merged, and every rank takes the same step
-(and the same decision on non-finite values). trainer.strategy picks who holds what (rlkit/sharding.py):
+(and the same decision on non-finite values). trainer.strategy picks who holds what (rlkit/policy/sharding.py):
 "replicate" (a full replica of model and AdamW per rank, gradients all-reduced in one flat buffer: DDP written
 out) or "fsdp2" (FSDP2 shards weights, gradients and AdamW moments per layer; forwards all-gather, backward
 reduce-scatters; every rank runs the same passes, padded with zero-loss ones; full state dicts are gathered
@@ -36,7 +36,7 @@ KL to the reference policy: in the loss (`kl_coef * aggregation(k)`, default), o
 k1 penalty the driver subtracts from each reward before advantages (`reference_kl`, `kl_penalized_rewards`).
 The reference is a frozen copy loaded from `reference_path`, except with LoRA when only adapters train and the
 reference is the model the adapters sit on: then it is the policy itself with its adapters switched off
-(`ref_adapters_off`, no second model in memory; see `rlkit.lora.adapters_off_is_reference`).
+(`ref_adapters_off`, no second model in memory; see `rlkit.policy.lora.adapters_off_is_reference`).
 """
 from __future__ import annotations
 
@@ -51,19 +51,19 @@ import torch
 
 from rlkit.algorithms import aggregate, get_kl_estimator, get_policy_loss
 from rlkit.algorithms.kl import sequence_k1
-from rlkit.batching import (_aggregation_scale, _gather, _length_mask, _per_item, _weights, build_batch, encode_prompt,
+from rlkit.policy.batching import (_aggregation_scale, _gather, _length_mask, _per_item, _weights, build_batch, encode_prompt,
                             add_to_accumulator, image_digest, new_accumulator)
-from rlkit.lora import (ADAPTER_DIR, adapter_base_path, adapters_off, adapters_off_is_reference, apply_lora, load_lora,
+from rlkit.policy.lora import (ADAPTER_DIR, adapter_base_path, adapters_off, adapters_off_is_reference, apply_lora, load_lora,
                         lora_settings, merged_state_dict, save_lora)
-from rlkit.lora import trainable_counts as lora_trainable_counts
+from rlkit.policy.lora import trainable_counts as lora_trainable_counts
 from rlkit.models.loading import apply_freeze, load_policy, resolve_device, tokenizer_of
 from rlkit.policy.settings import WorkerSettings, settings_with
 from rlkit.records import TrainItem
-from rlkit.streaming import StreamedStep
-from rlkit.sharding import (all_reduce_grads, check_strategy, full_optimizer_state, full_state_dict, global_norm,
+from rlkit.policy.streaming import StreamedStep
+from rlkit.policy.sharding import (all_reduce_grads, check_strategy, full_optimizer_state, full_state_dict, global_norm,
                             init_group, merge_metrics, pass_counts, rebuild_optimizer, shard_optimizer_state,
                             shard_policy)
-from rlkit.vision import image_inputs
+from rlkit.policy.vision import image_inputs
 
 TRAINER_STATE = "trainer_state.pt"
 
@@ -409,7 +409,7 @@ class PolicyWorker(StreamedStep):
             if not self.sharded:
                 all_reduce_grads(params)
             loss_total, weight_sum, totals = merge_metrics(self.world_size, loss_total, weight_sum, totals)
-        if grad_scale != 1.0:  # a streamed step (rlkit/streaming.py): the batch's normaliser, known only now
+        if grad_scale != 1.0:  # a streamed step (rlkit/policy/streaming.py): the batch's normaliser, known only now
             for p in params:
                 if p.grad is not None:
                     p.grad.mul_(grad_scale)
@@ -431,7 +431,7 @@ class PolicyWorker(StreamedStep):
     def join_group(self, address: str, port: int, rank: int, world_size: int, backend: str = "",
                    timeout_s: float = 600.0, token: str = "") -> None:
         """Join the torch.distributed group of trainer.num_ranks policy ranks (gloo on CPU, NCCL on CUDA;
-        rlkit.sharding.init_group). Every rank must have loaded the same weights (they all load the same path).
+        rlkit.policy.sharding.init_group). Every rank must have loaded the same weights (they all load the same path).
         With trainer.strategy fsdp2 the model is then sharded over the group. `token`: see init_group."""
         init_group(self.device, address, port, rank, world_size, backend, timeout_s, token)
         self.rank, self.world_size = rank, world_size
@@ -439,7 +439,7 @@ class PolicyWorker(StreamedStep):
             self._shard()
 
     def _shard(self) -> None:
-        """FSDP2 over the group (rlkit/sharding.py); AdamW (no step taken yet) is rebuilt on the sharded parameters."""
+        """FSDP2 over the group (rlkit/policy/sharding.py); AdamW (no step taken yet) is rebuilt on the sharded parameters."""
         shard_policy(self.model, self.device, self.world_size)
         self.optimizer = rebuild_optimizer(self.optimizer, [p for p in self.model.parameters() if p.requires_grad])
         self.sharded = True
@@ -470,7 +470,7 @@ class PolicyWorker(StreamedStep):
     # ------------------------------------------------------------------------------------------ checkpoints
     def save(self, directory: str) -> None:
         """Model + processor (loadable by from_pretrained) and the optimizer/RNG state needed to resume
-        (with LoRA also the adapter, see rlkit/lora.py)."""
+        (with LoRA also the adapter, see rlkit/policy/lora.py)."""
         d = pathlib.Path(directory)
         # fsdp2: the same files (either strategy resumes them), gathered whole (collective), written by rank 0
         weights = full_state_dict(self.model, self.rank) if self.sharded else None  # None: the model's own

@@ -14,7 +14,7 @@ that takes longer is treated the same way (the hung worker is killed and recreat
 
 `PolicyGroup` (trainer.num_ranks policy ranks) starts the ranks as actors; with more than one they form a
 torch.distributed group (rendezvous on rank 0's node IP: 127.0.0.1 under a local Ray, a free port). Every
-rank gets the whole batch and trains its slice (rlkit/worker.py: gradients summed before clipping, identical
+rank gets the whole batch and trains its slice (rlkit/policy/worker.py: gradients summed before clipping, identical
 steps). Rank 0 is the `leader`: it provides the weights for the sync, scores for rewards (RLPR) and writes
 checkpoints (model, optimizer, RNG). Under trainer.strategy "fsdp2" every forward pass all-gathers weight
 shards (a collective), so the `leader` handle fans each call out to every rank and returns rank 0's result. A
@@ -32,8 +32,8 @@ import time
 import uuid
 from typing import Callable, Sequence
 
-from rlkit.sharding import rendezvous_file
-from rlkit.worker import PolicyWorker
+from rlkit.policy.sharding import rendezvous_file
+from rlkit.policy.worker import PolicyWorker
 from rollout.base import RolloutRequest, SamplingConfig, balanced_chunks, requests_n  # noqa: F401
 
 
@@ -137,7 +137,7 @@ class PolicyRank(PolicyWorker):
             return ip, s.getsockname()[1]
 
     def where(self) -> dict:
-        from rlkit.orchestration import where_am_i
+        from rlkit.distributed.orchestration import where_am_i
 
         return where_am_i()
 
@@ -185,7 +185,7 @@ class PolicyGroup:
         return self._get([a.train_step.remote(items) for a in self.ranks])[0]
 
     def train_part(self, items) -> list:
-        """Every rank starts accumulating one part of a streamed step (rlkit/streaming.py); returns the calls'
+        """Every rank starts accumulating one part of a streamed step (rlkit/policy/streaming.py); returns the calls'
         refs, waited for (and their failures raised) by `train_finish`, so the driver goes on generating."""
         return [a.train_part.remote(items) for a in self.ranks]
 

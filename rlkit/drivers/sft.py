@@ -62,8 +62,8 @@ class SFTResult:
 
 
 def render_prompt(processor, question: str, has_image: bool, enable_thinking: bool = False) -> str:
-    """The generation prompt for one question: `rlkit.modes.render_prompt`, the one the GRPO loop uses."""
-    from rlkit.modes import render_prompt as render
+    """The generation prompt for one question: `rlkit.step.modes.render_prompt`, the one the GRPO loop uses."""
+    from rlkit.step.modes import render_prompt as render
     from rlkit.records import DEEP, FAST, PromptRow
 
     row = PromptRow(0, question, [None] if has_image else [], None, {})

@@ -3,7 +3,7 @@
 The GRPO driver evaluates in the loop (`trainer.eval_every`) when the held-out rows come from `data.source`.
 When `ablation.eval.source` names another source, the ablation saves a checkpoint every `eval.every` steps
 instead and `checkpoint_curve` loads each into one engine in place and evaluates it with
-`rlkit.evaluate.evaluate_modes`, writing records with the same names as the in-loop ones (`step`,
+`rlkit.drivers.evaluate.evaluate_modes`, writing records with the same names as the in-loop ones (`step`,
 `tokens_sampled_total`, `eval/{mode}/accuracy`, `eval/{mode}/tokens_mean`).
 """
 from __future__ import annotations
@@ -12,12 +12,12 @@ import json
 import pathlib
 from typing import Any, Callable, Sequence
 
-from rlkit.evaluate import evaluate_modes
+from rlkit.drivers.evaluate import evaluate_modes
 from rlkit.records import PromptRow
 
 
 def reward_rows_score_fn(reward: Callable) -> Callable:
-    """A `rlkit.evaluate` score_fn from a plain reward function `fn(prompts, completions, answer=, mode=)`."""
+    """A `rlkit.drivers.evaluate` score_fn from a plain reward function `fn(prompts, completions, answer=, mode=)`."""
 
     def score(rows: Sequence[PromptRow], mode: str, texts: list[str], ids: list[list[int]]) -> list:
         return reward([r.prompt for r in rows], texts, answer=[r.answer for r in rows], mode=[mode] * len(rows))
@@ -26,7 +26,7 @@ def reward_rows_score_fn(reward: Callable) -> Callable:
 
 
 def prompt_rows(rows: Sequence[dict[str, Any]]) -> list[PromptRow]:
-    """Dict rows (`prompt`, `answer`, optional `image`) as the PromptRows rlkit.evaluate takes."""
+    """Dict rows (`prompt`, `answer`, optional `image`) as the PromptRows rlkit.drivers.evaluate takes."""
     return [PromptRow(i, r["prompt"], [r["image"]] if r.get("image") is not None else [], r.get("answer"), {})
             for i, r in enumerate(rows)]
 
@@ -51,8 +51,7 @@ def checkpoint_curve(run_dir: str | pathlib.Path, engine, processor, rows, *, mo
     """
     import safetensors.torch
 
-    from rlkit import checkpoint as ckpt
-
+    from rlkit.run import checkpoint as ckpt
     run_dir = pathlib.Path(run_dir)
     tokens = {}
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():

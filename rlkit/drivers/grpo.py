@@ -14,26 +14,26 @@ import random
 import torch
 
 from rewards import RewardScorer
-from rlkit import checkpoint as ckpt
+from rlkit.run import checkpoint as ckpt
 from rlkit.algorithms import advantage_groups, get_advantage_fn
-from rlkit.collect import StepRows, collect
+from rlkit.step.collect import StepRows, collect
 from rlkit.config import GRPOConfig, dump_config
 from rlkit.data import PromptStream
 from rlkit.data.checks import check_rows
-from rlkit.evaluate import HeldOutEval, accuracy_reward_name, load_eval_rows, reward_score_fn
-from rlkit.filters import get_filter
-from rlkit.mode_metrics import ModeMetrics
+from rlkit.drivers.evaluate import HeldOutEval, accuracy_reward_name, load_eval_rows, reward_score_fn
+from rlkit.step.filters import get_filter
+from rlkit.step.mode_metrics import ModeMetrics
 from rlkit.models.loading import load_processor, tokenizer_of
-from rlkit.modes import deep_ratio_at
+from rlkit.step.modes import deep_ratio_at
 from rlkit.records import MODES, Sample, TrainItem
-from rlkit.reward_health import RewardHealth
-from rlkit.rundir import GRPO_RESUMABLE, open_run
+from rlkit.step.reward_health import RewardHealth
+from rlkit.run.rundir import GRPO_RESUMABLE, open_run
 from rlkit.run.build import (PolicyLogprobs, RewardResources, engine_options, load_prompt_data,  # noqa: F401
                              resolve_model, reward_scorer, reward_specs, row_texts, worker_settings)
 from rlkit.run.checks import check_grpo
 from rlkit.run.labeler import labeler_config, labeler_resources
 from rlkit.run.timing import timed
-from rlkit.runlog import RunLog
+from rlkit.run.runlog import RunLog
 
 REWARD_STATE = "reward_state.json"
 
@@ -56,11 +56,11 @@ class Prepared:
 
 def prepare(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> Prepared:
     check_grpo(cfg)
-    from rlkit.orchestration import check_local_capacity
+    from rlkit.distributed.orchestration import check_local_capacity
 
     check_local_capacity(cfg.ray.address, cfg.ray.num_cpus, *_asks(cfg))  # CPUs a local Ray will have, before it
     out = pathlib.Path(cfg.output_dir)
-    last = open_run(cfg, resume=resume, overwrite=overwrite, allowed=GRPO_RESUMABLE)  # rlkit/rundir.py
+    last = open_run(cfg, resume=resume, overwrite=overwrite, allowed=GRPO_RESUMABLE)  # rlkit/run/rundir.py
     out.mkdir(parents=True, exist_ok=True)
     resources = RewardResources()
     scorer = reward_scorer(cfg, strict=False, resources=resources)  # strict_rewards: per step, by RewardHealth
@@ -91,17 +91,17 @@ def _asks(cfg: GRPOConfig) -> tuple:
 
 
 def _placement(cfg: GRPOConfig):
-    """The placement groups of ray.placement (rlkit/orchestration.py), reserved before any actor starts, after
+    """The placement groups of ray.placement (rlkit/distributed/orchestration.py), reserved before any actor starts, after
     checking that the actors fit the cluster at all (every placement; a `ray.address` cluster may grow first)."""
-    from rlkit.orchestration import place
+    from rlkit.distributed.orchestration import place
 
     return place(*_asks(cfg), cfg.ray.placement_timeout_s, grow=bool(cfg.ray.address))
 
 
 def _engines(cfg: GRPOConfig, model_path: str, placement):
-    """rollout.num_workers engine actors as one engine (rlkit/pool.py); worker i in its placement bundle."""
-    from rlkit.orchestration import EngineActor, spawn
-    from rlkit.pool import EnginePool
+    """rollout.num_workers engine actors as one engine (rlkit/distributed/pool.py); worker i in its placement bundle."""
+    from rlkit.distributed.orchestration import EngineActor, spawn
+    from rlkit.distributed.pool import EnginePool
 
     r = cfg.rollout
     return EnginePool(lambda i: spawn(EngineActor, r.engine, model_path=model_path, num_cpus=r.num_cpus,
@@ -121,9 +121,9 @@ POLICY_ENV = {"RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": "1"}
 
 
 def _policy(cfg: GRPOConfig, model_path: str, base_model: str, out: pathlib.Path, placement):
-    """trainer.num_ranks policy rank actors (rlkit/pool.py); rank 0 leads; rank j in its placement bundle."""
-    from rlkit.orchestration import spawn
-    from rlkit.pool import PolicyGroup, PolicyRank
+    """trainer.num_ranks policy rank actors (rlkit/distributed/pool.py); rank 0 leads; rank j in its placement bundle."""
+    from rlkit.distributed.orchestration import spawn
+    from rlkit.distributed.pool import PolicyGroup, PolicyRank
 
     t, settings = cfg.trainer, worker_settings(cfg, reference_path=base_model)  # rlkit/policy/settings.py
     return PolicyGroup(lambda rank: spawn(PolicyRank, model_path, settings, num_cpus=t.num_cpus, num_gpus=t.num_gpus,
@@ -133,7 +133,7 @@ def _policy(cfg: GRPOConfig, model_path: str, base_model: str, out: pathlib.Path
 
 def run_grpo(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> dict:
     """Run GRPO as configured; returns a summary (last metrics, checkpoint path). A new run refuses an
-    output_dir that holds another one unless `overwrite` (moved aside); see rlkit/rundir.py."""
+    output_dir that holds another one unless `overwrite` (moved aside); see rlkit/run/rundir.py."""
     run = Run(cfg)
     try:
         setup(run, resume, overwrite)
@@ -214,7 +214,7 @@ def setup(run: Run, resume: bool, overwrite: bool) -> None:
     placement, the policy ranks and the engines, waited for until ready."""
     from tqdm import tqdm
 
-    from rlkit.orchestration import init_ray, wait_ready
+    from rlkit.distributed.orchestration import init_ray, wait_ready
 
     cfg = run.cfg
     run.p = p = prepare(cfg, resume, overwrite)
@@ -268,7 +268,7 @@ def cleanup(run: Run) -> None:
 # ----------------------------------------------------------------------------------------------- one step
 class Update:
     """One step's update: the advantages of its samples (whole, or streamed part by part into the policy
-    ranks, which accumulate gradients while the engines generate the next chunk: rlkit/streaming.py), then
+    ranks, which accumulate gradients while the engines generate the next chunk: rlkit/policy/streaming.py), then
     `finish`: the policy's optimizer step (skipped when the filter left nothing to train on)."""
 
     def __init__(self, run: Run):
@@ -331,7 +331,7 @@ def run_state(run: Run, step: int) -> dict:
 
 
 def save_checkpoint(run: Run, step: int) -> str:
-    """checkpoints/step_N, written aside and renamed when complete (rlkit/checkpoint.py); returns its path."""
+    """checkpoints/step_N, written aside and renamed when complete (rlkit/run/checkpoint.py); returns its path."""
     out = run.p.out
     with ckpt.naming_a_full_disk(out, step):
         staging = ckpt.staging_dir(out, step)

@@ -9,9 +9,9 @@ The config file is a GRPO config (every key of `rlkit grpo`, shared by both runs
 the same prompts in the same order and make the same number of updates; they differ only in the deep ratio.
 The held-out curve is evaluated every `ablation.eval.every` steps, and at step 0 (the cold-start policy, shared).
 
-Held-out evaluation: each run evaluates itself in the loop (`trainer.eval_every`, `rlkit.evaluate`) when the
+Held-out evaluation: each run evaluates itself in the loop (`trainer.eval_every`, `rlkit.drivers.evaluate`) when the
 held-out rows come from `data.source`; for another source (`ablation.eval.source`) the runs save a checkpoint
-every `every` steps and `rlkit.ablation_eval.checkpoint_curve` evaluates them afterwards with the same
+every `every` steps and `rlkit.drivers.ablation_eval.checkpoint_curve` evaluates them afterwards with the same
 `evaluate_modes`. `_held_out_curve` is the only switch.
 """
 from __future__ import annotations
@@ -154,7 +154,7 @@ def _cold_start(grpo: GRPOConfig, cs: ColdStartSection, cold_rows: list[dict], t
     placeholders + Qwen3's switch) in the cold-start checkpoint."""
     from rlkit.models.loading import load_policy
     from rlkit.run.build import resolve_model
-    from rlkit.sft import SFTConfig, mode_rows, sft
+    from rlkit.drivers.sft import SFTConfig, mode_rows, sft
 
     rows = mode_rows(cold_rows, modes=cs.modes, reasoning_column=cs.reasoning_column) if cs.steps else []
     base_path = resolve_model(grpo.model, out, lambda: [r["prompt"] for r in train] + [str(r["answer"]) for r in train]
@@ -188,7 +188,7 @@ def _ensure_thinking_template(processor) -> None:
     renders the same Qwen2-VL image placeholders and adds the switch; a template that has it is kept."""
     from rlkit.models.chat_template import CHAT_TEMPLATE
     from rlkit.models.loading import tokenizer_of
-    from rlkit.modes import supports_thinking_switch
+    from rlkit.step.modes import supports_thinking_switch
 
     tok = tokenizer_of(processor)
     if supports_thinking_switch(str(getattr(processor, "chat_template", None) or "")):
@@ -201,7 +201,7 @@ def _ensure_thinking_template(processor) -> None:
 
 def _run_arm(name: str, ratio: float, grpo: GRPOConfig, ev: EvalSection, start_model: str, out: pathlib.Path,
              evaluator, start_record: dict) -> dict:
-    from rlkit.grpo import run_grpo
+    from rlkit.drivers.grpo import run_grpo
 
     cfg = dataclasses.replace(
         grpo, output_dir=str(out / name),
@@ -251,7 +251,7 @@ def fresh_run_dir(path) -> pathlib.Path | None:
 
 
 def _held_out_curve(run_dir: pathlib.Path, in_run: bool, evaluator, start_record: dict) -> list[dict]:
-    """The run's eval records, step 0 first: from metrics.jsonl when the run evaluated itself, else (rlkit.ablation_eval)
+    """The run's eval records, step 0 first: from metrics.jsonl when the run evaluated itself, else (rlkit.drivers.ablation_eval)
     from its checkpoints."""
     if in_run:
         curve = curve_from_metrics(run_dir / "metrics.jsonl")
@@ -278,20 +278,20 @@ class _Evaluator:
         return self.engine
 
     def _evaluate_modes(self):
-        from rlkit.ablation_eval import prompt_rows, reward_rows_score_fn
-        from rlkit.evaluate import evaluate_modes
+        from rlkit.drivers.ablation_eval import prompt_rows, reward_rows_score_fn
+        from rlkit.drivers.evaluate import evaluate_modes
 
         return evaluate_modes(self._engine(), self.processor, prompt_rows(self.rows), modes=list(self.ev.modes),
                               score_fn=reward_rows_score_fn(self.score_fn), max_tokens=self.max_tokens,
                               system_prompt=self.grpo.data.system_prompt)
 
     def evaluate_start(self) -> dict:
-        from rlkit.ablation_eval import eval_record
+        from rlkit.drivers.ablation_eval import eval_record
 
         return eval_record(0, 0, self._evaluate_modes())
 
     def checkpoint_curve(self, run_dir: pathlib.Path, start_record: dict) -> list[dict]:
-        from rlkit.ablation_eval import checkpoint_curve
+        from rlkit.drivers.ablation_eval import checkpoint_curve
 
         return checkpoint_curve(run_dir, self._engine(), self.processor, self.rows, modes=list(self.ev.modes),
                                 score_fn=self.score_fn, max_tokens=self.max_tokens,

@@ -1,6 +1,6 @@
 """The collectives of the policy worker's two data-parallel strategies (trainer.strategy).
 
-Why a module of its own: rlkit/worker.py reads as one data-parallel update (slice, accumulate, clip, step)
+Why a module of its own: rlkit/policy/worker.py reads as one data-parallel update (slice, accumulate, clip, step)
 whatever the strategy; everything that knows how ranks talk (the flat gradient all-reduce of "replicate",
 and FSDP2's units, DTensors and full state dicts for "fsdp2") lives here, so the worker stays one screen
 per method and under 500 lines.
@@ -8,7 +8,7 @@ per method and under 500 lines.
 - replicate: every rank holds the whole model and AdamW state; `all_reduce_grads` sums gradients in one flat
   buffer (DDP written out).
 - fsdp2 (`shard_policy`): `torch.distributed.fsdp.fully_shard` on every transformer block (the model's
-  `_no_split_modules`: decoder layers, vision blocks), then on the vision tower (its own unit: rlkit/vision.py
+  `_no_split_modules`: decoder layers, vision blocks), then on the vision tower (its own unit: rlkit/policy/vision.py
   calls it outside the root forward to encode each distinct image once), then on the root. Each rank keeps
   1/world of every weight, gradient and AdamW moment; a unit's weights are all-gathered for its forward and
   backward, and its gradients reduce-scattered. The worker scales each micro-batch's loss as its share of the
@@ -116,7 +116,7 @@ def shard_policy(model, device: torch.device, world_size: int) -> list[torch.nn.
     """FSDP2 over the default process group: blocks, then the vision tower, then the root. Returns the units.
 
     Gradients are summed, not averaged, over ranks (divide factor 1 on every unit), and the root is lazily
-    initialised here: the vision tower may run before the root's forward (rlkit/vision.py), and FSDP2 takes
+    initialised here: the vision tower may run before the root's forward (rlkit/policy/vision.py), and FSDP2 takes
     the first module to run forward as its root."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard

@@ -4,7 +4,7 @@
 engine, scores every completion and drops the groups the group filter rejects, refilling from fresh prompts
 (`algorithm.refill_rounds`). With `rollout.stream_chunks` it generates each round in chunks of whole groups and
 hands every chunk's kept groups to the caller as soon as they are scored, so the policy can train on them while
-the next chunk is generated (rlkit/streaming.py). The driver (rlkit/grpo.py) owns everything after that.
+the next chunk is generated (rlkit/policy/streaming.py). The driver (rlkit/drivers/grpo.py) owns everything after that.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import time
 from rewards import RewardScorer, ScoreResult
 from rlkit.config import GRPOConfig
 from rlkit.data import DataError, PromptStream, open_image, to_row
-from rlkit.modes import assign_modes, deep_ratio_at, render_prompt
+from rlkit.step.modes import assign_modes, deep_ratio_at, render_prompt
 from rlkit.records import MODES, Sample, reward_columns
 from rollout import RolloutRequest, SamplingConfig
 from rollout.base import balanced_chunks, requests_n
@@ -142,7 +142,7 @@ def _generate(engine, requests, owners, rows, step: int, sampling: SamplingConfi
 
 def _score(scorer: RewardScorer, samples: list[Sample]) -> ScoreResult:
     """Score `samples` in place (rewards by name, total used for advantages). Failures are summarised once per
-    step by the driver (rlkit/reward_health.py), not here per sample."""
+    step by the driver (rlkit/step/reward_health.py), not here per sample."""
     result = scorer([s.row.prompt for s in samples], [s.completion for s in samples], _columns(samples))
     for i, s in enumerate(samples):
         s.rewards = {name: vals[i] for name, vals in result.per_reward.items()}

@@ -145,7 +145,7 @@ def add_to_accumulator(acc: dict, loss: float, mb: dict, metrics: dict) -> None:
 def relative_row_weights(lengths: list[int], mode: str, norm_length) -> torch.Tensor:
     """(B,) each row's weight in the aggregate, relative to a fixed reference row (one token long).
 
-    The weights of a streamed step (rlkit/streaming.py), whose batch arrives in parts: the aggregate's
+    The weights of a streamed step (rlkit/policy/streaming.py), whose batch arrives in parts: the aggregate's
     normaliser (total tokens, total sequences) is known only when the last part is in, but the ratio of two
     rows' weights does not depend on the rest of the batch (the property `_aggregation_scale` relies on), so
     each part's rows are weighted against a reference row appended to that part alone. The whole batch's

@@ -4,7 +4,7 @@ The GRPO driver starts `rollout.num_workers` engine actors (each `rollout.num_cp
 `trainer.num_ranks` policy ranks (each `trainer.num_cpus` / `trainer.num_gpus`); nothing else it starts holds
 Ray resources (reward workers are plain processes, a labeler lives in the driver). Ray would queue an actor that
 no node can hold forever, silently; `capacity_problem` finds such a run before any actor starts
-(rlkit/orchestration.py `place`, every `ray.placement`), from two conditions that every placement needs:
+(rlkit/distributed/orchestration.py `place`, every `ray.placement`), from two conditions that every placement needs:
 
 - the sum over all actors (or bundles) of each resource is at most the cluster's total;
 - every actor (with `ray.placement` colocate/separate: every bundle) fits on one node by itself;

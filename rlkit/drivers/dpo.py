@@ -33,16 +33,16 @@ import torch
 from tqdm import tqdm
 
 from preference import EncodedPair, column_text, encode_rows, load_preference_dataset
-from rlkit import checkpoint as ckpt
+from rlkit.run import checkpoint as ckpt
 from rlkit.algorithms.dpo import DPO_LOSSES, get_dpo_loss
 from rlkit.config import ConfigError, LoggingConfig, ModelConfig, TrainerConfig, check_ranges, dump_config
 from rlkit.models.loading import load_policy, load_processor
 from rlkit.records import TrainItem
-from rlkit.rundir import dpo_resumable, open_run
+from rlkit.run.rundir import dpo_resumable, open_run
 from rlkit.policy.settings import WorkerSettings
 from rlkit.run.build import resolve_model, worker_settings
-from rlkit.runlog import RunLog
-from rlkit.worker import PolicyWorker
+from rlkit.run.runlog import RunLog
+from rlkit.policy.worker import PolicyWorker
 
 REF_CACHE = "ref_logps.json"
 DPO_STATE = "dpo_state.pt"
@@ -250,7 +250,7 @@ def _order(n: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
 
 def run_dpo(cfg: DPOConfig, resume: bool = False, overwrite: bool = False) -> dict:
     """Train the policy with DPO on cfg.data.path; returns the last metrics and the final checkpoint path.
-    A new run refuses an output_dir that holds another one unless `overwrite` (moved aside): rlkit/rundir.py."""
+    A new run refuses an output_dir that holds another one unless `overwrite` (moved aside): rlkit/run/rundir.py."""
     check_dpo(cfg)
     out = pathlib.Path(cfg.output_dir)
     last_ckpt = open_run(cfg, resume=resume, overwrite=overwrite, allowed=dpo_resumable(cfg.dpo.lr_schedule))

@@ -7,7 +7,7 @@ rlkit continues from the newest, since choosing the best needs an evaluation set
 2. score every response with the divide-and-conquer scorer (`rewards.rlaifv`): claims, yes/no questions,
    labeler verdicts; every intermediate goes to `round_r/audit.jsonl`;
 3. build pairs (`preference.build_pairs`) and save them in TRL's columns to `round_r/pairs/`;
-4. train DPO on them (`rlkit.dpo.run_dpo`, run directory `round_r/dpo/`), starting from the round's model,
+4. train DPO on them (`rlkit.drivers.dpo.run_dpo`, run directory `round_r/dpo/`), starting from the round's model,
    which is also the round's DPO reference; the next round starts from the final checkpoint.
 A round is complete when `round_r/round.json` exists: a rerun skips complete rounds and continues. One
 line per round goes to `output_dir/metrics.jsonl`.
@@ -33,15 +33,15 @@ from rewards.rlaifv import rlaifv_scores, write_audit
 from rlkit.config import (ConfigError, DataConfig, LoggingConfig, ModelConfig, RolloutConfig, TrainerConfig,
                           check_ranges, dump_config)
 from rlkit.data import DataError, PromptStream, load_source, map_columns, open_image, to_row
-from rlkit.dpo import DPOConfig, DPODataConfig, DPOSection, check_dpo, run_dpo
+from rlkit.drivers.dpo import DPOConfig, DPODataConfig, DPOSection, check_dpo, run_dpo
 from rlkit.models.loading import load_processor
-from rlkit.modes import render_prompt
-from rlkit.rlaifv_checks import calibrate_verdicts, no_pairs_reason
-from rlkit.rundir import CONFIG, RLAIFV_RESUMABLE, check_resume_config, claim_new
+from rlkit.step.modes import render_prompt
+from rlkit.drivers.rlaifv_checks import calibrate_verdicts, no_pairs_reason
+from rlkit.run.rundir import CONFIG, RLAIFV_RESUMABLE, check_resume_config, claim_new
 from rlkit.run.build import local_engine, resolve_model, row_texts
 from rlkit.run.labeler import (EngineTextLM, LabelerConfig, LabelerResources, TransformersLabeler,  # noqa: F401
                                check_labeler, labeler_config, labeler_resources)
-from rlkit.runlog import RunLog
+from rlkit.run.runlog import RunLog
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -143,7 +143,7 @@ def run_round(cfg: RLAIFVConfig, r: int, model: str, ds, resources: LabelerResou
             res.close()
             del res
             gc.collect()
-    odds = calibrate_verdicts(scores) if L.calibrate else None  # rlkit/rlaifv_checks.py
+    odds = calibrate_verdicts(scores) if L.calibrate else None  # rlkit/drivers/rlaifv_checks.py
     audit = rdir / "audit.jsonl"
     audit.unlink(missing_ok=True)
     write_audit(scores, audit, [{"round": r, "row": rows[g].index, "group": g, "tokens": len(c.token_ids)}
@@ -197,7 +197,7 @@ def run_rlaifv(cfg: RLAIFVConfig, overwrite: bool = False) -> dict:
     out = pathlib.Path(cfg.output_dir)
     if overwrite or not (out / CONFIG).exists():
         claim_new(out, overwrite)
-    else:  # a rerun continues the run in out (rlkit/rundir.py)
+    else:  # a rerun continues the run in out (rlkit/run/rundir.py)
         check_resume_config(out, cfg, RLAIFV_RESUMABLE, flag="rerun")
     out.mkdir(parents=True, exist_ok=True)
     ds = map_columns(load_source(cfg.data.source, cfg.data.split, limit=cfg.data.limit, seed=cfg.seed,

@@ -10,7 +10,7 @@ their sum.
 
 The catch is the loss normaliser: a token-mean loss divides by the batch's total token count, which is known
 only once the last chunk is generated. Every registered aggregation weights each row in proportion to a
-quantity of that row alone (`rlkit.batching.relative_row_weights`), so each part's micro-batches are scaled
+quantity of that row alone (`rlkit.policy.batching.relative_row_weights`), so each part's micro-batches are scaled
 against a fixed reference row, and the finished sum is multiplied once by the batch's normaliser before
 clipping. Only one optimizer step per batch can be streamed (trainer.mini_batch_size 0, ppo_epochs 1): later
 mini-batches would need the whole batch first.
@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import time
 
-from rlkit.batching import _length_mask, _weights, new_accumulator, relative_row_weights
+from rlkit.policy.batching import _length_mask, _weights, new_accumulator, relative_row_weights
 from rlkit.records import TrainItem
 
 
 class StreamedStep:
-    """Mixed into `rlkit.worker.PolicyWorker`: `train_part` for each part, then `train_finish` once."""
+    """Mixed into `rlkit.policy.worker.PolicyWorker`: `train_part` for each part, then `train_finish` once."""
 
     _stream: dict | None = None
 

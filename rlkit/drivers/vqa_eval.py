@@ -98,7 +98,7 @@ def make_hf_generate_fn(
     """
     import torch
 
-    from rlkit.sft import load_image, render_prompt
+    from rlkit.drivers.sft import load_image, render_prompt
 
     tok = processor.tokenizer
 

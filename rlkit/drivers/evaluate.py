@@ -14,7 +14,7 @@
   every mode of `trainer.eval_modes`, written to `eval.json`.
 
 `engine_generate_fn(engine, processor)` (older, single mode) turns an engine into the `generate_fn(items)` that
-`rlkit.vqa_eval.evaluate_vqa` takes.
+`rlkit.drivers.vqa_eval.evaluate_vqa` takes.
 
 Model output is untrusted text: it is only decoded and handed to the rewards, never evaluated.
 """
@@ -30,9 +30,9 @@ from typing import Any, Callable, Sequence
 from rlkit.config import ConfigError, GRPOConfig
 from rlkit.data import DataError, has_splits, load_source, map_columns, open_image, to_row
 from rlkit.models.loading import ModelLoadError
-from rlkit.modes import render_prompt
+from rlkit.step.modes import render_prompt
 from rlkit.records import FAST, MODES, PromptRow, reward_columns
-from rlkit.reward_health import step_failures
+from rlkit.step.reward_health import step_failures
 from rollout import RolloutRequest, SamplingConfig
 
 ScoreFn = Callable[[list, str, list, list], list]  # (rows, mode, completion_texts, completion_ids) -> scores
@@ -169,8 +169,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> pathlib.Path:
     """The model folder to evaluate: `path` itself when it holds a model (a `checkpoints/step_N` folder written
     by `rlkit grpo`, or any transformers folder), else the newest complete checkpoint of a run directory or of
     its `checkpoints/` folder. ModelLoadError naming the path otherwise."""
-    from rlkit import checkpoint as ckpt
-
+    from rlkit.run import checkpoint as ckpt
     p = pathlib.Path(path).expanduser()
     if not p.exists():
         raise ModelLoadError(f"checkpoint not found: {path}")
