@@ -94,3 +94,15 @@ def test_loss_matches_an_independent_ppo_clip_token_mean_and_does_not_step(tiny_
     assert w.step == 0 and all(p.grad is None for p in w.model.parameters())
     # the first step of train_step optimises that same loss
     assert w.train_step(items)["train/loss"] == pytest.approx(loss, abs=1e-6)
+
+
+def test_the_worker_provides_what_a_streamed_step_is_built_from():
+    """`StreamedStep` (rlkit/policy/streaming.py) calls only `UpdateParts`: the worker has each, same parameters."""
+    import inspect
+
+    from rlkit.policy.streaming import UpdateParts
+
+    for name, fn in vars(UpdateParts).items():
+        if callable(fn) and name.startswith("_") and not name.startswith("__"):
+            want = list(inspect.signature(fn).parameters)
+            assert list(inspect.signature(getattr(PolicyWorker, name)).parameters) == want, name

@@ -18,17 +18,40 @@ mini-batches would need the whole batch first.
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 from rlkit.policy.batching import _length_mask, _weights, new_accumulator, relative_row_weights
 from rlkit.records import TrainItem
 
 
+class UpdateParts(Protocol):
+    """What a streamed step is built from: the parts of `PolicyWorker.train_step`, which `StreamedStep` calls
+    in another order (all of them, and only them; the worker implements them, tests/test_streaming.py checks
+    the result equals one `train_step`)."""
+
+    mini_batch_size: int  # 0: one optimizer step per batch (the only case a stream can take)
+    ppo_epochs: int
+    aggregation: str  # the loss's aggregation name (`loss_opts.aggregation`)
+    loss_opts: dict
+    optimizer: object
+    update_log: list  # the step's optimizer steps, read by `_end_step`
+    _stream: dict | None  # the step in progress (StreamedStep's own)
+
+    def _check_batch(self, items: list[TrainItem]) -> None: ...  # refuse what the strategy cannot train
+    def _encode_prompts(self, items: list[TrainItem]) -> list[dict]: ...  # one processor call per prompt
+    def _layout(self, items, prompts, order, whole: bool = False) -> list: ...  # [(rows, micro-batches)]
+    def _accumulate(self, items, mbs, old, ref, row_weights, acc: dict) -> dict: ...  # forward/backward, no step
+    def _apply(self, acc: dict, grad_scale: float = 1.0) -> dict: ...  # sum over ranks, scale, clip, step
+    def _end_step(self, lengths: list[int], compute_s: float) -> dict: ...  # the step's metrics; step += 1
+
+
 class StreamedStep:
-    """Mixed into `rlkit.policy.worker.PolicyWorker`: `train_part` for each part, then `train_finish` once."""
+    """Mixed into `rlkit.policy.worker.PolicyWorker` (which provides `UpdateParts`): `train_part` for each part,
+    then `train_finish` once."""
 
     _stream: dict | None = None
 
-    def train_part(self, items: list[TrainItem]) -> int:
+    def train_part(self: UpdateParts, items: list[TrainItem]) -> int:
         """Accumulate the gradient of one part of the step's batch (every rank gets the part; each trains its
         slice). Returns the number of items accumulated so far this step."""
         if self.mini_batch_size or self.ppo_epochs != 1:
@@ -54,7 +77,7 @@ class StreamedStep:
         s["parts"] += 1
         return len(s["lengths"])
 
-    def train_finish(self) -> dict[str, float]:
+    def train_finish(self: UpdateParts) -> dict[str, float]:
         """The optimizer step over every part accumulated since the last one; the step's metrics, as
         `train_step` returns them, plus `train/stream_parts` and `time/update_idle_s` (the time the policy
         waited between parts: the next chunk was still being generated)."""
