@@ -105,4 +105,5 @@ def test_the_worker_provides_what_a_streamed_step_is_built_from():
     for name, fn in vars(UpdateParts).items():
         if callable(fn) and name.startswith("_") and not name.startswith("__"):
             want = list(inspect.signature(fn).parameters)
-            assert list(inspect.signature(getattr(PolicyWorker, name)).parameters) == want, name
+            got = [p for p in inspect.signature(getattr(PolicyWorker, name)).parameters if p != "_ray_trace_ctx"]
+            assert got == want, name  # (Ray's actor decoration adds _ray_trace_ctx to the methods of the class)
