@@ -1,8 +1,9 @@
 """The GRPO driver: rollout -> score -> advantage -> update -> sync -> log, once per step.
 
-This is the only module that knows every other package. Everything that can be checked before a worker
-starts is checked in `prepare` (config, data columns, reward names, model path); then Ray places the policy
-worker and the rollout engine in actors and `run_grpo` loops. See docs/ARCHITECTURE.md for the flow.
+`run_grpo` = `setup` / `train` / `cleanup`. Everything that can be checked before a worker starts is checked
+in `prepare` (config and registered names, data columns, reward names, model path: objects built by
+rlkit/run/build.py); `setup` then restores the run's state and has Ray place the policy ranks and the rollout
+engines; `train` is the loop on one screen; `cleanup` closes whatever `setup` got to. See docs/ARCHITECTURE.md.
 """
 from __future__ import annotations
 
