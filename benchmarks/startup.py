@@ -32,6 +32,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import pathlib  # noqa: E402
+import resource  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -51,9 +52,13 @@ def child(t0: float, trace: str, argv: list[str]) -> int:
     marks: dict[str, float] = {"python": _T_PYTHON - t0}
     lock = threading.Lock()
 
+    driver_cpu: dict[str, float] = {}
+
     def mark(name: str) -> None:
         with lock:
             marks.setdefault(name, time.time() - t0)
+            usage = resource.getrusage(resource.RUSAGE_SELF)  # this process (the driver) alone, all its threads
+            driver_cpu.setdefault(name, usage.ru_utime + usage.ru_stime)
 
     import rlkit.cli as cli
     import rlkit.grpo as grpo
@@ -76,25 +81,37 @@ def child(t0: float, trace: str, argv: list[str]) -> int:
     wrap_end(grpo, "prepare", "prepare")
     wrap_end(orch, "init_ray", "ray_init")
 
-    spawn = orch.spawn
+    def watched(spawn):
+        def spawn_watched(cls, *a, **k):
+            handle = spawn(cls, *a, **k)
+            if getattr(cls, "construct", None) is not None and spawn is orch_spawn:
+                return handle  # a bare actor (rlkit/warm_start.py): ready when its `construct` call is done
+            phase = "engine" if "Engine" in cls.__name__ else "policy"
 
-    def spawn_watched(cls, *a, **k):
-        handle = spawn(cls, *a, **k)
-        phase = "engine" if "Engine" in cls.__name__ else "policy"
+            def wait():  # an actor runs its calls in order: this answers after the constructor (or `construct`)
+                import ray
 
-        def wait():
-            import ray
+                try:
+                    ray.get(handle.__ray_ready__.remote())
+                    mark(phase)
+                except Exception:
+                    pass
 
-            try:
-                ray.get(handle.__ray_ready__.remote())
-                mark(phase)
-            except Exception:
-                pass
+            threading.Thread(target=wait, daemon=True).start()
+            return handle
 
-        threading.Thread(target=wait, daemon=True).start()
-        return handle
+        return spawn_watched
 
-    orch.spawn = spawn_watched
+    orch_spawn = orch.spawn
+    orch.spawn = watched(orch_spawn)
+    try:
+        import rlkit.warm_start as warm_start  # trees with the early start: the pools spawn through it
+    except ImportError:
+        warm_start = None
+    if warm_start is not None:
+        early_spawn = warm_start.EarlyStart.spawn
+        warm_start.EarlyStart.spawn = lambda self, cls, *a, **k: watched(
+            lambda c, *a2, **k2: early_spawn(self, c, *a2, **k2))(cls, *a, **k)
 
     def stop(_):
         marks["cpu_s"] = tree_cpu_seconds(os.getpid())
@@ -105,6 +122,7 @@ def child(t0: float, trace: str, argv: list[str]) -> int:
         cli.main(["grpo", *argv])
     except _Stop:
         pass
+    marks["driver_cpu"] = driver_cpu
     pathlib.Path(trace).write_text(json.dumps(marks))
     return 0
 

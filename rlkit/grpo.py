@@ -24,7 +24,7 @@ from rlkit.data.checks import check_rows
 from rlkit.evaluate import HeldOutEval, accuracy_reward_name, load_eval_rows, reward_score_fn
 from rlkit.filters import get_filter
 from rlkit.mode_metrics import ModeMetrics
-from rlkit.models.loading import build_tiny, check_model_path, load_processor, tokenizer_of
+from rlkit.models.loading import check_model_path, load_processor, tokenizer_of
 from rlkit.modes import deep_ratio_at
 from rlkit.records import MODES, Sample, TrainItem
 from rlkit.reward_health import RewardHealth
@@ -98,18 +98,22 @@ def resolve_model(cfg: GRPOConfig, ds, out: pathlib.Path) -> str:
             raise ValueError(f"config key 'model.path': {path!r}: use tiny:text or tiny:vlm")
         target = out / "base_model"
         if not (target / "config.json").exists():
-            texts = list(ds["prompt"]) + [str(a) for a in (ds["answer"] if "answer" in ds.column_names else [])]
+            from rlkit.warm_start import build_tiny_cached, tiny_texts
+
+            texts = tiny_texts(ds)  # every prompt, then every answer as a string
             m = cfg.model
             extra = {"image_size": m.image_size, "vision_depth": m.vision_depth,
                      "vision_init_std": m.vision_init_std or None} if kind == "vlm" else {}
-            build_tiny(kind, target, texts=texts, tokenizer=m.tokenizer, vocab_size=m.vocab_size, seed=m.seed,
+            build_tiny_cached(kind, target, texts=texts, tokenizer=m.tokenizer, vocab_size=m.vocab_size, seed=m.seed,
                        hidden_size=m.hidden_size, num_layers=m.num_layers, **extra)
         return str(target)
     check_model_path(path)
     return path
 
 
-def prepare(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> Prepared:
+def prepare(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False, on_checked=None) -> Prepared:
+    """Everything checked before Ray, then the model resolved; `on_checked()` (Ray and the actors start in a
+    thread: rlkit/warm_start.py) is called once the checks have passed, before a tiny model is built."""
     check_grpo(cfg)
     from rlkit.orchestration import check_local_capacity
 
@@ -136,7 +140,12 @@ def prepare(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> P
     for line in scan.notices():  # bad rows left out (data.on_bad_row: skip); a slow scan's time
         print(line)
     eval_rows = load_eval_rows(cfg) if cfg.trainer.eval_every else []
+    tiny = cfg.model.path.startswith("tiny:")
+    if on_checked and tiny:  # the build overlaps Ray's start
+        on_checked()
     base = resolve_model(cfg, ds, out)
+    if on_checked and not tiny:  # after resolve_model's path check
+        on_checked()
     if needs_labeler:  # path: policy = a frozen copy of the initial policy, in this process
         lab = labeler_resources(cfg.labeler, policy_path=base)
         resources.labeler, resources.claim_lm = lab.labeler, lab.claim_lm
@@ -169,15 +178,20 @@ def _placement(cfg: GRPOConfig):
     return place(*_asks(cfg), cfg.ray.placement_timeout_s, grow=bool(cfg.ray.address))
 
 
-def _engines(cfg: GRPOConfig, model_path: str, placement):
-    """rollout.num_workers engine actors as one engine (rlkit/pool.py); worker i in its placement bundle."""
-    from rlkit.orchestration import EngineActor, spawn
+def _engine_env(cfg: GRPOConfig) -> dict:
+    return {"VLLM_CPU_KVCACHE_SPACE": str(max(1, int(cfg.rollout.kv_cache_gib)))}
+
+
+def _engines(cfg: GRPOConfig, model_path: str, placement, spawn=None):
+    """rollout.num_workers engine actors as one engine (rlkit/pool.py); worker i in its placement bundle.
+    `spawn`: `orchestration.spawn` or `EarlyStart.spawn` (rlkit/warm_start.py)."""
+    from rlkit.orchestration import EngineActor
+    from rlkit.orchestration import spawn as new_actor
     from rlkit.pool import EnginePool
 
-    r = cfg.rollout
+    r, spawn = cfg.rollout, spawn or new_actor
     return EnginePool(lambda i: spawn(EngineActor, r.engine, model_path=model_path, num_cpus=r.num_cpus,
-                                      num_gpus=r.num_gpus, bundle=placement.worker(i),
-                                      env={"VLLM_CPU_KVCACHE_SPACE": str(max(1, int(r.kv_cache_gib)))},
+                                      num_gpus=r.num_gpus, bundle=placement.worker(i), env=_engine_env(cfg),
                                       **engine_options(cfg)),
                       r.num_workers, r.max_retries, r.timeout_s)
 
@@ -191,12 +205,13 @@ def _engines(cfg: GRPOConfig, model_path: str, placement):
 POLICY_ENV = {"RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": "1"}
 
 
-def _policy(cfg: GRPOConfig, model_path: str, base_model: str, out: pathlib.Path, placement):
-    """trainer.num_ranks policy rank actors (rlkit/pool.py); rank 0 leads; rank j in its placement bundle."""
-    from rlkit.orchestration import spawn
+def _policy(cfg: GRPOConfig, model_path: str, base_model: str, out: pathlib.Path, placement, spawn=None):
+    """trainer.num_ranks policy rank actors (rlkit/pool.py); rank 0 leads; rank j in its placement bundle.
+    `spawn`: `orchestration.spawn` or `EarlyStart.spawn` (rlkit/warm_start.py)."""
+    from rlkit.orchestration import spawn as new_actor
     from rlkit.pool import PolicyGroup, PolicyRank
 
-    t, a = cfg.trainer, cfg.algorithm
+    t, a, spawn = cfg.trainer, cfg.algorithm, spawn or new_actor
     return PolicyGroup(lambda rank: spawn(
                  PolicyRank, model_path, num_cpus=t.num_cpus, num_gpus=t.num_gpus, device=t.device,
                  bundle=placement.rank(rank),
@@ -217,8 +232,16 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> 
     from tqdm import tqdm
 
     from rlkit.orchestration import init_ray
+    from rlkit.warm_start import EarlyStart, grpo_plan
 
-    p = prepare(cfg, resume, overwrite)
+    # Ray, the placement and bare actors start in a thread once prepare's checks pass (rlkit/warm_start.py)
+    early = EarlyStart(lambda: init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.loopback),
+                       lambda: _placement(cfg), grpo_plan(cfg, _engine_env(cfg), POLICY_ENV))
+    try:
+        p = prepare(cfg, resume, overwrite, on_checked=early.start)
+    except BaseException:
+        early.abandon()
+        raise
     state = ckpt.read_run_state(p.resume_from) if p.resume_from else {}
     start = state.get("step", 0)
     rng = random.Random(cfg.seed)
@@ -238,10 +261,12 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> 
     log = RunLog(p.out, tensorboard=cfg.logging.tensorboard, log_samples=cfg.logging.log_samples,
                  resume_step=start if p.resume_from else None)
 
+    placement = early.wait()  # Ray up and the placement reserved by the early start (None: not started)
     init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.loopback)
-    placement = _placement(cfg)
-    policy = _policy(cfg, p.start_model, p.base_model, p.out, placement)
-    engine = _engines(cfg, p.start_model, placement)
+    placement = placement or _placement(cfg)
+    policy = _policy(cfg, p.start_model, p.base_model, p.out, placement, spawn=early.spawn)
+    engine = _engines(cfg, p.start_model, placement, spawn=early.spawn)
+    early.close()  # bare actors the pools did not take
     processor = load_processor(p.start_model)  # while the actors start
     engine.restarts = state.get("rollout_worker_restarts", 0)
     p.resources.policy = PolicyLogprobs(policy.leader, tokenizer_of(processor))
