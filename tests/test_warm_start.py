@@ -181,6 +181,24 @@ def test_tiny_arch_hints_match_the_built_models(tiny_text_path, tiny_vlm_path):
         assert TINY_ARCH[kind] == (cfg["model_type"], cfg["architectures"][0]) == model_classes(path)
 
 
+def test_bad_data_fails_before_the_early_start(tmp_path):
+    """The early start begins after prepare's checks: a run whose data is bad never starts Ray."""
+    import sys
+
+    from rlkit.config import GRPOConfig, load_config
+    from rlkit.data import DataError
+    from rlkit.grpo import run_grpo
+
+    rows = [{"prompt": "what color is it?", "answer": "red", "image": str(tmp_path / "gone.png")}]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = load_config(GRPOConfig, None, [f"output_dir={tmp_path / 'run'}", f"data.source={tmp_path / 'd.jsonl'}"])
+    with pytest.raises(DataError, match="image file not found"):
+        run_grpo(cfg)
+    ray = sys.modules.get("ray")
+    assert ray is None or not ray.is_initialized()
+    assert not (tmp_path / "run" / "base_model").exists()
+
+
 @pytest.mark.slow
 def test_failed_construction_ends_like_a_failed_constructor(tmp_path, ray_local):
     """Engine: the pool recreates the worker (the usual way) and fails with the same message as with usual actors;
