@@ -101,7 +101,7 @@ def test_two_stage_actors_sample_and_score_like_one_stage(tiny_text_path, ray_lo
 
     opts = dict(num_cpus=0.5, num_gpus=0.0, env={"RLKIT_TEST": "1"}, bundle=None)
     early = _early([(EngineActor, ("vllm", "qwen3", "Qwen3ForCausalLM"), opts), (PolicyRank, ("qwen3",), opts)])
-    engine_kw = dict(model_path=tiny_text_path, seed=0, max_model_len=256)
+    engine_kw = dict(model_path=tiny_text_path, seed=5, max_model_len=256)
     policy_kw = dict(lr=1e-2, seed=0)
     pools = []
     try:
