@@ -378,11 +378,14 @@ def build_tiny_cached(kind: str, target, *, texts=None, **build_kwargs) -> pathl
             build_tiny(kind, tmp, texts=texts, **build_kwargs)
             files = sorted(p.name for p in tmp.iterdir() if p.is_file())
             (tmp / _MANIFEST).write_text(json.dumps({f: _sha256(tmp / f) for f in files}, indent=1))
-            shutil.rmtree(entry, ignore_errors=True)  # a damaged entry (failed its manifest)
             try:
-                os.rename(tmp, entry)  # atomic; another run may have won the race with the same bytes
-            except OSError:
-                shutil.rmtree(tmp, ignore_errors=True)
+                os.rename(tmp, entry)  # atomic
+            except OSError:  # an entry is there: another run's, built meanwhile (copied), or a damaged one
+                if _copy_checked(entry, target):
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    return target
+                shutil.rmtree(entry, ignore_errors=True)
+                os.rename(tmp, entry)
             if not _copy_checked(entry, target):
                 raise OSError(f"tiny model cache {entry} unusable")
         return target
