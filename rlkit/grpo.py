@@ -104,8 +104,8 @@ def resolve_model(cfg: GRPOConfig, ds, out: pathlib.Path) -> str:
             m = cfg.model
             extra = {"image_size": m.image_size, "vision_depth": m.vision_depth,
                      "vision_init_std": m.vision_init_std or None} if kind == "vlm" else {}
-            build_tiny_cached(kind, target, texts=texts, tokenizer=m.tokenizer, vocab_size=m.vocab_size, seed=m.seed,
-                       hidden_size=m.hidden_size, num_layers=m.num_layers, **extra)
+            build_tiny_cached(kind, target, texts=texts, tokenizer=m.tokenizer, vocab_size=m.vocab_size,
+                              seed=m.seed, hidden_size=m.hidden_size, num_layers=m.num_layers, **extra)
         return str(target)
     check_model_path(path)
     return path
