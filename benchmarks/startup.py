@@ -11,12 +11,14 @@ launched, taken in that process by wrapping the tree's own functions (so they me
     imports     `rlkit.cli` and `rlkit.grpo` imported (torch, transformers, datasets, ...)
     prepare     `rlkit.grpo.prepare` returned (config checks, data, the tiny model built, rewards)
     ray_init    `rlkit.orchestration.init_ray` returned
-    policy      the policy actor's constructor finished (Ray's `__ray_ready__`, asked right after the spawn)
-    engine      the engine actor's constructor finished (vLLM started)
+    policy      the policy actor's constructor finished (Ray's `__ray_ready__`, asked right after the spawn; for
+                an actor started early and bare, rlkit/warm_start.py, after its `construct` call)
+    engine      the engine actor's constructor finished (vLLM started; likewise)
     rollout     the first step's rollout and rewards are back (`rlkit.grpo.collect` returned)
 
 and `cpu_s`, the CPU seconds the command's whole process tree (driver, Ray's processes, the actors) used until
-then: on a loaded machine the wall times above stretch with the load, the work much less.
+then: on a loaded machine the wall times above stretch with the load, the work much less. `driver_cpu` holds
+the driver process's own CPU seconds (all its threads) at each phase.
 
 With `--base`, the other tree (e.g. `git worktree add --detach DIR a7d7561`) runs in the same repetitions,
 alternating which side goes first, so both see the same machine load; the load average (os.getloadavg) is
