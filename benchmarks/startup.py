@@ -11,12 +11,14 @@ launched, taken in that process by wrapping the tree's own functions (so they me
     imports     `rlkit.cli` and `rlkit.drivers.grpo` imported (torch, transformers, datasets, ...)
     prepare     `rlkit.drivers.grpo.prepare` returned (config checks, data, the tiny model built, rewards)
     ray_init    `rlkit.distributed.orchestration.init_ray` returned
-    policy      the policy actor's constructor finished (Ray's `__ray_ready__`, asked right after the spawn)
-    engine      the engine actor's constructor finished (vLLM started)
+    policy      the policy actor's constructor finished (Ray's `__ray_ready__`, asked right after the spawn; for
+                an actor started early and bare, rlkit/distributed/warm_start.py, after its `construct` call)
+    engine      the engine actor's constructor finished (vLLM started; likewise)
     rollout     the first step's rollout and rewards are back (`rlkit.drivers.grpo.collect` returned)
 
 and `cpu_s`, the CPU seconds the command's whole process tree (driver, Ray's processes, the actors) used until
-then: on a loaded machine the wall times above stretch with the load, the work much less.
+then: on a loaded machine the wall times above stretch with the load, the work much less. `driver_cpu` holds
+the driver process's own CPU seconds (all its threads) at each phase.
 
 With `--base`, the other tree (e.g. `git worktree add --detach DIR a7d7561`) runs in the same repetitions,
 alternating which side goes first, so both see the same machine load; the load average (os.getloadavg) is
@@ -32,6 +34,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import pathlib  # noqa: E402
+import resource  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -51,9 +54,13 @@ def child(t0: float, trace: str, argv: list[str]) -> int:
     marks: dict[str, float] = {"python": _T_PYTHON - t0}
     lock = threading.Lock()
 
+    driver_cpu: dict[str, float] = {}
+
     def mark(name: str) -> None:
         with lock:
             marks.setdefault(name, time.time() - t0)
+            usage = resource.getrusage(resource.RUSAGE_SELF)  # this process (the driver) alone, all its threads
+            driver_cpu.setdefault(name, usage.ru_utime + usage.ru_stime)
 
     import rlkit.cli as cli
     import rlkit.drivers.grpo as grpo
@@ -76,25 +83,37 @@ def child(t0: float, trace: str, argv: list[str]) -> int:
     wrap_end(grpo, "prepare", "prepare")
     wrap_end(orch, "init_ray", "ray_init")
 
-    spawn = orch.spawn
+    def watched(spawn):
+        def spawn_watched(cls, *a, **k):
+            handle = spawn(cls, *a, **k)
+            if getattr(cls, "construct", None) is not None and spawn is orch_spawn:
+                return handle  # a bare actor (rlkit/distributed/warm_start.py): ready when its `construct` call is done
+            phase = "engine" if "Engine" in cls.__name__ else "policy"
 
-    def spawn_watched(cls, *a, **k):
-        handle = spawn(cls, *a, **k)
-        phase = "engine" if "Engine" in cls.__name__ else "policy"
+            def wait():  # an actor runs its calls in order: this answers after the constructor (or `construct`)
+                import ray
 
-        def wait():
-            import ray
+                try:
+                    ray.get(handle.__ray_ready__.remote())
+                    mark(phase)
+                except Exception:
+                    pass
 
-            try:
-                ray.get(handle.__ray_ready__.remote())
-                mark(phase)
-            except Exception:
-                pass
+            threading.Thread(target=wait, daemon=True).start()
+            return handle
 
-        threading.Thread(target=wait, daemon=True).start()
-        return handle
+        return spawn_watched
 
-    orch.spawn = spawn_watched
+    orch_spawn = orch.spawn
+    orch.spawn = watched(orch_spawn)
+    try:
+        import rlkit.distributed.warm_start as warm_start  # trees with the early start: the pools spawn through it
+    except ImportError:
+        warm_start = None
+    if warm_start is not None:
+        early_spawn = warm_start.EarlyStart.spawn
+        warm_start.EarlyStart.spawn = lambda self, cls, *a, **k: watched(
+            lambda c, *a2, **k2: early_spawn(self, c, *a2, **k2))(cls, *a, **k)
 
     def stop(_):
         marks["cpu_s"] = tree_cpu_seconds(os.getpid())
@@ -105,6 +124,7 @@ def child(t0: float, trace: str, argv: list[str]) -> int:
         cli.main(["grpo", *argv])
     except _Stop:
         pass
+    marks["driver_cpu"] = driver_cpu
     pathlib.Path(trace).write_text(json.dumps(marks))
     return 0
 

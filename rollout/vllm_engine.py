@@ -182,6 +182,24 @@ def _inspect_models_in_process() -> None:
         registry._run_in_subprocess = lambda fn: fn()
 
 
+def _eager_token_ranks() -> None:
+    """vLLM computes each sampled token's rank (`batched_count_greater_than`, a count of logprobs >= the sampled
+    one) through `torch.compile`; on CPU the first call traces and builds that kernel with dynamo and inductor
+    (a C++ compile): ~3 s and ~6 CPU-seconds at the first rollout of every run. On CPU it runs eagerly instead:
+    the same integer counts (`(x >= values).sum(-1)`, exactly what the compiled function computes).
+    docs/performance.md, start-up."""
+    from vllm.v1.sample import sampler
+
+    fn = getattr(sampler, "batched_count_greater_than", None)
+    if fn is not None and hasattr(fn, "__wrapped__"):  # the torch.compile-wrapped function
+        sampler.batched_count_greater_than = _count_greater_equal
+
+
+def _count_greater_equal(x: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """(B, V), (B, 1) -> (B,): how many entries of each row of `x` are >= that row's value."""
+    return (x >= values).sum(-1)
+
+
 class VLLMEngine:
     """`vllm.LLM` behind the `rollout.base.Engine` interface.
 
@@ -228,6 +246,7 @@ class VLLMEngine:
         on_cpu = _on_cpu()
         if on_cpu:
             _inspect_models_in_process()
+            _eager_token_ranks()
         kwargs: dict[str, Any] = dict(
             model=self.model_path,
             dtype=dtype or ("float32" if on_cpu else "bfloat16"),

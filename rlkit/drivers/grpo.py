@@ -55,7 +55,9 @@ class Prepared:
     bad_rows: int = 0  # rows left out up front (data.on_bad_row: skip)
 
 
-def prepare(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> Prepared:
+def prepare(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False, on_checked=None) -> Prepared:
+    """Everything checked before Ray, then the model resolved; `on_checked()` (Ray and the actors start in a
+    thread: rlkit/distributed/warm_start.py) is called once the checks have passed, before a tiny model is built."""
     check_grpo(cfg)
     from rlkit.distributed.orchestration import check_local_capacity
 
@@ -75,7 +77,12 @@ def prepare(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False) -> P
     for line in scan.notices():  # bad rows left out (data.on_bad_row: skip); a slow scan's time
         print(line)
     eval_rows = load_eval_rows(cfg) if cfg.trainer.eval_every else []
+    tiny = cfg.model.path.startswith("tiny:")
+    if on_checked and tiny:  # the build overlaps Ray's start
+        on_checked()
     base = resolve_model(cfg.model, out, lambda: row_texts(ds))
+    if on_checked and not tiny:  # after resolve_model's path check
+        on_checked()
     if needs_labeler:  # path: policy = a frozen copy of the initial policy, in this process
         lab = labeler_resources(cfg.labeler, base, cfg.rollout, cfg.seed)
         resources.labeler, resources.claim_lm = lab.labeler, lab.claim_lm
@@ -99,15 +106,20 @@ def _placement(cfg: GRPOConfig):
     return place(*_asks(cfg), cfg.ray.placement_timeout_s, grow=bool(cfg.ray.address))
 
 
-def _engines(cfg: GRPOConfig, model_path: str, placement):
-    """rollout.num_workers engine actors as one engine (rlkit/distributed/pool.py); worker i in its placement bundle."""
-    from rlkit.distributed.orchestration import EngineActor, spawn
+def _engine_env(cfg: GRPOConfig) -> dict:
+    return {"VLLM_CPU_KVCACHE_SPACE": str(max(1, int(cfg.rollout.kv_cache_gib)))}
+
+
+def _engines(cfg: GRPOConfig, model_path: str, placement, spawn=None):
+    """rollout.num_workers engine actors as one engine (rlkit/distributed/pool.py); worker i in its placement bundle.
+    `spawn`: `orchestration.spawn` or `EarlyStart.spawn` (rlkit/distributed/warm_start.py)."""
+    from rlkit.distributed.orchestration import EngineActor
+    from rlkit.distributed.orchestration import spawn as new_actor
     from rlkit.distributed.pool import EnginePool
 
-    r = cfg.rollout
+    r, spawn = cfg.rollout, spawn or new_actor
     return EnginePool(lambda i: spawn(EngineActor, r.engine, model_path=model_path, num_cpus=r.num_cpus,
-                                      num_gpus=r.num_gpus, bundle=placement.worker(i),
-                                      env={"VLLM_CPU_KVCACHE_SPACE": str(max(1, int(r.kv_cache_gib)))},
+                                      num_gpus=r.num_gpus, bundle=placement.worker(i), env=_engine_env(cfg),
                                       **engine_options(r, cfg.seed)),
                       r.num_workers, r.max_retries, r.timeout_s)
 
@@ -121,11 +133,13 @@ def _engines(cfg: GRPOConfig, model_path: str, placement):
 POLICY_ENV = {"RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": "1"}
 
 
-def _policy(cfg: GRPOConfig, model_path: str, base_model: str, out: pathlib.Path, placement):
-    """trainer.num_ranks policy rank actors (rlkit/distributed/pool.py); rank 0 leads; rank j in its placement bundle."""
-    from rlkit.distributed.orchestration import spawn
+def _policy(cfg: GRPOConfig, model_path: str, base_model: str, out: pathlib.Path, placement, spawn=None):
+    """trainer.num_ranks policy rank actors (rlkit/distributed/pool.py); rank 0 leads; rank j in its placement bundle.
+    `spawn`: `orchestration.spawn` or `EarlyStart.spawn` (rlkit/distributed/warm_start.py)."""
+    from rlkit.distributed.orchestration import spawn as new_actor
     from rlkit.distributed.pool import PolicyGroup, PolicyRank
 
+    spawn = spawn or new_actor
     t, settings = cfg.trainer, worker_settings(cfg, reference_path=base_model)  # rlkit/policy/settings.py
     return PolicyGroup(lambda rank: spawn(PolicyRank, model_path, settings, num_cpus=t.num_cpus, num_gpus=t.num_gpus,
                                           bundle=placement.rank(rank), env=POLICY_ENV),
@@ -216,9 +230,17 @@ def setup(run: Run, resume: bool, overwrite: bool) -> None:
     from tqdm import tqdm
 
     from rlkit.distributed.orchestration import init_ray, wait_ready
+    from rlkit.distributed.warm_start import EarlyStart, grpo_plan
 
     cfg = run.cfg
-    run.p = p = prepare(cfg, resume, overwrite)
+    # Ray, the placement and bare actors start in a thread once prepare's checks pass (rlkit/distributed/warm_start.py)
+    early = EarlyStart(lambda: init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.loopback),
+                       lambda: _placement(cfg), grpo_plan(cfg, _engine_env(cfg), POLICY_ENV))
+    try:
+        run.p = p = prepare(cfg, resume, overwrite, on_checked=early.start)
+    except BaseException:
+        early.abandon()
+        raise
     state = ckpt.read_run_state(p.resume_from) if p.resume_from else {}
     run.start = state.get("step", 0)
     run.rng = random.Random(cfg.seed)
@@ -238,10 +260,12 @@ def setup(run: Run, resume: bool, overwrite: bool) -> None:
     run.log = RunLog(p.out, tensorboard=cfg.logging.tensorboard, log_samples=cfg.logging.log_samples,
                      resume_step=run.start if p.resume_from else None)
 
+    run.placement = early.wait()  # Ray up and the placement reserved by the early start (None: not started)
     init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.loopback)
-    run.placement = _placement(cfg)
-    run.policy = _policy(cfg, p.start_model, p.base_model, p.out, run.placement)
-    run.engine = _engines(cfg, p.start_model, run.placement)
+    run.placement = run.placement or _placement(cfg)
+    run.policy = _policy(cfg, p.start_model, p.base_model, p.out, run.placement, spawn=early.spawn)
+    run.engine = _engines(cfg, p.start_model, run.placement, spawn=early.spawn)
+    early.close()  # bare actors the pools did not take
     run.processor = load_processor(p.start_model)  # while the actors start
     run.engine.restarts = state.get("rollout_worker_restarts", 0)
     p.resources.policy = PolicyLogprobs(run.policy, tokenizer_of(run.processor))

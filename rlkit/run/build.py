@@ -20,7 +20,8 @@ import pathlib
 from typing import Callable, Iterable
 
 from rlkit.config import ConfigError, ModelConfig, RolloutConfig
-from rlkit.models.loading import build_tiny, check_model_path
+from rlkit.models.cache import build_tiny_cached
+from rlkit.models.loading import check_model_path
 from rlkit.policy.settings import WorkerSettings, settings_with
 from rlkit.records import TrainItem
 
@@ -60,7 +61,7 @@ def resolve_model(model: ModelConfig, out: pathlib.Path, texts: Callable[[], Ite
     kind = path.split(":", 1)[1]
     target = pathlib.Path(out) / "base_model"
     if not (target / "config.json").exists():
-        build_tiny(kind, target, texts=list(texts()), **tiny_options(model))
+        build_tiny_cached(kind, target, texts=list(texts()), **tiny_options(model))  # built once, copied
     return str(target)
 
 
@@ -74,9 +75,13 @@ def tiny_options(model: ModelConfig) -> dict:
 
 
 def row_texts(ds) -> list[str]:
-    """A prompt data set's text for a tiny model's vocabulary: every prompt and answer."""
-    answers = ds["answer"] if "answer" in ds.column_names else []
-    return list(ds["prompt"]) + [str(a) for a in answers]
+    """A prompt data set's text for a tiny model's vocabulary: every prompt, then every answer as a string (as
+    `list(ds["prompt"]) + [str(a) for a in ds["answer"]]`, read column-wise from Arrow: ~10x faster)."""
+    table = ds.select_columns([c for c in ("prompt", "answer") if c in ds.column_names]).with_format("arrow")[:]
+    texts = table.column("prompt").to_pylist()
+    if "answer" in ds.column_names:
+        texts += [str(a) for a in table.column("answer").to_pylist()]
+    return texts
 
 
 # ----------------------------------------------------------------------------------------------- policy
