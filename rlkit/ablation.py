@@ -53,6 +53,7 @@ class EvalSection:
 class AblationSection:
     hybrid_deep_ratio: float = 0.5  # modes.deep_ratio of the hybrid run
     deep_only_ratio: float = 1.0  # modes.deep_ratio of the deep-only run
+    seeds: list = dataclasses.field(default_factory=list)  # run the whole ablation once per seed (sets seed and model.seed) into output_dir/seed_<s> and compare over seeds (rlkit/ablation_seeds.py); empty: once, with `seed`
     cold_start: ColdStartSection = dataclasses.field(default_factory=ColdStartSection)
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)
 
@@ -82,6 +83,8 @@ def check_ablation(grpo: GRPOConfig, abl: AblationSection) -> None:
         raise ConfigError(f"config key 'ablation.eval.split': {abl.eval.split!r} is the training split (data.split)")
     from rewards.registry import available_rewards
 
+    if len(set(abl.seeds)) != len(abl.seeds) or not all(isinstance(s, int) for s in abl.seeds):
+        raise ConfigError(f"config key 'ablation.seeds': {abl.seeds!r}; use a list of distinct integers")
     if abl.eval.reward not in available_rewards():
         raise ConfigError(f"config key 'ablation.eval.reward': unknown reward {abl.eval.reward!r}")
 
@@ -92,6 +95,10 @@ def run_ablation(grpo: GRPOConfig, abl: AblationSection) -> dict:
     from rewards.registry import get_reward
     from rlkit.grpo import load_prompt_data
 
+    if abl.seeds:  # one ablation per seed, then the comparison over seeds
+        from rlkit.ablation_seeds import run_seeds
+
+        return run_seeds(grpo, abl, run_ablation)
     t_all = time.perf_counter()
     check_ablation(grpo, abl)
     out = pathlib.Path(grpo.output_dir)
