@@ -133,11 +133,19 @@ def run_ablation(grpo: GRPOConfig, abl: AblationSection) -> dict:
         evaluator.close()
     result = {"source": grpo.data.source, "seed": grpo.seed, "max_steps": grpo.max_steps,
               "prompts_per_step": grpo.trainer.prompts_per_step, "group_size": grpo.rollout.n,
-              "held_out": {"split": ev.split, "n": len(held_rows), "reward": ev.reward, "max_tokens": max_tokens},
+              "held_out": {"split": ev.split, "n": len(held_rows), "reward": ev.reward, "max_tokens": max_tokens,
+                           "rows_sha256": _rows_digest(held_rows)},
               "cold_start": {"steps": abl.cold_start.steps, "wall_s": t_cold, "checkpoint": start_model},
               "eval_start_wall_s": t_eval_start, "runs": runs, "wall_s": time.perf_counter() - t_all}
     write_report(result, out)
     return result
+
+
+def _rows_digest(rows: list[dict]) -> str:
+    """sha256 of the rows' prompts and answers: the same held-out rows give the same digest."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps([[r["prompt"], str(r.get("answer"))] for r in rows]).encode()).hexdigest()
 
 
 def _rows(grpo: GRPOConfig, source: str, split: str, limit: int) -> list[dict]:
