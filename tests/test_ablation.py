@@ -192,6 +192,7 @@ def test_example_configs_load_and_validate():
     ("ablation.eval.split=train", "ablation.eval.split"),
     ("ablation.eval.reward=nope", "ablation.eval.reward"),
     ("ablation.eval.every=0", "ablation.eval.every"),
+    ("ablation.seeds=[1,1]", "ablation.seeds"),
     ("trainer.lrr=1", "trainer.lrr"),
 ])
 def test_bad_ablation_keys_are_named(override, key):
