@@ -115,3 +115,20 @@ def verdict(ratio: dict | None, report_ratio: float = 0.705) -> str:
     if lo > 1:
         return f"worse: the hybrid needs more tokens (ratio {g:.2f}, 95% interval {lo:.2f}-{hi:.2f})"
     return f"inconclusive: the interval contains 1 (ratio {g:.2f}, 95% interval {lo:.2f}-{hi:.2f})"
+
+
+def interpolate(pts: Sequence[tuple[float, float]], x: float) -> float | None:
+    """The curve's accuracy at `x` tokens, linear between eval points; None outside its token range."""
+    for (t0, a0), (t1, a1) in zip(pts, pts[1:]):
+        if t0 <= x <= t1:
+            return a0 if t1 == t0 else a0 + (x - t0) / (t1 - t0) * (a1 - a0)
+    return None
+
+
+def matched_token_gap(deep_curve: Sequence[dict], hybrid_curve: Sequence[dict], mode: str) -> dict:
+    """A summary less sensitive to one eval point than a first crossing (analysis added after the pre-registered
+    rule, docs/ablation.md): the mean over the hybrid's eval points after step 0 of H(t) - D(t), D read at the
+    same sampled tokens t by linear interpolation (points beyond deep-only's last tokens are left out)."""
+    d, h = points(deep_curve, mode), points(hybrid_curve, mode)
+    gaps = [a - interpolate(d, t) for t, a in h[1:] if interpolate(d, t) is not None]
+    return {"mode": mode, "n_points": len(gaps), "gap": sum(gaps) / len(gaps) if gaps else None}

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from rlkit.ablation_stats import (gain_target, ratio_interval, reach_comparison, summarize, t_interval,
+from rlkit.ablation_stats import (gain_target, points, ratio_interval, reach_comparison, summarize, t_interval,
                                   tokens_to_reach, verdict)
 
 
@@ -119,3 +119,16 @@ def test_run_seeds_runs_each_seed_and_writes_the_report(tmp_path):
     with Image.open(tmp_path / "ablation_seeds.png") as im:
         assert im.format == "PNG" and im.size[0] > 600
     assert run_ablation is not None
+
+
+def test_matched_token_gap_by_hand():
+    from rlkit.ablation_stats import interpolate, matched_token_gap
+
+    deep = curve([(0, 0, 0.4), (10, 10000, 0.5), (20, 20000, 0.7)])
+    hyb = curve([(0, 0, 0.4), (10, 5000, 0.5), (20, 15000, 0.5), (30, 25000, 0.9)])
+    assert interpolate(points(deep, "deep"), 5000) == pytest.approx(0.45)  # halfway from 0.4 to 0.5
+    assert interpolate(points(deep, "deep"), 15000) == pytest.approx(0.6) and interpolate(points(deep, "deep"), 25000) is None
+    # hybrid points at 5,000 and 15,000 tokens (25,000 is past deep-only's last point): gaps 0.5 - 0.45 = 0.05 and
+    # 0.5 - 0.6 = -0.1, mean -0.025
+    g = matched_token_gap(deep, hyb, "deep")
+    assert g["n_points"] == 2 and g["gap"] == pytest.approx(-0.025)
