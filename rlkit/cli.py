@@ -96,8 +96,9 @@ def cmd_ablation(args) -> int:
 
     grpo, abl = load_ablation_config(args.config, args.overrides)
     result = run_ablation(grpo, abl)
-    print((pathlib.Path(grpo.output_dir) / "ablation.md").read_text())
-    print(f"rlkit ablation: wrote ablation.json, ablation.md, ablation.png in {grpo.output_dir} "
+    name = "ablation_seeds" if abl.seeds else "ablation"  # several seeds: rlkit/drivers/ablation_seeds.py
+    print((pathlib.Path(grpo.output_dir) / f"{name}.md").read_text())
+    print(f"rlkit ablation: wrote {name}.json, {name}.md, {name}.png in {grpo.output_dir} "
           f"({result['wall_s']:.0f} s)")
     return 0
 

@@ -192,6 +192,7 @@ def test_example_configs_load_and_validate():
     ("ablation.eval.split=train", "ablation.eval.split"),
     ("ablation.eval.reward=nope", "ablation.eval.reward"),
     ("ablation.eval.every=0", "ablation.eval.every"),
+    ("ablation.seeds=[1,1]", "ablation.seeds"),
     ("trainer.lrr=1", "trainer.lrr"),
 ])
 def test_bad_ablation_keys_are_named(override, key):
@@ -226,7 +227,7 @@ def test_rlkit_ablation_end_to_end(tmp_path, capsys):
     rc = main(["ablation", "--config", str(ROOT / "examples/ablation/ablation.yaml"), f"output_dir={out}",
                "max_steps=2", "rollout.n=2", "trainer.prompts_per_step=2", "rollout.max_tokens=12",
                "logging.progress=false", "ablation.cold_start.steps=3", "ablation.cold_start.limit=64",
-               "ablation.eval.limit=6", "ablation.eval.every=1", "ablation.eval.max_tokens=12"])
+               "ablation.eval.limit=6", "ablation.eval.every=1", "ablation.eval.max_tokens=12", "ablation.seeds=[]"])
     assert rc == 0
     assert "| deep_only | 1 | 2 |" in capsys.readouterr().out
     result = json.loads((out / "ablation.json").read_text())
@@ -251,6 +252,34 @@ def test_rlkit_ablation_end_to_end(tmp_path, capsys):
     assert start[0] == start[1] and "eval/deep/accuracy" in start[0]  # both start from the same cold-start policy
     with Image.open(out / "ablation.png") as im:
         assert im.format == "PNG"
+
+
+@pytest.mark.slow
+def test_rlkit_ablation_two_seeds_end_to_end(tmp_path, capsys):
+    """`rlkit ablation` with `ablation.seeds` at a toy size: one ablation per seed in seed_<s>, each with its own
+    model and data seed and the same held-out rows, then the comparison over seeds (table, plot)."""
+    from rlkit.cli import main
+
+    out = tmp_path / "abl"
+    rc = main(["ablation", "--config", str(ROOT / "examples/ablation/ablation.yaml"), f"output_dir={out}",
+               "max_steps=2", "rollout.n=2", "trainer.prompts_per_step=2", "rollout.max_tokens=12",
+               "logging.progress=false", "ablation.cold_start.steps=3", "ablation.cold_start.limit=64",
+               "ablation.eval.limit=6", "ablation.eval.every=1", "ablation.eval.max_tokens=12", "ablation.seeds=[0,1]"])
+    assert rc == 0
+    assert "Verdict (deep mode, pre-registered rule)" in capsys.readouterr().out
+    res = json.loads((out / "ablation_seeds.json").read_text())
+    assert res["seeds"] == [0, 1] and set(res["summary"]) == {"fast", "deep"}
+    held = []
+    for s in (0, 1):
+        r = json.loads((out / f"seed_{s}" / "ablation.json").read_text())
+        assert r["seed"] == s and [c["step"] for c in r["runs"]["hybrid"]["curve"]] == [0, 1, 2]
+        held.append(r["held_out"])
+        import yaml
+
+        cfg = yaml.safe_load((out / f"seed_{s}" / "hybrid" / "config.yaml").read_text())
+        assert (cfg["seed"], cfg["model"]["seed"]) == (s, s)
+    assert held[0] == held[1] and len(held[0]["rows_sha256"]) == 64  # the same held-out rows for every seed
+    assert (out / "ablation_seeds.png").stat().st_size > 0 and "| 1 |" in (out / "ablation_seeds.md").read_text()
 
 
 def test_gpu_data_rows_from_hand_built_examples():

@@ -82,3 +82,49 @@ def test_bad_settings_are_refused():
         load_arith_chain("train", ops="*")
     with pytest.raises(ValueError, match="distinct"):
         load_arith_chain("train", size=5000, min_terms=2, max_terms=2)  # only ~100 two-term chains exist
+
+
+# ------------------------------------------------------------------ the task mix (issue 20) and the fixed held-out seed
+def test_easy_share_is_exact_and_easy_rows_are_single_facts():
+    ds = load_arith_chain("train", limit=300, easy_share=0.3, min_terms=4, max_terms=5)
+    kinds = ds["kind"]
+    assert kinds.count("easy") == 90 and kinds.count("hard") == 210  # round(0.3 * 300) easy, the rest hard
+    assert set(kinds[:50]) == set(kinds[-50:]) == {"easy", "hard"}  # interleaved, not two blocks
+    for row in ds:
+        operands, ops = parse(row["prompt"])
+        assert int(row["answer"]) == signed_sum(operands, ops) and 0 <= int(row["answer"]) <= 19
+        if row["kind"] == "easy":
+            assert len(operands) == 2 == row["terms"] and 1 <= operands[0] <= 19 and 1 <= operands[1] <= 9
+            assert row["reasoning"] == f"{operands[0]} {ops[0]} {operands[1]} = {row['answer']}"
+        else:
+            assert 4 <= len(operands) == row["terms"] <= 5 and all(1 <= x <= 9 for x in operands)
+    hard = [p for p, k in zip(ds["prompt"], kinds) if k == "hard"]
+    assert len(set(hard)) == len(hard)  # hard rows stay distinct; easy facts repeat (few of them)
+
+
+def test_easy_facts_count_and_split():
+    from rlkit.data.arith_chain import easy_facts
+
+    train, test = easy_facts("train"), easy_facts("test")
+    # a + b <= 19 with a in 1..19, b in 1..9: 9 each for a = 1..10, then 8..1 for a = 11..18 -> 90 + 36 = 126;
+    # a - b >= 0: a for a = 1..9 (45), then 9 each for a = 10..19 (90) -> 135; 261 in all, split by the hash
+    assert len(train) + len(test) == 261 and not set(train) & set(test) and 30 < len(test) < 80
+    ds = load_arith_chain("test", limit=200, easy_share=1.0)
+    assert {tuple(parse(p)[0]) + tuple(parse(p)[1]) for p in ds["prompt"]} <= {(a, b, op) for a, op, b in test}
+
+
+def test_test_seed_fixes_the_held_out_rows_only():
+    kw = dict(limit=100, easy_share=0.5, min_terms=4, max_terms=5, test_seed=20)
+    assert load_arith_chain("test", seed=0, **kw)["prompt"] == load_arith_chain("test", seed=2, **kw)["prompt"]
+    assert load_arith_chain("test", seed=0, **kw)["prompt"] != load_arith_chain("test", seed=0, **{**kw, "test_seed": 21})["prompt"]
+    assert load_arith_chain("train", seed=0, **kw)["prompt"] != load_arith_chain("train", seed=2, **kw)["prompt"]
+
+
+def test_no_mix_gives_the_earlier_rows():
+    # the first rows of the generator before the mix existed (main at the time of issue 20)
+    assert load_arith_chain("train", limit=3)["prompt"] == [
+        "What is 8 - 3 + 6? Answer with a number.", "What is 2 - 1 + 4? Answer with a number.",
+        "What is 9 - 4 + 4 + 9? Answer with a number."]
+    assert set(load_arith_chain("train", limit=50)["kind"]) == {"hard"}
+    with pytest.raises(ValueError, match="easy_share"):
+        load_arith_chain("train", easy_share=1.5)

@@ -52,10 +52,20 @@ def reasoning_text(steps: list[tuple[int, str, int, int]]) -> str:
 
 def load_arith_chain(split: str = "train", *, limit: int | None = None, seed: int = 0, size: int = 4000,
                      min_terms: int = 3, max_terms: int = 4, max_operand: int = 9, max_value: int = 19,
-                     ops: str = "+-", test_share: float = 0.2):
+                     ops: str = "+-", test_share: float = 0.2, easy_share: float = 0.0,
+                     test_seed: int | None = None):
     """`size` chains of `min_terms`..`max_terms` operands in 1..`max_operand` (`limit` caps the count).
 
     Rows are distinct within a split. A split with fewer distinct chains than asked for raises ValueError.
+
+    A task mix (`easy_share` > 0): exactly round(easy_share * n) of the n rows are *easy*, one operation
+    `a op b` with a in 1..`max_value` and b in 1..`max_operand` (a fact the fast mode can answer at once: the
+    same form as one line of the worked steps); the rest are the chains above (*hard*). The `kind` column says
+    which ("easy" / "hard"). There are only a few hundred easy facts, so easy rows are drawn with replacement
+    (they repeat within a split; train and test facts stay disjoint by the hash); hard rows stay distinct.
+    The two kinds are interleaved in a seeded order. `easy_share` = 0 gives the rows of earlier versions.
+    `test_seed`: the seed of the test split (None: `seed`), so a held-out set can stay fixed while runs vary
+    their seed.
     """
     import datasets
 
@@ -66,11 +76,32 @@ def load_arith_chain(split: str = "train", *, limit: int | None = None, seed: in
     bad_ops = set(ops) - {"+", "-"}
     if not ops or bad_ops:
         raise ValueError(f"ops must be made of '+' and '-', got {ops!r}")
+    if not 0.0 <= easy_share <= 1.0:
+        raise ValueError(f"easy_share must be within [0, 1], got {easy_share}")
+    if split == "test" and test_seed is not None:
+        seed = test_seed
     n = min(size, limit) if limit else size
     rng = random.Random(f"arith_chain-{split}-{seed}")
-    rows = {"prompt": [], "answer": [], "reasoning": [], "terms": []}
-    seen: set[str] = set()
-    tries = 0
+    n_easy = round(easy_share * n)
+    rows = {"prompt": [], "answer": [], "reasoning": [], "terms": [], "kind": []}
+    for kind, steps in _draw_hard(rng, n - n_easy, split, min_terms, max_terms, max_operand, max_value, ops,
+                                  test_share) + _draw_easy(rng, n_easy, split, max_operand, max_value, ops, test_share):
+        rows["prompt"].append(PROMPT.format(expr=expression([steps[0][0]] + [s[2] for s in steps],
+                                                            [s[1] for s in steps])))
+        rows["answer"].append(str(steps[-1][3]))
+        rows["reasoning"].append(reasoning_text(steps))
+        rows["terms"].append(len(steps) + 1)
+        rows["kind"].append(kind)
+    if n_easy:  # interleave the two kinds (a seeded order of its own: the hard rows above are unchanged)
+        order = list(range(n))
+        random.Random(f"arith_chain-order-{split}-{seed}").shuffle(order)
+        rows = {k: [v[i] for i in order] for k, v in rows.items()}
+    return datasets.Dataset.from_dict(rows)
+
+
+def _draw_hard(rng, n, split, min_terms, max_terms, max_operand, max_value, ops, test_share):
+    """n distinct chains of the split: [("hard", steps)]."""
+    out, seen, tries = [], set(), 0
     while len(seen) < n:
         tries += 1
         if tries > 200 * n + 10_000:
@@ -86,8 +117,27 @@ def load_arith_chain(split: str = "train", *, limit: int | None = None, seed: in
         if expr in seen or split_of(expr, test_share) != split:
             continue
         seen.add(expr)
-        rows["prompt"].append(PROMPT.format(expr=expr))
-        rows["answer"].append(str(steps[-1][3]))
-        rows["reasoning"].append(reasoning_text(steps))
-        rows["terms"].append(k)
-    return datasets.Dataset.from_dict(rows)
+        out.append(("hard", steps))
+    return out
+
+
+def easy_facts(split, max_operand=9, max_value=19, ops="+-", test_share=0.2) -> list[tuple[int, str, int]]:
+    """Every easy fact (a, op, b) of the split: a in 1..max_value, b in 1..max_operand, result in 0..max_value."""
+    facts = []
+    for a in range(1, max_value + 1):
+        for op in ops:
+            for b in range(1, max_operand + 1):
+                r = chain_steps([a, b], [op])[0][3]
+                if 0 <= r <= max_value and split_of(expression([a, b], [op]), test_share) == split:
+                    facts.append((a, op, b))
+    return facts
+
+
+def _draw_easy(rng, n, split, max_operand, max_value, ops, test_share):
+    """n easy rows of the split, drawn with replacement from its facts: [("easy", steps)]."""
+    if not n:
+        return []
+    facts = easy_facts(split, max_operand, max_value, ops, test_share)
+    if not facts:
+        raise ValueError(f"arith_chain: no easy {split} facts with max_operand={max_operand}, max_value={max_value}")
+    return [("easy", chain_steps([a, b], [op])) for a, op, b in (rng.choice(facts) for _ in range(n))]

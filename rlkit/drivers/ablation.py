@@ -53,6 +53,7 @@ class EvalSection:
 class AblationSection:
     hybrid_deep_ratio: float = 0.5  # modes.deep_ratio of the hybrid run
     deep_only_ratio: float = 1.0  # modes.deep_ratio of the deep-only run
+    seeds: list = dataclasses.field(default_factory=list)  # run the whole ablation once per seed (sets seed and model.seed) into output_dir/seed_<s> and compare over seeds (rlkit/drivers/ablation_seeds.py); empty: once, with `seed`
     cold_start: ColdStartSection = dataclasses.field(default_factory=ColdStartSection)
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)
 
@@ -84,6 +85,8 @@ def check_ablation(grpo: GRPOConfig, abl: AblationSection) -> None:
         raise ConfigError(f"config key 'ablation.eval.split': {abl.eval.split!r} is the training split (data.split)")
     from rewards.registry import available_rewards
 
+    if len(set(abl.seeds)) != len(abl.seeds) or not all(isinstance(s, int) for s in abl.seeds):
+        raise ConfigError(f"config key 'ablation.seeds': {abl.seeds!r}; use a list of distinct integers")
     if abl.eval.reward not in available_rewards():
         raise ConfigError(f"config key 'ablation.eval.reward': unknown reward {abl.eval.reward!r}")
 
@@ -94,6 +97,10 @@ def run_ablation(grpo: GRPOConfig, abl: AblationSection) -> dict:
     from rewards.registry import get_reward
     from rlkit.run.build import load_prompt_data
 
+    if abl.seeds:  # one ablation per seed, then the comparison over seeds
+        from rlkit.drivers.ablation_seeds import run_seeds
+
+        return run_seeds(grpo, abl, run_ablation)
     t_all = time.perf_counter()
     check_ablation(grpo, abl)
     out = pathlib.Path(grpo.output_dir)
@@ -128,11 +135,19 @@ def run_ablation(grpo: GRPOConfig, abl: AblationSection) -> dict:
         evaluator.close()
     result = {"source": grpo.data.source, "seed": grpo.seed, "max_steps": grpo.max_steps,
               "prompts_per_step": grpo.trainer.prompts_per_step, "group_size": grpo.rollout.n,
-              "held_out": {"split": ev.split, "n": len(held_rows), "reward": ev.reward, "max_tokens": max_tokens},
+              "held_out": {"split": ev.split, "n": len(held_rows), "reward": ev.reward, "max_tokens": max_tokens,
+                           "rows_sha256": _rows_digest(held_rows)},
               "cold_start": {"steps": abl.cold_start.steps, "wall_s": t_cold, "checkpoint": start_model},
               "eval_start_wall_s": t_eval_start, "runs": runs, "wall_s": time.perf_counter() - t_all}
     write_report(result, out)
     return result
+
+
+def _rows_digest(rows: list[dict]) -> str:
+    """sha256 of the rows' prompts and answers: the same held-out rows give the same digest."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps([[r["prompt"], str(r.get("answer"))] for r in rows]).encode()).hexdigest()
 
 
 def _rows(grpo: GRPOConfig, source: str, split: str, limit: int) -> list[dict]:
