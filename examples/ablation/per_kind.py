@@ -29,7 +29,7 @@ def main() -> int:
     torch.set_num_threads(1)
     from rewards.registry import get_reward
     from rlkit.drivers.ablation import _rows, load_ablation_config
-    from rlkit.ablation_eval import prompt_rows, reward_rows_score_fn
+    from rlkit.drivers.ablation_eval import prompt_rows, reward_rows_score_fn
     from rlkit.drivers.evaluate import evaluate_modes
     from rlkit.models.loading import load_processor
     from rollout import make_engine

@@ -33,7 +33,7 @@ def main() -> int:
 
     torch.set_num_threads(1)
     from rewards import exact_match
-    from rlkit.ablation_eval import prompt_rows, reward_rows_score_fn
+    from rlkit.drivers.ablation_eval import prompt_rows, reward_rows_score_fn
     from rlkit.data import load_source
     from rlkit.drivers.evaluate import evaluate_modes
     from rlkit.models.loading import build_tiny, load_policy
