@@ -4,9 +4,9 @@
     .venv/bin/python examples/rlaifv/miniature.py --seeds 0 --arms strong --rounds 1 --held 100   # a quick look
 
 Per seed, one command runs (CPU, offline; the design is fixed in docs/rlaifv.md, "RLAIF-V in miniature"):
-1. data (seed-independent): easy-VQA's train images minus a dev split of DEV_IMAGES (hallucination.py's
-   truth: each image's colour and shape, from its questions); the held-out set is the first HELD images of a
-   fixed permutation of easy-VQA's *test* images, described once each, greedily.
+1. data (seed-independent): the easy-VQA images whose colour and shape are both given by their questions
+   (hallucination.py's truth; 2,435 train and 603 test images): the train ones minus a dev split of DEV_IMAGES,
+   and as the held-out set the first HELD of a fixed permutation of the *test* ones, described once, greedily.
 2. a tiny VLM policy (weight seed = seed) and a supervised cold start (COLD_STEPS) on half descriptions
    ("Describe the image." -> "The color is red. The shape is a circle.") and half yes/no claim questions in the
    labeler's template ("Is the following statement about the image true? "The shape is a circle." ..." -> yes/no),
@@ -49,7 +49,8 @@ ROUND = dict(rounds=3, prompts_per_round=128, n=4, temperature=0.7, max_tokens=2
 
 # ------------------------------------------------------------------------------------------------ data
 def image_truth(split: str) -> list[tuple[str, str, str]]:
-    """(image path, colour, shape) of every easy-VQA image of `split`, in image-id order, from its questions."""
+    """(image path, colour, shape) of every easy-VQA image of `split` that has both a colour and a shape question,
+    in image-id order (the others are asked yes/no questions only about one attribute)."""
     from rlkit.data.easy_vqa import _rows
 
     cols = _rows(split)
