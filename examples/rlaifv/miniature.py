@@ -13,7 +13,7 @@ Per seed, one command runs (CPU, offline; the design is fixed in docs/rlaifv.md,
    so the policy can describe and can label its own claims (self-feedback);
 3. the stronger labeler: another tiny VLM (weight seed 1000 + seed) trained only on yes/no claim questions,
    LABELER_STEPS (twice as many), and both labelers' accuracy on the dev split's claims (half true, half false);
-4. from the cold start, `rlkit.rlaifv.run_rlaifv` rounds for each labeler setting (ARMS): sample 4 descriptions
+4. from the cold start, `rlkit.rlaifv.run_round` rounds for each labeler setting (ARMS): sample 4 descriptions
    per image at temperature 0.7, split claims, ask the labeler, score -(rejected claims), pairs, DPO; the next
    round starts from the newest checkpoint;
 5. held-out descriptions of the cold start and of every round's checkpoint, graded by hallucination.py.
@@ -39,6 +39,7 @@ apply_defaults(TRANSFORMERS_VERBOSITY="error", HF_HUB_DISABLE_PROGRESS_BARS="1")
 
 import hallucination as H  # noqa: E402
 import mini_report as R  # noqa: E402
+import qa_labeler as Q  # noqa: E402
 
 DEV_IMAGES, HELD, DATA_SEED = 300, 500, 0
 COLD_STEPS, LABELER_STEPS, SFT_LR, SFT_BATCH = 200, 400, 1e-3, 32
@@ -81,16 +82,22 @@ def build_data(out: pathlib.Path) -> dict:
     return {"train": train, "dev": dev, "held": held, "prompts": str(path)}
 
 
+def qa_row(image, color: str, shape: str, attr: str) -> dict:
+    """An open question about one attribute of the image, answered with the truth (qa_labeler's questions)."""
+    return {"prompt": Q.QUESTIONS[attr], "image": image, "answer": color if attr == "color" else shape}
+
+
 def cold_rows(train, seed: int, describe_share: float = 0.5) -> list[dict]:
-    """Policy cold start rows: for each training image a description (share `describe_share`) or a yes/no claim."""
+    """Policy cold start rows: for each training image a description (share `describe_share`) or an open
+    question about a random attribute (so the policy can also label its own claims, qa_labeler.py)."""
     rng = random.Random(f"rlaifv-miniature-cold-{seed}")
     return [{"prompt": H.DESCRIBE_PROMPT, "image": p, "answer": H.description(c, s)} if rng.random() < describe_share
-            else H.verification_row(p, c, s, rng) for p, c, s in train]
+            else qa_row(p, c, s, rng.choice(sorted(H.ATTRIBUTES))) for p, c, s in train]
 
 
 def labeler_rows(train, seed: int) -> list[dict]:
-    rng = random.Random(f"rlaifv-miniature-labeler-{seed}")
-    return [H.verification_row(p, c, s, rng) for p, c, s in train for _ in range(2)]
+    """The strong labeler's rows: both open questions about every training image (no descriptions)."""
+    return [qa_row(p, c, s, a) for p, c, s in train for a in sorted(H.ATTRIBUTES)]
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -126,17 +133,15 @@ def vocab_texts(train) -> list[str]:
     from rlkit.data.easy_vqa import COLORS, SHAPES
 
     claims = [H.attribute_claim(a, v) for a, vals in H.ATTRIBUTES.items() for v in vals]
-    return ([H.DESCRIBE_PROMPT, "yes", "no"] + [H.description(c, s) for c in COLORS for s in SHAPES]
+    return ([H.DESCRIBE_PROMPT, Q.COLOR_Q, Q.SHAPE_Q, "yes", "no", *COLORS, *SHAPES]
+            + [H.description(c, s) for c in COLORS for s in SHAPES]
             + [STATEMENT_TEMPLATE.format(claim=c) for c in claims]) * 20
 
 
 def dev_check(model_path: str, dev, seed: int) -> dict:
-    """The labeler accuracy of `model_path` on the dev split's claims (P(yes) > P(no), the paper's rule)."""
-    from rlkit.rlaifv import TransformersLabeler
-
+    """The labeler accuracy of `model_path` (as a qa_labeler.QALabeler) on the dev split's claims (P(yes) > P(no))."""
     claims = H.dev_claims(dev, seed=0)
-    lab = TransformersLabeler(model_path, batch_size=64)
-    probs = lab.yes_no_probs([c["question"] for c in claims], [[c["image"]] for c in claims])
+    probs = Q.QALabeler(model_path).yes_no_probs([c["question"] for c in claims], [[c["image"]] for c in claims])
     return H.verdict_accuracy(probs, claims)
 
 
@@ -212,6 +217,33 @@ def round_diagnostics(run_dir: pathlib.Path, r: int, truth_rows: list[dict]) -> 
     return out
 
 
+def run_rounds(cfg, arm: str, policy: str, labeler: str, force: bool = False) -> None:
+    """`rlkit.rlaifv.run_round` for every round, with a qa_labeler.QALabeler as the labeler: the trained labeler
+    (arm "strong", loaded once) or the round's own model (arm "self"). Complete rounds are kept on a rerun."""
+    from rlkit.ablation import fresh_run_dir
+    from rlkit.config import dump_config
+    from rlkit.data import load_source
+    from rlkit.rlaifv import LabelerResources, run_round
+
+    out = pathlib.Path(cfg.output_dir)
+    if force or not (out / "config.yaml").exists():
+        moved = fresh_run_dir(out)
+        if moved:
+            print(f"rlaifv miniature: the previous {arm} run was moved to {moved}")
+        out.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, out / "config.yaml")
+    ds = load_source(cfg.data.source, cfg.data.split)
+    shared = LabelerResources(Q.QALabeler(labeler)) if ARMS[arm] != "policy" else None
+    model = policy
+    for r in range(1, cfg.rounds + 1):
+        done = out / f"round_{r}" / "round.json"
+        summary = (json.loads(done.read_text()) if done.exists()
+                   else run_round(cfg, r, model, ds, shared or LabelerResources(Q.QALabeler(model))))
+        print(f"rlaifv miniature: {arm} round {r}: {int(summary['pairs/kept'])} pairs, rejected "
+              f"{summary['claims/rejected_frac']:.2f} of the claims", flush=True)
+        model = summary.get("checkpoint") or model
+
+
 def _write(path: pathlib.Path, obj: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(obj, indent=1))
@@ -219,9 +251,6 @@ def _write(path: pathlib.Path, obj: dict) -> None:
 
 
 def run_seed(seed: int, args, data: dict) -> None:
-    from rlkit.ablation import fresh_run_dir
-    from rlkit.rlaifv import run_rlaifv
-
     out = pathlib.Path(args.out)
     sdir, res = out / f"seed{seed}", out / "results"
     res.mkdir(parents=True, exist_ok=True)
@@ -244,11 +273,8 @@ def run_seed(seed: int, args, data: dict) -> None:
         if all(done(f"{arm}_round{r}") for r in range(1, args.rounds + 1)):
             continue
         cfg = rounds_config(sdir, seed, arm, policy, labeler, data["prompts"], args.rounds)
-        moved = fresh_run_dir(cfg.output_dir) if args.force or not (pathlib.Path(cfg.output_dir) / "config.yaml").exists() else None
-        if moved:
-            print(f"rlaifv miniature: the previous {arm} run was moved to {moved}")
         t = time.perf_counter()
-        run_rlaifv(cfg)
+        run_rounds(cfg, arm, policy, labeler, force=args.force)
         wall = time.perf_counter() - t
         model = policy
         for r in range(1, args.rounds + 1):
