@@ -12,7 +12,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("rlaifv_miniature", ROOT / "examples/rlaifv/miniature.py")
 mini = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(mini)
-H, R = mini.H, mini.R
+H, R, Q = mini.H, mini.R, mini.Q
 
 
 @pytest.mark.parametrize("claim, color, shape, expected", [
@@ -78,15 +78,25 @@ def test_dev_claims_balanced_and_true_where_said():
         assert c["question"] == H.STATEMENT_TEMPLATE.format(claim=c["claim"])
 
 
-def test_verification_rows_answer_the_truth():
-    rng = random.Random(0)
-    rows = [H.verification_row("x.png", "green", "rectangle", rng) for _ in range(400)]
-    for r in rows:
-        claim = r["prompt"].split('"')[1]
-        assert (H.claim_verdict(claim, "green", "rectangle") == "correct") == (r["answer"] == "yes")
-    yes = sum(r["answer"] == "yes" for r in rows) / len(rows)
-    color = sum(r["attribute"] == "color" for r in rows) / len(rows)
-    assert 0.4 < yes < 0.6 and 0.4 < color < 0.6  # 400 fair coins: s.d. 0.025
+def test_training_rows_answer_the_truth():
+    train = [("a.png", "red", "circle"), ("b.png", "teal", "triangle")] * 100
+    cold = mini.cold_rows(train, 0)
+    assert [r["image"] for r in cold] == [p for p, _, _ in train]
+    truth = {"a.png": ("red", "circle"), "b.png": ("teal", "triangle")}
+    kinds = {"describe": 0, "color": 0, "shape": 0}
+    for r in cold:
+        color, shape = truth[r["image"]]
+        if r["prompt"] == H.DESCRIBE_PROMPT:
+            kinds["describe"] += 1
+            assert r["answer"] == H.description(color, shape)
+        else:
+            attr = "color" if r["prompt"] == Q.COLOR_Q else "shape"
+            kinds[attr] += 1
+            assert r["prompt"] == Q.QUESTIONS[attr] and r["answer"] == (color if attr == "color" else shape)
+    assert 70 < kinds["describe"] < 130 and kinds["color"] > 30 and kinds["shape"] > 30  # 200 fair coins: s.d. 7
+    lab = mini.labeler_rows(train[:2], 0)
+    assert [(r["prompt"], r["answer"]) for r in lab] == [(Q.COLOR_Q, "red"), (Q.SHAPE_Q, "circle"),
+                                                         (Q.COLOR_Q, "teal"), (Q.SHAPE_Q, "triangle")]
 
 
 def test_description_is_two_claims_the_grader_checks():
@@ -156,3 +166,40 @@ def test_arms_differ_only_in_the_labeler(tmp_path):
     assert strip(cfgs["strong"]) == strip(cfgs["self"])
     assert {k: v for k, v in cfgs["strong"]["labeler"].items() if k != "path"} == \
         {k: v for k, v in cfgs["self"]["labeler"].items() if k != "path"}
+
+
+def test_claim_probs_hand_derived():
+    dist = {"color": {"red": 0.7, "blue": 0.3}, "shape": {"circle": 0.4, "triangle": 0.6}}
+    q = H.STATEMENT_TEMPLATE.format
+    assert Q.claim_probs(q(claim="The color is red"), dist) == pytest.approx((0.7, 0.3))
+    assert Q.claim_probs(q(claim="A red circle"), dist) == pytest.approx((0.28, 0.72))  # both must hold
+    assert Q.claim_probs(q(claim="It is not a circle"), dist) == pytest.approx((0.6, 0.4))  # negated
+    assert Q.claim_probs(q(claim="This is a picture"), dist) == (0.0, 1.0)  # nothing to check: rejected
+    n = Q.normalise({"a": math.log(1.0), "b": math.log(3.0)})
+    assert n == {"a": pytest.approx(0.25), "b": pytest.approx(0.75)}
+
+
+def test_qa_labeler_reads_the_trained_answer_likelihood(tiny_vlm_path):
+    import easy_vqa
+    import torch
+
+    from rlkit.data import open_image
+    from rlkit.models.loading import load_policy
+    from rlkit.sft import answer_loss, build_sft_batch
+
+    model, processor, _ = load_policy(tiny_vlm_path, "float32")
+    image = open_image(easy_vqa.get_train_image_paths()[0])
+    lab = Q.QALabeler(model, processor)
+    lp = Q.answer_logprobs(model, processor, [Q.COLOR_Q, Q.COLOR_Q], [image, image], ["red", "blue"])
+    for answer, value in zip(["red", "blue"], lp):  # the cold start's loss on the same row, times its label count
+        batch = build_sft_batch(processor, [Q.COLOR_Q], [image], [answer])
+        n = int((batch["labels"][:, 1:] != -100).sum())  # answer tokens + end of turn
+        with torch.no_grad():
+            expected = -float(answer_loss(model, batch)) * n
+        assert value == pytest.approx(expected, rel=1e-4)
+    dist = lab.distributions([image])[0]
+    assert sum(dist["color"].values()) == pytest.approx(1.0) and sum(dist["shape"].values()) == pytest.approx(1.0)
+    questions = [H.STATEMENT_TEMPLATE.format(claim="The color is red"), H.STATEMENT_TEMPLATE.format(claim="Nothing")]
+    (py, pn), nothing = lab.yes_no_probs(questions, [[image], [image]])
+    assert py == pytest.approx(dist["color"]["red"], rel=1e-5) and py + pn == pytest.approx(1.0)
+    assert nothing == (0.0, 1.0)

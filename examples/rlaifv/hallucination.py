@@ -23,7 +23,7 @@ Per held-out set (`aggregate`):
   descriptions naming it, the share naming a wrong value).
 
 Also here: the labeler's accuracy on yes/no claim questions with known truth (`verdict_accuracy`), the dev
-claims it is measured on (`dev_claims`), the training targets (`description`, `verification_row`), and how
+claims it is measured on (`dev_claims`), the description target (`description`), and how
 many of a round's preference pairs are right by the ground truth (`pair_agreement`).
 """
 from __future__ import annotations
@@ -131,17 +131,6 @@ def description(color: str, shape: str) -> str:
 def attribute_claim(attr: str, value: str) -> str:
     """The claim the description makes about one attribute (what `split_claims` cuts from `description`)."""
     return f"The color is {value}" if attr == "color" else f"The shape is a {value}"
-
-
-def verification_row(image, color: str, shape: str, rng: random.Random) -> dict:
-    """A yes/no training row: a claim about a random attribute, true or (half the time) another value of it,
-    asked with the labeler's statement template; the target is "yes" or "no"."""
-    attr = rng.choice(sorted(ATTRIBUTES))
-    true_value = color if attr == "color" else shape
-    truth = rng.random() < 0.5
-    value = true_value if truth else rng.choice([v for v in ATTRIBUTES[attr] if v != true_value])
-    return {"prompt": STATEMENT_TEMPLATE.format(claim=attribute_claim(attr, value)), "image": image,
-            "answer": "yes" if truth else "no", "attribute": attr}
 
 
 def dev_claims(images: Sequence[tuple], seed: int = 0) -> list[dict]:
