@@ -203,3 +203,12 @@ def test_qa_labeler_reads_the_trained_answer_likelihood(tiny_vlm_path):
     (py, pn), nothing = lab.yes_no_probs(questions, [[image], [image]])
     assert py == pytest.approx(dist["color"]["red"], rel=1e-5) and py + pn == pytest.approx(1.0)
     assert nothing == (0.0, 1.0)
+
+
+def test_follow_up_rate_gets_its_own_arm_names(tmp_path, monkeypatch):
+    assert mini.arm_key("strong") == "strong"  # the design's rate
+    monkeypatch.setitem(mini.ROUND, "dpo_lr", 5e-5)
+    assert mini.arm_key("self") == "self@lr5e-05"
+    cfg = mini.rounds_config(tmp_path, 0, "self", "/cold", "/labeler", "p.jsonl", 3)
+    assert cfg.output_dir == str(tmp_path / "self@lr5e-05") and cfg.trainer.lr == 5e-5
+    assert cfg.labeler.path == "policy"

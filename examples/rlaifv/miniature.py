@@ -46,6 +46,12 @@ COLD_STEPS, LABELER_STEPS, SFT_LR, SFT_BATCH = 200, 400, 1e-3, 32
 ARMS = {"strong": "the labeler", "self": "policy"}  # arm -> labeler.path ("the labeler": the trained one)
 ROUND = dict(rounds=3, prompts_per_round=128, n=4, temperature=0.7, max_tokens=24, dpo_lr=5e-4, dpo_epochs=2,
              dpo_batch=8, beta=0.1)
+DESIGN_DPO_LR = 5e-4  # the design's rate; another --dpo-lr is a follow-up, its arms named "<arm>@lr<rate>"
+
+
+def arm_key(arm: str) -> str:
+    """The name of an arm's run directory and results: the arm, tagged with the DPO rate when it is not the design's."""
+    return arm if ROUND["dpo_lr"] == DESIGN_DPO_LR else f"{arm}@lr{ROUND['dpo_lr']:g}"
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -175,7 +181,7 @@ def rounds_config(out: pathlib.Path, seed: int, arm: str, start: str, labeler: s
     from rlkit.rlaifv import RLAIFVConfig, check_rlaifv
 
     r = ROUND
-    tree = {"output_dir": str(out / arm), "seed": seed, "rounds": rounds, "prompts_per_round": r["prompts_per_round"],
+    tree = {"output_dir": str(out / arm_key(arm)), "seed": seed, "rounds": rounds, "prompts_per_round": r["prompts_per_round"],
             "prompt_mode": "fast", "model": {"path": start},
             "data": {"source": prompts, "check_rows": 0},
             "rollout": {"engine": "hf", "n": r["n"], "temperature": r["temperature"], "max_tokens": r["max_tokens"]},
@@ -270,7 +276,8 @@ def run_seed(seed: int, args, data: dict) -> None:
                                                  **evaluate(policy, held)})
     truth_rows = [json.loads(x) for x in pathlib.Path(data["prompts"]).read_text().splitlines()]
     for arm in args.arms:
-        if all(done(f"{arm}_round{r}") for r in range(1, args.rounds + 1)):
+        key = arm_key(arm)
+        if all(done(f"{key}_round{r}") for r in range(1, args.rounds + 1)):
             continue
         cfg = rounds_config(sdir, seed, arm, policy, labeler, data["prompts"], args.rounds)
         t = time.perf_counter()
@@ -280,12 +287,12 @@ def run_seed(seed: int, args, data: dict) -> None:
         for r in range(1, args.rounds + 1):
             summary = json.loads((pathlib.Path(cfg.output_dir) / f"round_{r}" / "round.json").read_text())
             model = summary.get("checkpoint") or model
-            if done(f"{arm}_round{r}"):
+            if done(f"{key}_round{r}"):
                 continue
-            _write(res / f"seed{seed}_{arm}_round{r}.json",
-                   {"seed": seed, "arm": arm, "round": r, "model": model, "rounds_wall_s": wall,
+            _write(res / f"seed{seed}_{key}_round{r}.json",
+                   {"seed": seed, "arm": key, "round": r, "model": model, "rounds_wall_s": wall,
                     **round_diagnostics(pathlib.Path(cfg.output_dir), r, truth_rows), **evaluate(model, held)})
-        print(f"rlaifv miniature: seed {seed}, {arm}: {args.rounds} rounds in {wall:.0f} s", flush=True)
+        print(f"rlaifv miniature: seed {seed}, {key}: {args.rounds} rounds in {wall:.0f} s", flush=True)
 
 
 def main(argv=None) -> int:
@@ -296,12 +303,14 @@ def main(argv=None) -> int:
     ap.add_argument("--cold-steps", type=int, default=COLD_STEPS)
     ap.add_argument("--labeler-steps", type=int, default=LABELER_STEPS)
     ap.add_argument("--prompts-per-round", type=int, default=ROUND["prompts_per_round"])
+    ap.add_argument("--dpo-lr", type=float, default=DESIGN_DPO_LR, help="DPO rate (not the design's: a follow-up arm)")
     ap.add_argument("--held", type=int, default=HELD, help="held-out images described (the first ones)")
     ap.add_argument("--out", default="runs/rlaifv_miniature")
     ap.add_argument("--force", action="store_true", help="redo parts whose result file exists")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args(argv)
     ROUND["prompts_per_round"] = args.prompts_per_round
+    ROUND["dpo_lr"] = args.dpo_lr
     out = pathlib.Path(args.out)
     t = time.perf_counter()
     if not args.report_only:
