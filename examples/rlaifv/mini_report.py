@@ -118,7 +118,11 @@ def write_plot(arms: dict, path: pathlib.Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    palette = iter(["tab:green", "tab:red", "tab:purple", "tab:brown"])  # follow-up arms
     colors = {"strong": "tab:blue", "self": "tab:orange"}
+    for arm in arms:
+        if arm not in colors:
+            colors[arm] = next(palette, None)
     for arm, rounds in arms.items():
         ks = list(rounds)
         for ax, key, label in ((axes[0], "chair_i", "claims hallucinated (CHAIRi)"),
@@ -136,6 +140,7 @@ def write_plot(arms: dict, path: pathlib.Path) -> None:
     axes[2].set_title("no collapse: share saying anything, length / 10", fontsize=9)
     for ax in axes:
         ax.set_xlabel("round (0 = cold start)")
+        ax.set_xticks(range(0, 1 + max(max(r) for r in arms.values())))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
