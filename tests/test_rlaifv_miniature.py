@@ -212,3 +212,23 @@ def test_follow_up_rate_gets_its_own_arm_names(tmp_path, monkeypatch):
     cfg = mini.rounds_config(tmp_path, 0, "self", "/cold", "/labeler", "p.jsonl", 3)
     assert cfg.output_dir == str(tmp_path / "self@lr5e-05") and cfg.trainer.lr == 5e-5
     assert cfg.labeler.path == "policy"
+
+
+@pytest.mark.slow
+def test_miniature_end_to_end_small(tmp_path, monkeypatch):
+    """The whole command at toy size (1 seed, 1 round, 20 held-out images, 20-step cold starts): every result file,
+    the report and the plot are written, and a rerun skips every part (about 1 min on 2 cores)."""
+    import json
+
+    monkeypatch.setattr(mini, "ROUND", dict(mini.ROUND))  # main() sets the round settings from its arguments
+    argv = ["--seeds", "0", "--rounds", "1", "--held", "20", "--cold-steps", "20", "--labeler-steps", "20",
+            "--prompts-per-round", "8", "--out", str(tmp_path)]
+    assert mini.main(argv) == 0
+    names = sorted(p.name for p in (tmp_path / "results").glob("*.json"))
+    assert names == ["seed0_dev.json", "seed0_round0.json", "seed0_self_round1.json", "seed0_strong_round1.json"]
+    r = json.loads((tmp_path / "results" / "seed0_strong_round1.json").read_text())
+    assert r["n"] == 20 and (tmp_path / "seed0" / "strong" / "round_1" / "round.json").exists()
+    assert (tmp_path / "rlaifv_miniature.png").stat().st_size > 0
+    stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "results").glob("*.json")}
+    assert mini.main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "results").glob("*.json")} == stamp
