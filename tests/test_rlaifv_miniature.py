@@ -185,7 +185,7 @@ def test_qa_labeler_reads_the_trained_answer_likelihood(tiny_vlm_path):
 
     from rlkit.data import open_image
     from rlkit.models.loading import load_policy
-    from rlkit.sft import answer_loss, build_sft_batch
+    from rlkit.drivers.sft import answer_loss, build_sft_batch
 
     model, processor, _ = load_policy(tiny_vlm_path, "float32")
     image = open_image(easy_vqa.get_train_image_paths()[0])

@@ -13,7 +13,7 @@ Per seed, one command runs (CPU, offline; the design is fixed in docs/rlaifv.md,
    so the policy can describe and can label its own claims (self-feedback);
 3. the stronger labeler: another tiny VLM (weight seed 1000 + seed) trained only on yes/no claim questions,
    LABELER_STEPS (twice as many), and both labelers' accuracy on the dev split's claims (half true, half false);
-4. from the cold start, `rlkit.rlaifv.run_round` rounds for each labeler setting (ARMS): sample 4 descriptions
+4. from the cold start, `rlkit.drivers.rlaifv.run_round` rounds for each labeler setting (ARMS): sample 4 descriptions
    per image at temperature 0.7, split claims, ask the labeler, score -(rejected claims), pairs, DPO; the next
    round starts from the newest checkpoint;
 5. held-out descriptions of the cold start and of every round's checkpoint, graded by hallucination.py.
@@ -112,9 +112,9 @@ def build_and_train(out: pathlib.Path, name: str, weight_seed: int, rows: list[d
     """A tiny VLM built with the miniature's vocabulary and `steps` supervised steps on `rows` (reused if done)."""
     import torch
 
-    from rlkit.ablation import _ensure_thinking_template
+    from rlkit.drivers.ablation import _ensure_thinking_template
     from rlkit.models.loading import build_tiny, load_policy
-    from rlkit.sft import SFTConfig, sft
+    from rlkit.drivers.sft import SFTConfig, sft
 
     target = out / name
     marker = target / "DONE.json"
@@ -155,7 +155,7 @@ def describe(model_path: str, held) -> list[str]:
     """Greedy descriptions (fast mode, at most ROUND['max_tokens'] tokens) of the held-out images."""
     from rlkit.data import open_image
     from rlkit.models.loading import load_processor
-    from rlkit.sft import render_prompt
+    from rlkit.drivers.sft import render_prompt
     from rollout import RolloutRequest, SamplingConfig, make_engine
 
     processor = load_processor(model_path)
@@ -178,7 +178,7 @@ def evaluate(model_path: str, held) -> dict:
 
 def rounds_config(out: pathlib.Path, seed: int, arm: str, start: str, labeler: str, prompts: str, rounds: int):
     from rlkit.config import _build
-    from rlkit.rlaifv import RLAIFVConfig, check_rlaifv
+    from rlkit.drivers.rlaifv import RLAIFVConfig, check_rlaifv
 
     r = ROUND
     tree = {"output_dir": str(out / arm_key(arm)), "seed": seed, "rounds": rounds, "prompts_per_round": r["prompts_per_round"],
@@ -224,12 +224,13 @@ def round_diagnostics(run_dir: pathlib.Path, r: int, truth_rows: list[dict]) -> 
 
 
 def run_rounds(cfg, arm: str, policy: str, labeler: str, force: bool = False) -> None:
-    """`rlkit.rlaifv.run_round` for every round, with a qa_labeler.QALabeler as the labeler: the trained labeler
+    """`rlkit.drivers.rlaifv.run_round` for every round, with a qa_labeler.QALabeler as the labeler: the trained labeler
     (arm "strong", loaded once) or the round's own model (arm "self"). Complete rounds are kept on a rerun."""
-    from rlkit.ablation import fresh_run_dir
+    from rlkit.drivers.ablation import fresh_run_dir
     from rlkit.config import dump_config
     from rlkit.data import load_source
-    from rlkit.rlaifv import LabelerResources, run_round
+    from rlkit.drivers.rlaifv import run_round
+    from rlkit.run.labeler import LabelerResources
 
     out = pathlib.Path(cfg.output_dir)
     if force or not (out / "config.yaml").exists():

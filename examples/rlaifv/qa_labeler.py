@@ -15,7 +15,7 @@ into questions, and reads its verdict from the model's own answer distribution:
 - P(yes) = product over the claim's named values of P(value) (1 - P(value) for a negated one), P(no) = 1 - P(yes);
   the scorer's rule (accept when P(yes) > P(no)) then accepts a claim whose values the model believes more
   likely than not. A claim naming no colour or shape cannot be checked: P(yes) = 0, rejected.
-`LabelerResources(QALabeler(...))` plugs it into `rlkit.rlaifv.run_round` unchanged (the `Labeler` protocol).
+`LabelerResources(QALabeler(...))` plugs it into `rlkit.drivers.rlaifv.run_round` unchanged (the `Labeler` protocol).
 """
 from __future__ import annotations
 
@@ -58,8 +58,8 @@ def normalise(logps: dict[str, float]) -> dict[str, float]:
 def answer_logprobs(model, processor, questions: Sequence[str], images: Sequence, answers: Sequence[str],
                     batch_size: int = 64) -> list[float]:
     """log P(answer + end of turn | question, image) per row, laid out exactly as the cold start trains
-    (`rlkit.sft.build_sft_batch`: fast-mode prompt, answer-only labels)."""
-    from rlkit.sft import build_sft_batch
+    (`rlkit.drivers.sft.build_sft_batch`: fast-mode prompt, answer-only labels)."""
+    from rlkit.drivers.sft import build_sft_batch
 
     was = model.training
     model.eval()
