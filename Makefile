@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export PYTHONHASHSEED ?= 0
 
-.PHONY: setup demo test test-slow bench
+.PHONY: setup demo lint test test-slow bench
 
 setup:
 	bash scripts/install.sh
@@ -18,8 +18,12 @@ setup:
 demo: setup
 	$(PY) examples/easy_vqa/run_demo.py $(ARGS)
 
-## The default test run (CI): everything not marked slow.
-test: setup
+## Lint (ruff, configured in pyproject.toml). Seconds.
+lint: setup
+	$(PY) -m ruff check .
+
+## The default test run (CI): the lint, then every test not marked slow.
+test: setup lint
 	$(PY) -m pytest -q --durations=15 $(ARGS)
 
 test-slow: setup

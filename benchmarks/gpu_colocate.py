@@ -22,7 +22,6 @@ benchmarks/results/gpu_colocate.json).
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import tempfile

@@ -126,7 +126,7 @@ def run_size(name, spec, args, tiny_dir, texts):
     finally:
         W.image_inputs = orig
     seq_tokens = sum(len(worker._encode_prompts([it])[0]["ids"]) + len(it.completion_ids) for it in items)
-    del worker
+    worker = None  # freed before the next model is built
     if cuda:
         torch.cuda.empty_cache()
     return {"size": name, "gradient_checkpointing": args.gradient_checkpointing, "params_b": params / 1e9, "micro_batch": micro, "sequences": len(items),

@@ -2,7 +2,6 @@
 t intervals on values and log ratios, the verdict, and the seeds runner's report, all against hand-derived
 numbers (the arithmetic is written out beside each expected value)."""
 import json
-import math
 
 import pytest
 

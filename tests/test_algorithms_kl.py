@@ -1,6 +1,5 @@
 """KL estimators k1, k2, k3 against hand-derived numbers and exact expectations."""
 
-import math
 
 import pytest
 import torch

@@ -1,5 +1,4 @@
 """Tiny models and tokenizers: deterministic, both tokenizer choices, real Qwen ids, the loading errors."""
-import os
 import subprocess
 import sys
 

@@ -122,7 +122,7 @@ def test_one_summary_line_per_failing_reward_per_step(plugin):
     assert lines == [
         f"rlkit: step 1: reward 'always_raise' failed on 8/8 samples (raised 8); first: ZeroDivisionError: float "
         f"division by zero (at {plugin}:{RAISE_LINE})",
-        f"rlkit: step 1: reward 'by_letter' failed on 4/8 samples (not finite 2, raised 1, wrong type 1); first: "
+        "rlkit: step 1: reward 'by_letter' failed on 4/8 samples (not finite 2, raised 1, wrong type 1); first: "
         "not finite: returned nan",
         f"rlkit: step 1: reward 'wrong_length' failed on 8/8 samples (wrong length 8); first: wrong length: returned 2 "
         f"values for 1 completions (reward defined at {plugin}:6)",

@@ -3,7 +3,6 @@ load their configs and fail on a bad key with exit status 2."""
 import importlib.util
 import pathlib
 
-import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

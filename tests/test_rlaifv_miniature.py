@@ -4,7 +4,6 @@ judged by the truth, the comparison rule, the splits and the two labeler setting
 import importlib.util
 import math
 import pathlib
-import random
 
 import pytest
 

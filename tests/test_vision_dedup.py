@@ -1,7 +1,6 @@
 """Encoding each distinct image once (rlkit/policy/vision.py) is the same computation as encoding every copy:
 equal logprobs and equal gradients, while the vision tower sees only the distinct images."""
 import pytest
-import torch
 
 import rlkit.policy.worker as worker_mod
 from rlkit.data import open_image

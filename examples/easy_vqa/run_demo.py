@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
-import random
 import sys
 import time
 

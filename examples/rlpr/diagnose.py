@@ -19,7 +19,6 @@ import argparse
 import json
 import pathlib
 import sys
-import types
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parents[1]), str(HERE)]

@@ -23,7 +23,6 @@ interrupted run resumes; --force reruns), then OUT/rlpr_miniature.{json,md,png} 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import pathlib

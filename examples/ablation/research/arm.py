@@ -10,7 +10,6 @@ and appends {tag, overrides, curve, wall_s} to results.jsonl.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import pathlib
 import sys

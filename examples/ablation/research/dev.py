@@ -49,8 +49,8 @@ def main() -> int:
     base = build_tiny("text", out / "base", texts=[r["prompt"] for r in train] + [r["answer"] for r in train]
                       + [r["answer"] for r in rows], seed=args.seed, hidden_size=128, num_layers=2)
     model, tok, _ = load_policy(str(base))
-    res = sft(model, tok, rows, SFTConfig(lr=args.lr, batch_size=32, max_steps=args.steps, seed=args.seed,
-                                         warmup_steps=10, log_every=max(1, args.steps // 3)), output_dir=out / "cold")
+    sft(model, tok, rows, SFTConfig(lr=args.lr, batch_size=32, max_steps=args.steps, seed=args.seed,
+                                   warmup_steps=10, log_every=max(1, args.steps // 3)), output_dir=out / "cold")
     t_sft = time.perf_counter() - t
     engine = make_engine("vllm", model_path=str(out / "cold"), max_model_len=256, seed=0)
     score = reward_rows_score_fn(exact_match)

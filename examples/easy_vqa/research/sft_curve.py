@@ -2,7 +2,10 @@
 
     python examples/easy_vqa/research/sft_curve.py --types color --steps 200 --every 25
 """
-import argparse, json, os, sys, time
+import argparse
+import json
+import os
+import sys
 os.environ.setdefault("OMP_NUM_THREADS", "1"); os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from rlkit.data.easy_vqa import ANSWERS_BY_TYPE, load_easy_vqa
