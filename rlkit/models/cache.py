@@ -48,7 +48,8 @@ def tiny_key(kind: str, texts, **build_kwargs) -> str:
     return h.hexdigest()[:40]
 
 
-def _sha256(path: pathlib.Path) -> str:
+def sha256_file(path: pathlib.Path) -> str:
+    """The file's sha256 (hex), read in 1 MiB blocks (also rlkit/run/checkpoint.py's manifests)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -72,7 +73,7 @@ def build_tiny_cached(kind: str, target, *, texts=None, **build_kwargs) -> pathl
             tmp = entry.parent / f".{entry.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
             build_tiny(kind, tmp, texts=texts, **build_kwargs)
             files = sorted(p.name for p in tmp.iterdir() if p.is_file())
-            (tmp / _MANIFEST).write_text(json.dumps({f: _sha256(tmp / f) for f in files}, indent=1))
+            (tmp / _MANIFEST).write_text(json.dumps({f: sha256_file(tmp / f) for f in files}, indent=1))
             try:
                 os.rename(tmp, entry)  # atomic
             except OSError:  # an entry is there: another run's, built meanwhile (copied), or a damaged one
@@ -102,7 +103,7 @@ def _copy_checked(entry: pathlib.Path, target: pathlib.Path) -> bool:
         for name, digest in manifest.items():
             shutil.copyfile(entry / name, tmp / name)
             shutil.copymode(entry / name, tmp / name)
-            if _sha256(tmp / name) != digest:
+            if sha256_file(tmp / name) != digest:
                 raise OSError(f"{entry / name} does not match its manifest")
         if target.exists():
             shutil.rmtree(target)

@@ -12,13 +12,14 @@ written before manifests existed (no `MANIFEST.json`) is used unverified, with a
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import pathlib
 import re
 import shutil
 import time
+
+from rlkit.models.cache import sha256_file
 
 RUN_STATE = "run_state.json"
 COMPLETE = "COMPLETE"
@@ -76,20 +77,12 @@ def step_of(ckpt: pathlib.Path) -> int:
     return int(_STEP.fullmatch(ckpt.name).group(1))
 
 
-def _sha256(path: pathlib.Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _sha256_all(paths: list[pathlib.Path]) -> list[str]:
     """sha256 of each file, several files at once (hashlib releases the GIL on large blocks)."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1, max(1, len(paths)))) as pool:
-        return list(pool.map(_sha256, paths))
+        return list(pool.map(sha256_file, paths))
 
 
 def write_manifest(folder: pathlib.Path) -> None:
