@@ -4,6 +4,8 @@ from rlkit.runtime_env import apply_defaults  # noqa: E402  (before torch/vLLM/R
 
 apply_defaults()
 
+import sys  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -32,3 +34,12 @@ def tiny_text_path(tmp_path_factory):
 
     ds = load_arithmetic("train", limit=500)
     return str(build_tiny("text", tmp_path_factory.mktemp("tiny_text"), texts=list(ds["prompt"]) + list(ds["answer"])))
+
+
+@pytest.fixture
+def ray_stopped():
+    """No Ray in this process when the test starts (an earlier in-process run may have left its local Ray up), so
+    a test that asserts Ray was never started checks the code under test, not the tests before it."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()

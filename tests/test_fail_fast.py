@@ -226,7 +226,7 @@ def _ray_started() -> bool:
     ("missing", "row 2: image file not found: {path}"),
     ("undecodable", "row 2: image '{path}' cannot be decoded"),
 ])
-def test_bad_image_found_in_prepare_before_ray(tmp_path, damage, fragment):
+def test_bad_image_found_in_prepare_before_ray(tmp_path, damage, fragment, ray_stopped):
     from rlkit.data import DataError
     from rlkit.drivers.grpo import prepare
 
@@ -244,7 +244,7 @@ def test_bad_image_found_in_prepare_before_ray(tmp_path, damage, fragment):
     assert time.perf_counter() - t0 < 30
 
 
-def test_bad_rows_skipped_up_front_are_never_drawn(tmp_path, tiny_text_path, capsys):
+def test_bad_rows_skipped_up_front_are_never_drawn(tmp_path, tiny_text_path, capsys, ray_stopped):
     from rlkit.data import PromptStream
     from rlkit.drivers.grpo import prepare
 
@@ -316,7 +316,7 @@ def test_cli_infeasible_resources_fail_before_ray(tmp_path):
     assert took < 60, took  # Python and torch imports on a loaded 2-core machine; Ray never starts
 
 
-def test_prepare_refuses_more_cpus_than_the_local_ray_will_have(tmp_path):
+def test_prepare_refuses_more_cpus_than_the_local_ray_will_have(tmp_path, ray_stopped):
     """Before Ray starts (a local Ray's CPUs are ray.num_cpus, or this machine's): prepare stops, in-process."""
     from rlkit.drivers.grpo import prepare
     from rlkit.distributed.resources import ResourceError

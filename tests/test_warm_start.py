@@ -183,7 +183,7 @@ def test_tiny_arch_hints_match_the_built_models(tiny_text_path, tiny_vlm_path):
         assert TINY_ARCH[kind] == (cfg["model_type"], cfg["architectures"][0]) == model_classes(path)
 
 
-def test_bad_data_fails_before_the_early_start(tmp_path):
+def test_bad_data_fails_before_the_early_start(tmp_path, ray_stopped):
     """The early start begins after prepare's checks: a run whose data is bad never starts Ray."""
     import sys
 
