@@ -221,9 +221,9 @@ def _records(path: pathlib.Path) -> list[dict]:
 
 
 def _sha(path: pathlib.Path) -> str:
-    from rlkit.run.checkpoint import _sha256  # the manifest's own checksum
+    from rlkit.models.cache import sha256_file  # the manifest's own checksum
 
-    return _sha256(path)
+    return sha256_file(path)
 
 
 def snapshot(out: pathlib.Path, skip: tuple[str, ...] = ()) -> dict:

@@ -95,7 +95,9 @@ def test_hostile_completions_through_the_scorer(sandbox):
     specs = [RewardSpec(name="math_accuracy"), RewardSpec(name="exact_match"), RewardSpec(name="multiple_choice"),
              RewardSpec(name="format"),
              RewardSpec(name="length", kwargs={"max_len": 100, "cache": 10, "unit": "chars"})]
-    with RewardScorer(specs, timeout_s=5.0) as scorer:
+    # The time limit is the backstop, not what is tested: the guards bound each case in about 1 s on an idle core;
+    # 30 s leaves room for a loaded CI machine (5 s was exceeded at load 60 on 2 cores).
+    with RewardScorer(specs, timeout_s=30.0) as scorer:
         t0 = time.perf_counter()
         r = scorer(["What is 2+2?"] * n, comps, {"answer": ["4"] * n, "mode": ["deep"] * n})
         elapsed = time.perf_counter() - t0

@@ -164,7 +164,9 @@ def test_process_isolation_survives_hang_death_and_errors(scorer):
     assert r.failures[0].completion == "HANG" and r.failures[0].reward == "score"
     assert r.stats()["reward/score/fail_frac"] == pytest.approx(3 / 7)
     assert r.stats()["reward/score/none_frac"] == 0.0
-    assert elapsed < 1.0 + 2 * 5.0  # one timeout plus two worker restarts, not a hang
+    # One 1 s timeout plus two worker restarts; a hang would never return. The bound is loose because a restart is
+    # a process spawn whose cost grows with the machine's load (57 s was seen at load 60 on 2 cores).
+    assert elapsed < 180
 
 
 def test_several_workers_share_a_batch(plugin):
