@@ -113,3 +113,15 @@ def test_resume_schedule_matches_the_uninterrupted_one():
     resumed.close()
     assert [straight.weights_for(t) for t in range(4, 9)] == [resumed.weights_for(t) for t in range(4, 9)] \
         == [3, 3, 3, 4, 5]
+
+
+def test_config_refuses_what_cannot_overlap():
+    from rlkit.config import ConfigError, GRPOConfig, check_async, load_config
+
+    for extra, key in ((["rollout.stream_chunks=2"], "rollout.stream_chunks"), (["rollout.sleep=true"], "rollout.sleep")):
+        cfg = load_config(GRPOConfig, None, ["rollout.max_staleness=1", *extra])
+        with pytest.raises(ConfigError, match=f"'rollout.max_staleness': 1 needs {key}"):
+            check_async(cfg)
+        check_async(load_config(GRPOConfig, None, extra))  # on-policy: fine
+    with pytest.raises(ConfigError, match="max_staleness"):
+        load_config(GRPOConfig, None, ["rollout.max_staleness=-1"])
