@@ -65,12 +65,8 @@ class Ahead:
 
     def weights_for(self, t: int) -> int:
         """The policy version that samples step t's batch."""
-        floor = self.start
-        for s in range(t - 1, self.start, -1):
-            if self.is_sync(s):
-                floor = s
-                break
-        return max(floor, t - 1 - self.k)
+        lo = max(self.start, t - 1 - self.k)  # a sync step at or before lo cannot raise the result
+        return next((s for s in range(t - 1, lo, -1) if self.is_sync(s)), lo)
 
     # ------------------------------------------------------------------------------------------ the driver's side
     def next(self, step: int):
