@@ -104,9 +104,9 @@ def sequence_masked_is(log_ratio: torch.Tensor, mask: torch.Tensor, *, low: floa
 @CORRECTIONS.register("icepop")
 def icepop(log_ratio: torch.Tensor, mask: torch.Tensor, *, low: float = 0.5, high: float = 5.0,
            reweight: bool = True) -> Out:
-    """Token masking outside a ratio band (IcePop: the Ling team's "Small leak can sink a great ship" note and the Ring-1T report, 2025): a token whose
-    ratio ``k_t = exp(log_ratio_t)`` lies outside ``[low, high]`` gets weight 0; inside it gets ``k_t`` (the
-    calibration ``M(k) = k`` on the band), or 1 with ``reweight=False`` (pure masking).
+    """Token masking outside a ratio band (IcePop: the Ling team's note "Small leak can sink a great ship" and
+    their Ring-1T report, 2025): a token whose ratio ``k_t = exp(log_ratio_t)`` lies outside ``[low, high]`` gets
+    weight 0; inside it gets ``k_t`` (the calibration ``M(k) = k`` on the band), or 1 with ``reweight=False``.
 
     Worked example (tests/test_corrections.py): log ratios ``[ln 0.25, ln 0.5, 0, ln 4, ln 8]``, band
     ``[0.5, 5]`` -> weights ``[0, 0.5, 1, 4, 0]``: mean 5.5/5 = 1.1, max 4, masked share 2/5."""

@@ -188,8 +188,8 @@ def train(run: Run) -> dict:
                     ahead.trained(step, ref)
                 elif ref is not None:
                     run.engine.update_weights(ref)
-        metrics = step_metrics(run, step, c, {**health, **trained, **update.kl_metrics(), **async_metrics(ahead, step, c)},
-                               phases)
+        metrics = step_metrics(run, step, c, {**health, **trained, **update.kl_metrics(),
+                                              **async_metrics(ahead, step, c)}, phases)
         run.log.log_step(step, metrics, [s.log_record() for s in c.samples])
         last = {"step": step, **metrics}
         run.bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", tokens=int(metrics["completion/tokens_mean"]))
@@ -293,7 +293,8 @@ def setup(run: Run, resume: bool, overwrite: bool) -> None:
 def cleanup(run: Run) -> None:
     """Close what `setup` opened, newest first, whatever it got to: the bar, the log, the reward workers and
     resources (a claim LM's engine), the engines, the policy ranks, the placement groups."""
-    for close in (run.ahead and run.ahead.close, run.bar and run.bar.close, run.log and run.log.close, run.p and run.p.scorer.close,
+    for close in (run.ahead and run.ahead.close,  # the thread collecting ahead (rollout.max_staleness), first
+                  run.bar and run.bar.close, run.log and run.log.close, run.p and run.p.scorer.close,
                   run.p and run.p.resources.close, run.engine and run.engine.close, run.policy and run.policy.close,
                   run.placement and run.placement.remove):
         if close:
