@@ -3,6 +3,7 @@ a bare forward+backward+AdamW of the same sequences).
 
     python benchmarks/vs_trl.py --size small|realistic --model text|vlm [--reps 2] [--steps 3] [--warmup 1]
                                 [--trl-engine auto|vllm|transformers] [--tokens 64,128,256] [--out FILE]
+                                [--stream-chunks K] [--max-staleness K]
 
 Sizes (P prompts x n completions x T new tokens, one optimizer step per rollout batch):
 - small: 1 x 4 x 16 on the default tiny models (rlkit.models.loading.build_tiny);
@@ -15,6 +16,9 @@ metrics.jsonl after `--warmup` steps; TRL's is the median time between `on_step_
 optimizer steps after the same warm-up (its generation happens inside the step). Repetitions alternate the order
 (A/B, B/A, ...), and the floor runs in every repetition, so all three see the same machine load. Random tiny models
 almost never emit EOS, so every completion is T tokens long on both sides (checked: tokens per step are printed).
+
+`--max-staleness K` adds the asynchronous side "rlkit_async" (rollout.max_staleness = K: the engines collect the
+next batches while the policy trains; docs/async.md), run like the others in every repetition.
 
 `--tokens 64,128,256` adds an rlkit-only sweep of the completion length (step time, phase times and peak RSS per
 process). One torch thread per process throughout (rlkit.runtime_env).
@@ -175,7 +179,8 @@ class PeakRSS:
 
 
 # ------------------------------------------------------------------------------------------------ sides
-def side_rlkit(case: Case, model_dir: str, steps: int, warmup: int, stream_chunks: int = 1) -> dict:
+def side_rlkit(case: Case, model_dir: str, steps: int, warmup: int, stream_chunks: int = 1,
+               max_staleness: int = 0) -> dict:
     from rlkit.config import GRPOConfig, load_config
     from rlkit.drivers.grpo import run_grpo
 
@@ -186,6 +191,7 @@ def side_rlkit(case: Case, model_dir: str, steps: int, warmup: int, stream_chunk
         f"rollout.max_tokens={case.tokens}", "rollout.temperature=1.0", f"trainer.prompts_per_step={case.prompts}",
         f"trainer.micro_batch_size={MICRO_BATCH}", f"trainer.lr={LR}", "logging.progress=false",
         "logging.log_samples=false", "rewards=[{name: exact_match}]", f"rollout.stream_chunks={stream_chunks}",
+        f"rollout.max_staleness={max_staleness}",
     ])
     with PeakRSS() as mem:
         run_grpo(cfg)
@@ -331,13 +337,15 @@ def side_floor(case: Case, model_dir: str, steps: int, warmup: int) -> dict:
 # ------------------------------------------------------------------------------------------------ driver
 def run_side(side: str, case: Case, model_dir: str, args, tokens: int | None = None) -> dict:
     """This script as a child process (`--side`): its own process, so its own peak memory and start-up.
-    Side "rlkit_stream" is rlkit with rollout.stream_chunks = --stream-chunks."""
+    Side "rlkit_stream" is rlkit with rollout.stream_chunks = --stream-chunks; "rlkit_async" with
+    rollout.max_staleness = --max-staleness."""
     out = tempfile.mktemp(prefix=f"vs_trl-{side}-", suffix=".json")
     chunks = args.stream_chunks if side == "rlkit_stream" else 1
-    cmd = [sys.executable, __file__, "--side", "rlkit" if side == "rlkit_stream" else side, "--model-dir", model_dir,
+    staleness = args.max_staleness if side == "rlkit_async" else 0
+    cmd = [sys.executable, __file__, "--side", "rlkit" if side.startswith("rlkit") else side, "--model-dir", model_dir,
            "--side-out", out, "--size", case.size, "--model", case.model, "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--trl-engine", args.trl_engine, "--side-tokens", str(tokens or case.tokens),
-           "--side-chunks", str(chunks)]
+           "--side-chunks", str(chunks), "--side-staleness", str(staleness)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -348,7 +356,7 @@ def run_side(side: str, case: Case, model_dir: str, args, tokens: int | None = N
     return result
 
 
-def summarize(case: Case, reps: list[dict], stream_chunks: int = 0) -> dict:
+def summarize(case: Case, reps: list[dict], stream_chunks: int = 0, max_staleness: int = 0) -> dict:
     """One entry per case: medians over the repetitions of each side's median step time."""
     def med(side, key):
         vals = [r[side][key] for r in reps if side in r and "error" not in r[side] and r[side].get(key) is not None]
@@ -362,8 +370,8 @@ def summarize(case: Case, reps: list[dict], stream_chunks: int = 0) -> dict:
         return out
 
     rl, trl, floor = med("rlkit", "step_s"), med("trl", "step_s"), med("floor", "step_s")
-    st = med("rlkit_stream", "step_s")
-    sides = ("rlkit", "rlkit_stream", "trl", "floor")
+    st, asy = med("rlkit_stream", "step_s"), med("rlkit_async", "step_s")
+    sides = ("rlkit", "rlkit_stream", "rlkit_async", "trl", "floor")
     trl_modes = sorted({r["trl"].get("mode") for r in reps if "trl" in r and "error" not in r["trl"]})
     return {
         "size": case.size, "model": case.model, "prompts": case.prompts, "n": case.n, "max_tokens": case.tokens,
@@ -371,6 +379,8 @@ def summarize(case: Case, reps: list[dict], stream_chunks: int = 0) -> dict:
         "ratio": rl / trl if rl and trl else None, "rlkit_over_floor": rl / floor if rl and floor else None,
         "stream_chunks": stream_chunks if st else None, "rlkit_stream_step_s": st,
         "stream_ratio": st / trl if st and trl else None, "stream_over_floor": st / floor if st and floor else None,
+        "max_staleness": max_staleness if asy else None, "rlkit_async_step_s": asy,
+        "async_ratio": asy / trl if asy and trl else None, "async_speedup": rl / asy if asy and rl else None,
         "trl_mode": ",".join(m for m in trl_modes if m),
         "rollout_tokens_per_s": {s: med(s, "rollout_tokens_per_s") for s in sides},
         "step_tokens_per_s": {s: med(s, "step_tokens_per_s") for s in sides},
@@ -379,6 +389,8 @@ def summarize(case: Case, reps: list[dict], stream_chunks: int = 0) -> dict:
         "rlkit_phases": _median_dicts([r["rlkit"]["phases"] for r in reps if "phases" in r.get("rlkit", {})]),
         "rlkit_stream_phases": _median_dicts([r["rlkit_stream"]["phases"] for r in reps
                                               if "phases" in r.get("rlkit_stream", {})]),
+        "rlkit_async_phases": _median_dicts([r["rlkit_async"]["phases"] for r in reps
+                                             if "phases" in r.get("rlkit_async", {})]),
         "floor_parts": {k: med("floor", k) for k in ("generation_s", "train_s")},
         "trl_settings": next((r["trl"]["settings"] for r in reps if "settings" in r.get("trl", {})), None),
         "errors": {f"rep{i}:{s}": r[s]["error"] + "\n" + r[s].get("log_tail", "")[-800:]
@@ -403,6 +415,8 @@ def parse_args(argv=None):
     ap.add_argument("--tokens", default="", help="rlkit-only completion-length sweep, e.g. 64,128,256 (realistic)")
     ap.add_argument("--stream-chunks", type=int, default=0,
                     help="also run rlkit with rollout.stream_chunks=K (K > 1), reported as 'streamed'")
+    ap.add_argument("--max-staleness", type=int, default=0,
+                    help="also run rlkit with rollout.max_staleness=K (K > 0), reported as 'async'")
     ap.add_argument("--skip", default="", help="comma list of sides to skip: rlkit,trl,floor")
     ap.add_argument("--out", default="")
     ap.add_argument("--render", default="", help="only print the tables of earlier --out files (comma list)")
@@ -412,6 +426,7 @@ def parse_args(argv=None):
     ap.add_argument("--side-out", default="", help=argparse.SUPPRESS)
     ap.add_argument("--side-tokens", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--side-chunks", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--side-staleness", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.tokens:
         args.token_list = [int(t) for t in args.tokens.split(",") if t.strip()]
@@ -439,7 +454,7 @@ def main(argv=None) -> int:
         if args.side == "trl":
             res = side_trl(case, args.model_dir, args.steps, args.warmup, args.trl_engine)
         elif args.side == "rlkit":
-            res = side_rlkit(case, args.model_dir, args.steps, args.warmup, args.side_chunks)
+            res = side_rlkit(case, args.model_dir, args.steps, args.warmup, args.side_chunks, args.side_staleness)
         else:
             res = side_floor(case, args.model_dir, args.steps, args.warmup)
         pathlib.Path(args.side_out).write_text(json.dumps(res))
@@ -461,7 +476,8 @@ def main(argv=None) -> int:
         args.trl_engine = "vllm" if ok else "transformers"
         print(f"vs_trl: TRL vLLM colocate mode: {'works' if ok else 'failed, using transformers generate'}"
               + ("" if ok else ": " + trl_probe.get("log_tail", "")[-600:]), flush=True)
-    sides = [s for s in ("rlkit", "trl") + (("rlkit_stream",) if args.stream_chunks > 1 else ()) if s not in skip]
+    sides = [s for s in ("rlkit", "trl") + (("rlkit_stream",) if args.stream_chunks > 1 else ())
+             + (("rlkit_async",) if args.max_staleness > 0 else ()) if s not in skip]
     reps = []
     for rep in range(args.reps):
         order = sides if rep % 2 == 0 else sides[::-1]  # A/B, then B/A
@@ -475,7 +491,8 @@ def main(argv=None) -> int:
         reps.append(r)
     out = pathlib.Path(args.out or f"benchmarks/results/vs_trl-{case.size}-{case.model}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"case": summarize(case, reps, args.stream_chunks), "sweep": [], "trl_vllm_probe": trl_probe}
+    result = {"case": summarize(case, reps, args.stream_chunks, args.max_staleness), "sweep": [],
+              "trl_vllm_probe": trl_probe}
     out.write_text(json.dumps(result, indent=1))  # written again after each sweep row: a long run keeps its results
     for t in args.token_list:
         row = run_side("rlkit", dataclasses.replace(case, tokens=t), model_dir, args, tokens=t)

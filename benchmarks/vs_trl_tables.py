@@ -38,6 +38,14 @@ def format_table(results: list[dict]) -> str:
         m = r["peak_rss_mib"]
         lines.append(f"| {r['size']} | {r['model']} | {_mem(m['rlkit'])} | {_mem(m.get('rlkit_stream') or {})} "
                      f"| {_mem(m['trl'])} | {_mem(m['floor'])} |")
+    asy = [r for r in results if r.get("rlkit_async_step_s")]
+    if asy:
+        lines += ["", "| size | model | async (k) step s | async/TRL | rlkit on-policy / async | rlkit step s | TRL step s |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        for r in asy:
+            lines.append(f"| {r['size']} | {r['model']} | {_f(r['rlkit_async_step_s'])} ({r['max_staleness']}) "
+                         f"| {_f(r['async_ratio'], '{:.2f}')} | {_f(r['async_speedup'], '{:.2f}')} "
+                         f"| {_f(r['rlkit_step_s'])} | {_f(r['trl_step_s'])} |")
     return "\n".join(lines)
 
 
@@ -62,7 +70,8 @@ def format_phases(results: list[dict]) -> str:
     for r in results:
         f = r.get("floor_parts") or {}
         for label, p in ((r["model"], r.get("rlkit_phases") or {}),
-                         (f"{r['model']}, streamed ({r.get('stream_chunks')})", r.get("rlkit_stream_phases") or {})):
+                         (f"{r['model']}, streamed ({r.get('stream_chunks')})", r.get("rlkit_stream_phases") or {}),
+                         (f"{r['model']}, async ({r.get('max_staleness')})", r.get("rlkit_async_phases") or {})):
             if not p and label != r["model"]:
                 continue
             lines.append(f"| {r['size']} | {label} | {_f(p.get('rollout_s'))} | {_f(p.get('reward_s'))} "

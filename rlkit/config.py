@@ -81,6 +81,7 @@ class RolloutConfig:
     timeout_s: float = 0.0  # a rollout worker call (generate, weight sync) longer than this counts as hung: killed, recreated, retried like a dead one (0: no limit)
     sleep: bool = False  # engines free their memory while the policy trains (vLLM sleep mode level 1 on GPUs; the hf engine moves its weights off the GPU); no effect where the backend cannot (vLLM's CPU build)
     stream_chunks: int = 1  # generate each step's prompts in this many chunks of whole groups; the policy accumulates a chunk's gradient while the engines generate the next, one optimizer step at the end (same update as 1, on-policy; needs trainer.mini_batch_size 0, ppo_epochs 1, no rollout.sleep, a per-group advantage) (docs/performance.md)
+    max_staleness: int = 0  # asynchronous GRPO: the engines collect the next steps' batches while the policy trains, each sampled by weights at most this many versions old (0: on-policy, one step after the other; needs rollout.stream_chunks 1, no rollout.sleep) (docs/async.md)
     engine_kwargs: dict = dataclasses.field(default_factory=dict)  # extra vllm.LLM arguments for every engine, e.g. {tensor_parallel_size: 2} on GPUs (give each actor that many rollout.num_gpus)
 
 
@@ -337,6 +338,15 @@ def check_grpo_fields(cfg: GRPOConfig) -> None:
                           f"{', '.join(strategies)}")
     if cfg.algorithm.kl_in_reward and cfg.algorithm.kl_coef <= 0:
         raise ConfigError("config key 'algorithm.kl_in_reward': needs algorithm.kl_coef > 0")
+
+
+def check_async(cfg: GRPOConfig) -> None:
+    """rollout.max_staleness > 0 (rlkit/step/ahead.py): the engines generate while the policy trains."""
+    k = cfg.rollout.max_staleness
+    for key, bad, why in (("rollout.stream_chunks", cfg.rollout.stream_chunks != 1, "1 (streamed steps are on-policy)"),
+                          ("rollout.sleep", cfg.rollout.sleep, "false (the engines generate while the policy trains)")):
+        if k and bad:
+            raise ConfigError(f"config key 'rollout.max_staleness': {k} needs {key} {why}")
 
 
 def check_streaming(cfg: GRPOConfig, batch_level: bool = False) -> None:

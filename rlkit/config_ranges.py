@@ -25,7 +25,7 @@ RANGES: dict[str, dict[str, str]] = {
     "RolloutConfig": {"n": ">= 1", "temperature": "> 0", "top_p": "(0, 1]", "max_tokens": ">= 1",
                       "max_model_len": ">= 1", "kv_cache_gib": "> 0", "gpu_memory_utilization": "(0, 1]",
                       "num_cpus": ">= 0", "num_gpus": ">= 0", "num_workers": ">= 1", "max_retries": ">= 0",
-                      "timeout_s": ">= 0", "stream_chunks": ">= 1"},
+                      "timeout_s": ">= 0", "stream_chunks": ">= 1", "max_staleness": ">= 0"},
     "AlgorithmConfig": {"kl_coef": ">= 0", "refill_rounds": ">= 0"},
     "TrainerConfig": {"prompts_per_step": ">= 1", "lr": "> 0", "weight_decay": ">= 0", "betas": "each [0, 1)",
                       "adam_eps": "> 0", "max_grad_norm": ">= 0", "micro_batch_size": ">= 1", "mini_batch_size": ">= 0",

@@ -41,8 +41,10 @@ class Sample:
     rewards: dict = dataclasses.field(default_factory=dict)  # reward name -> float or None
     reward: float = 0.0  # weighted sum used for the advantage
     advantage: float = 0.0
+    version: int | None = None  # policy version that sampled it (the step whose update made those weights; 0: the initial policy); set with rollout.max_staleness > 0
 
     def log_record(self) -> dict:
+        extra = {} if self.version is None else {"version": self.version}
         return {
             "step": self.step,
             "group": self.group,
@@ -56,6 +58,7 @@ class Sample:
             "advantage": self.advantage,
             "tokens": len(self.completion_ids),
             "finish_reason": self.finish_reason,
+            **extra,
         }
 
 

@@ -12,13 +12,14 @@ from typing import Callable
 
 from . import advantages as _advantages  # noqa: F401  (registers)
 from . import aggregation as _aggregation  # noqa: F401  (registers)
+from . import corrections as _corrections  # noqa: F401  (registers)
 from . import dpo as _dpo  # noqa: F401  (registers)
 from . import kl as _kl  # noqa: F401  (registers)
 from . import losses as _losses  # noqa: F401  (registers)
 from .advantages import MODE_GROUPS, advantage_groups, combine_group_ids, group_index, group_std, informative_groups
 from .aggregation import aggregate, masked_mean
 from .dpo import DPO_LOSSES, get_dpo_loss
-from .registry import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, Registry
+from .registry import ADVANTAGES, AGGREGATIONS, CORRECTIONS, KL_ESTIMATORS, POLICY_LOSSES, Registry
 
 
 def get_advantage_fn(name: str) -> Callable:
@@ -36,6 +37,11 @@ def get_kl_estimator(name: str) -> Callable:
     return KL_ESTIMATORS.get(name)
 
 
+def get_correction(name: str) -> Callable:
+    """``(log_ratio (B, T), mask (B, T), **opts) -> (weight (B, T), metrics)`` registered as ``name``."""
+    return CORRECTIONS.get(name)
+
+
 def get_aggregation(name: str) -> Callable:
     """``(values (B, T), mask (B, T), *, norm_length=None) -> ()`` registered as ``name``."""
     return AGGREGATIONS.get(name)
@@ -44,6 +50,7 @@ def get_aggregation(name: str) -> Callable:
 __all__ = [
     "ADVANTAGES",
     "AGGREGATIONS",
+    "CORRECTIONS",
     "DPO_LOSSES",
     "KL_ESTIMATORS",
     "MODE_GROUPS",
@@ -54,6 +61,7 @@ __all__ = [
     "combine_group_ids",
     "get_advantage_fn",
     "get_aggregation",
+    "get_correction",
     "get_dpo_loss",
     "get_kl_estimator",
     "get_policy_loss",

@@ -18,7 +18,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from .aggregation import aggregate, masked_mean
-from .registry import AGGREGATIONS, POLICY_LOSSES
+from .registry import AGGREGATIONS, CORRECTIONS, POLICY_LOSSES
 
 __all__ = ["ppo_clip"]
 
@@ -59,6 +59,8 @@ def ppo_clip(
     norm_length: Optional[int] = None,
     rollout_logprobs: Optional[torch.Tensor] = None,
     tis_cap: Optional[float] = None,
+    correction: Optional[str] = None,
+    correction_opts: Optional[dict] = None,
 ) -> Tuple[torch.Tensor, Dict[str, float]]:
     """Clipped surrogate ``max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))``, aggregated.
 
@@ -82,6 +84,10 @@ def ppo_clip(
             When given, the engine/trainer mismatch is measured (metrics ``mismatch_*``).
         tis_cap: truncated importance sampling (Yao et al.): multiply each token's loss by
             ``min(exp(old_logprobs - rollout_logprobs), tis_cap)`` (detached). Needs ``rollout_logprobs``.
+        correction: a registered off-policy correction (rlkit/algorithms/corrections.py: ``tis``, ``seq_mask``,
+            ``icepop``, ``none``) with its keyword options ``correction_opts``: each token's loss is multiplied
+            by its weight from ``old_logprobs - rollout_logprobs`` (0 masks it). Needs ``rollout_logprobs``;
+            its metrics (``is_weight_mean``, ``is_weight_max``, ``is_masked_frac``, ...) join these.
 
     Returns:
         ``loss`` (scalar) and float metrics: ``clip_frac`` (= ``clip_frac_low + clip_frac_high``: share of
@@ -100,6 +106,14 @@ def ppo_clip(
         raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
     if tis_cap is not None and rollout_logprobs is None:
         raise ValueError("tis_cap needs rollout_logprobs (the rollout engine's logprobs)")
+    correct = None
+    if correction is not None:
+        correct = CORRECTIONS.get(correction)  # unknown name -> ValueError listing the registered ones
+        if rollout_logprobs is None:
+            raise ValueError(f"correction {correction!r} needs rollout_logprobs (the rollout engine's logprobs: "
+                             "rollout.temperature 1.0)")
+    elif correction_opts:
+        raise ValueError("correction_opts given without a correction")
 
     valid = mask.bool()
     mask_f = valid.to(logprobs.dtype)
@@ -138,6 +152,10 @@ def ppo_clip(
             per_token = per_token * weight
             metrics["tis_weight_mean"] = float(masked_mean(weight, mask_f))
             metrics["tis_frac_capped"] = float(masked_mean((raw > tis_cap).to(mask_f.dtype), mask_f))
+        if correct is not None:
+            weight, corr_metrics = correct(engine_log_ratio, valid, **(correction_opts or {}))
+            per_token = per_token * weight.detach().to(per_token.dtype)
+            metrics.update(corr_metrics)
 
     loss = aggregate(per_token, mask_f, aggregation, norm_length=norm_length)
 

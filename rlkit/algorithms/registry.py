@@ -76,3 +76,4 @@ ADVANTAGES = Registry("advantage estimator")
 POLICY_LOSSES = Registry("policy loss")
 KL_ESTIMATORS = Registry("KL estimator")
 AGGREGATIONS = Registry("loss aggregation")
+CORRECTIONS = Registry("off-policy correction")  # rlkit/algorithms/corrections.py

@@ -17,6 +17,7 @@ import torch
 from rewards import RewardScorer
 from rlkit.run import checkpoint as ckpt
 from rlkit.algorithms import advantage_groups, get_advantage_fn
+from rlkit.step.ahead import Ahead, async_metrics
 from rlkit.step.collect import StepRows, collect
 from rlkit.config import GRPOConfig, dump_config
 from rlkit.data import PromptStream
@@ -163,14 +164,16 @@ def train(run: Run) -> dict:
     cfg, last = run.cfg, {}
     if run.held_out and run.start == 0:  # the curve's starting point: the initial policy
         run.log.log_step(0, run.held_out.run(run.tokens_total), [])
+    ahead = run.ahead = _ahead(run)  # rollout.max_staleness > 0: later batches are collected while a step trains
     for step in range(run.start + 1, cfg.max_steps + 1):
         phases: dict[str, float] = {}
         with timed(phases, "step"):  # from the first request to the end of the sync
             # rollout + rewards (the group filter drops flat groups, fresh prompts refill); advantages per group.
             # Streamed (rollout.stream_chunks > 1): each chunk's groups already train while the next generates
             update = Update(run)
-            c = collect(cfg, run.engine, run.processor, run.rows, run.p.scorer, run.group_filter, run.rng, step,
-                        on_kept=update.part if update.streamed else None)
+            c = ahead.next(step) if ahead else collect(
+                cfg, run.engine, run.processor, run.rows, run.p.scorer, run.group_filter, run.rng, step,
+                on_kept=update.part if update.streamed else None)
             if c.samples and not update.streamed:
                 update.advantages(c.samples)
             # reward health: one line per failing reward; a broken reward stops here, before the update
@@ -180,9 +183,13 @@ def train(run: Run) -> dict:
             with timed(phases, "update"):
                 trained = update.finish(c.samples)
             with timed(phases, "sync"):  # policy rank 0 -> object store (once) -> every engine actor
-                if c.samples:
-                    run.engine.update_weights(run.policy.state_dict())
-        metrics = step_metrics(run, step, c, {**health, **trained, **update.kl_metrics()}, phases)
+                ref = run.policy.state_dict() if c.samples else None
+                if ahead:  # reaches the engines when a batch first needs it (at once before an eval or checkpoint)
+                    ahead.trained(step, ref)
+                elif ref is not None:
+                    run.engine.update_weights(ref)
+        metrics = step_metrics(run, step, c, {**health, **trained, **update.kl_metrics(),
+                                              **async_metrics(ahead, step, c)}, phases)
         run.log.log_step(step, metrics, [s.log_record() for s in c.samples])
         last = {"step": step, **metrics}
         run.bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", tokens=int(metrics["completion/tokens_mean"]))
@@ -193,6 +200,8 @@ def train(run: Run) -> dict:
             last.update(evaluation)
         if step == cfg.max_steps or (cfg.logging.save_every and step % cfg.logging.save_every == 0):
             last["checkpoint"] = save_checkpoint(run, step)
+        if ahead:
+            ahead.release(step)  # after the evaluation and the checkpoint: the thread may sample and score with it
     return last
 
 
@@ -221,6 +230,7 @@ class Run:
     held_out: HeldOutEval | None = None
     can_sleep: bool = False  # rollout.sleep, until the engines say they cannot
     startup_s: float = 0.0  # from the actors' start to all of them ready
+    ahead: object = None  # rlkit.step.ahead.Ahead (rollout.max_staleness > 0)
     bar: object = None
 
 
@@ -283,7 +293,8 @@ def setup(run: Run, resume: bool, overwrite: bool) -> None:
 def cleanup(run: Run) -> None:
     """Close what `setup` opened, newest first, whatever it got to: the bar, the log, the reward workers and
     resources (a claim LM's engine), the engines, the policy ranks, the placement groups."""
-    for close in (run.bar and run.bar.close, run.log and run.log.close, run.p and run.p.scorer.close,
+    for close in (run.ahead and run.ahead.close,  # the thread collecting ahead (rollout.max_staleness), first
+                  run.bar and run.bar.close, run.log and run.log.close, run.p and run.p.scorer.close,
                   run.p and run.p.resources.close, run.engine and run.engine.close, run.policy and run.policy.close,
                   run.placement and run.placement.remove):
         if close:
@@ -331,20 +342,44 @@ def step_metrics(run: Run, step: int, c, parts: dict, phases: dict) -> dict:
     """The step's metrics record (metrics.jsonl): rewards, `parts` (health, update, KL), modes, filter,
     completions, tokens (adds this step's to `run.tokens_total`), data, failures, restarts, phase times."""
     cfg, everything = run.cfg, c.everything
+    snap = getattr(c, "snapshot", None) or state_metrics(run)  # collected ahead: as it stood after this batch
     sampled, n_all = sum(len(s.completion_ids) for s in everything), max(1, len(everything))
     run.tokens_total += sampled
     return {**c.result.stats(), **parts, **run.mode_metrics.step(everything),
             "mode/deep_ratio": deep_ratio_at(step, cfg.modes.deep_ratio, cfg.modes.schedule),
-            **{k: v for st in run.reward_states.values() if hasattr(st, "metrics") for k, v in st.metrics().items()},
-            **run.group_filter.metrics(), "filter/groups_seen": c.seen, "filter/groups_kept": c.kept,
+            **snap["reward_states"], **snap["filter"], "filter/groups_seen": c.seen, "filter/groups_kept": c.kept,
             "filter/filtered_frac": 1 - c.kept / max(1, c.seen), "filter/refill_rounds": c.rounds,
             "completion/tokens_mean": sampled / n_all,
             "completion/truncated_frac": sum(s.finish_reason == "length" for s in everything) / n_all,
             "tokens/sampled": sampled, "tokens/sampled_total": run.tokens_total,
-            "data/skipped_rows": run.rows.skipped, "reward/failures": len(c.result.failures),
+            "data/skipped_rows": snap["skipped_rows"], "reward/failures": len(c.result.failures),
             "rollout/worker_restarts": run.engine.restarts,
             "time/rollout_s": c.t_rollout, "time/reward_s": c.t_reward,
             **{f"time/{k}_s": phases[k] for k in ("update", "sync", "sleep", "step")}}
+
+
+def state_metrics(run: Run) -> dict:
+    """Metrics of the state that collecting a batch changes (reward state, group filter, skipped rows)."""
+    return {"reward_states": {k: v for st in run.reward_states.values() if hasattr(st, "metrics")
+                              for k, v in st.metrics().items()},
+            "filter": run.group_filter.metrics(), "skipped_rows": run.rows.skipped}
+
+
+def _ahead(run: Run):
+    """rollout.max_staleness > 0: the `Ahead` collector (rlkit/step/ahead.py), its RLPR scoring gated; else None."""
+    cfg = run.cfg
+    if not cfg.rollout.max_staleness:
+        return None
+    saves = cfg.logging.save_every
+    ahead = Ahead(cfg.rollout.max_staleness, run.start, cfg.max_steps,
+                  is_sync=lambda s: (s == cfg.max_steps or bool(saves and s % saves == 0)
+                                     or bool(run.held_out and run.held_out.due(s))),
+                  collect=lambda step: collect(cfg, run.engine, run.processor, run.rows, run.p.scorer,
+                                               run.group_filter, run.rng, step),
+                  load=run.engine.update_weights, snapshot=lambda: state_metrics(run))
+    if run.p.resources.policy is not None:
+        run.p.resources.policy = ahead.gated(run.p.resources.policy)
+    return ahead
 
 
 def run_state(run: Run, step: int) -> dict:

@@ -9,7 +9,7 @@ first (GRPO's `prepare`, `rlkit eval`, the ablation). ConfigError names the key.
 from __future__ import annotations
 
 from rlkit.algorithms import get_advantage_fn
-from rlkit.config import ConfigError, GRPOConfig, check_grpo_fields, check_streaming
+from rlkit.config import ConfigError, GRPOConfig, check_async, check_grpo_fields, check_streaming
 from rlkit.config_ranges import algorithm_errors
 from rlkit.step.filters import FILTERS
 from rlkit.policy.lora import lora_settings
@@ -36,6 +36,7 @@ def check_grpo(cfg: GRPOConfig) -> None:
         raise ConfigError(str(e)) from e
     if cfg.ray.placement not in PLACEMENTS:
         raise ConfigError(f"config key 'ray.placement': {cfg.ray.placement!r}; use one of {', '.join(PLACEMENTS)}")
+    check_async(cfg)  # rollout.max_staleness
     if cfg.rollout.stream_chunks != 1:
         try:
             batch_level = getattr(get_advantage_fn(cfg.algorithm.advantage), "batch_level", False)
