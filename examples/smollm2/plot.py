@@ -32,7 +32,7 @@ def plot_runs(run_dirs, out) -> pathlib.Path:
         ey = [r["eval/fast/accuracy"] for r in evals]
         se = [math.sqrt(p * (1 - p) / r["eval/fast/n"]) for p, r in zip(ey, evals)]
         ax_e.errorbar(ex, ey, yerr=se, fmt="o-", color=c, capsize=3, label=d.name)
-    ax_r.set(xlabel="GRPO step", ylabel="training reward (math_accuracy)", title="reward (dots: steps, line: 4-step mean)")
+    ax_r.set(xlabel="GRPO step", ylabel="training reward (final_number)", title="reward (dots: steps, line: 4-step mean)")
     ax_e.set(xlabel="GRPO step", ylabel="held-out greedy accuracy", title="held-out accuracy (+-1 SE)")
     for ax in (ax_r, ax_e):
         ax.grid(alpha=0.3)

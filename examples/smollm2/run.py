@@ -77,7 +77,8 @@ def main() -> None:
           f"gain {result['gain']:+.3f} +- {result['gain_se']:.3f} ({result['gain_in_se']:.1f} SE)")
     try:
         from plot import plot_runs
-        print("plot:", plot_runs(sorted(out.glob("grpo_seed*")), out / "smollm2_grpo.png"))
+        runs = sorted(d for d in out.glob("grpo_seed*") if d.name[len("grpo_seed"):].isdigit())  # not .old-*
+        print("plot:", plot_runs(runs, out / "smollm2_grpo.png"))
     except ImportError as e:  # matplotlib is optional
         print(f"no plot ({e})")
 
