@@ -1,5 +1,6 @@
-"""Plot GRPO runs of examples/smollm2: training reward per step (a 4-step moving mean over the raw points) and greedy
-held-out accuracy (with +-1 standard error bars), one colour per seed.
+"""Plot GRPO runs of examples/smollm2: training reward per step (a 4-step moving mean over the raw points), greedy
+held-out accuracy (with +-1 standard error bars) and the trainer-engine logprob mismatch per step (mean |trainer
+logprob - vLLM logprob| over the sampled tokens), one colour per seed.
 
     python examples/smollm2/plot.py runs/smollm2/grpo_seed0 runs/smollm2/grpo_seed1 --out examples/smollm2/grpo.png
 """
@@ -16,7 +17,7 @@ def plot_runs(run_dirs, out) -> pathlib.Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_r, ax_e) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax_r, ax_e, ax_m) = plt.subplots(1, 3, figsize=(15, 3.8))
     for i, d in enumerate(run_dirs):
         d = pathlib.Path(d)
         recs = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
@@ -32,9 +33,13 @@ def plot_runs(run_dirs, out) -> pathlib.Path:
         ey = [r["eval/fast/accuracy"] for r in evals]
         se = [math.sqrt(p * (1 - p) / r["eval/fast/n"]) for p, r in zip(ey, evals)]
         ax_e.errorbar(ex, ey, yerr=se, fmt="o-", color=c, capsize=3, label=d.name)
+        mm = [(r["step"], r["train/mismatch_abs_logprob_diff"]) for r in steps if "train/mismatch_abs_logprob_diff" in r]
+        ax_m.plot([x for x, _ in mm], [y for _, y in mm], ".-", color=c, label=d.name)
     ax_r.set(xlabel="GRPO step", ylabel="training reward (final_number)", title="reward (dots: steps, line: 4-step mean)")
     ax_e.set(xlabel="GRPO step", ylabel="held-out greedy accuracy", title="held-out accuracy (+-1 SE)")
-    for ax in (ax_r, ax_e):
+    ax_m.set(xlabel="GRPO step", ylabel="mean |logprob diff| (nats/token)", yscale="log",
+             title="trainer vs vLLM logprob mismatch")
+    for ax in (ax_r, ax_e, ax_m):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
