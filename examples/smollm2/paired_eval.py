@@ -1,7 +1,9 @@
 """Paired before/after comparison on the held-out split (one-off measurement for README.md; not tested): greedy
 answers of the base model and of each seed's final checkpoint on the same 300 problems, graded by task.final_number;
 the gain's standard error from the per-problem differences. Run from the repository root after both seeds."""
-import json, math, sys
+import json
+import math
+import sys
 sys.path.insert(0, "examples/smollm2"); import task  # noqa: E402
 from rlkit.models.loading import load_processor
 from rlkit.step.modes import render_prompt
