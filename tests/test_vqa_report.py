@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from rlkit.drivers.vqa_report import binomial_se, gain, image_gains, mean_se
+from rlkit.drivers.vqa_report import binomial_se, gain, image_gains, mean_se, with_merged_type
 
 
 def _res(acc: float, n: int, by: dict) -> dict:
@@ -45,3 +45,11 @@ def test_mean_se_over_seeds():
     assert m1 == 0.7 and math.isnan(se1)
     with pytest.raises(ValueError):
         mean_se([])
+
+
+def test_merged_type_weights_by_count():
+    r = _res(0.5, 700, {"color": (0.8, 100), "shape": (0.4, 300), "yesno": (0.5, 300)})
+    m = with_merged_type(r, "image", ["color", "shape"])
+    # (0.8 * 100 + 0.4 * 300) / 400 = 200 / 400
+    assert m["by_type"]["image"] == {"accuracy": pytest.approx(0.5), "n": 400}
+    assert m["by_type"]["color"] == r["by_type"]["color"] and "image" not in r["by_type"]

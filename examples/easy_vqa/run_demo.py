@@ -132,7 +132,7 @@ def parse_counts(text: str) -> dict[str, int | None]:
 
 
 def report(results: list[dict], args) -> None:
-    from rlkit.drivers.vqa_report import binomial_se, image_gains, mean_se
+    from rlkit.drivers.vqa_report import binomial_se, image_gains, mean_se, with_merged_type
 
     types = ("color", "shape", "yesno")
     ev = results[0]["before"]["real"]
@@ -146,8 +146,12 @@ def report(results: list[dict], args) -> None:
             print(f"{r['seed']:<6}{label:<30}{fmt(r[stage]['real'])}")
             print(f"{'':<6}{'  same, blank images':<30}{fmt(r[stage]['blind'])}")
         print(f"{'':<6}{'time':<30}" + ", ".join(f"{k} {v:.0f}s" for k, v in r["seconds"].items()))
-    print("\nGRPO gain per question type (after - before, +- s.e.), with images and with blank images:")
-    gains = [image_gains(r["before"], r["after"], types) for r in results]
+    print("\nGRPO gain per question type (after - before, +- s.e.), with images and with blank images "
+          "(image: colour and shape questions together):")
+    merged = [{st: {k: with_merged_type(r[st][k], "image", ("color", "shape")) for k in ("real", "blind")}
+               for st in ("before", "after")} for r in results]
+    types = (*types, "image")
+    gains = [image_gains(m["before"], m["after"], types) for m in merged]
     for t in types:
         cells = [f"seed {r['seed']}: {g[t]['real']['gain']:+.3f} +- {g[t]['real']['se']:.3f} "
                  f"(blank {g[t]['blind']['gain']:+.3f})" for r, g in zip(results, gains)]

@@ -18,6 +18,15 @@ def binomial_se(accuracy: float, n: int) -> float:
     return math.sqrt(accuracy * (1.0 - accuracy) / n) if n else 0.0
 
 
+def with_merged_type(result: dict[str, Any], name: str, types: Sequence[str]) -> dict[str, Any]:
+    """`result` with one more entry in by_type: `name`, the accuracy over the questions of all of `types`
+    (their accuracies weighted by their counts), e.g. "image" for colour + shape (what only the image answers)."""
+    parts = [result["by_type"][t] for t in types if t in result["by_type"]]
+    n = sum(p["n"] for p in parts)
+    acc = sum(p["accuracy"] * p["n"] for p in parts) / n if n else 0.0
+    return {**result, "by_type": {**result["by_type"], name: {"accuracy": acc, "n": n}}}
+
+
 def gain(before: dict[str, Any], after: dict[str, Any], qtype: str | None = None) -> dict[str, float]:
     """after - before for one question type (None: overall), with the standard error of that difference,
     sqrt(se_before^2 + se_after^2) (the two measurements taken as independent binomials)."""
