@@ -3,7 +3,13 @@ import math
 
 import pytest
 
-from rlkit.drivers.vqa_report import binomial_se, gain, image_gains, mean_se, with_merged_type
+from rlkit.drivers.vqa_report import (
+    binomial_se,
+    gain,
+    image_gains,
+    mean_se,
+    with_merged_type,
+)
 
 
 def _res(acc: float, n: int, by: dict) -> dict:

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
-import random
 import sys
 import time
 
@@ -42,8 +40,8 @@ def evaluate(model_dir: str, rows: list[dict], max_tokens: int) -> dict:
     from PIL import Image
 
     from rlkit.drivers.evaluate import engine_generate_fn
-    from rlkit.models.loading import load_processor
     from rlkit.drivers.vqa_eval import evaluate_vqa
+    from rlkit.models.loading import load_processor
     from rollout import make_engine
 
     engine = make_engine("vllm", model_path=model_dir, max_model_len=512, seed=0)
@@ -63,8 +61,8 @@ def cold_start(base: str, out: str, steps: int, lr: float, seed: int, counts: di
     import torch
 
     from rlkit.data.easy_vqa import load_easy_vqa_cold_start
-    from rlkit.models.loading import load_policy
     from rlkit.drivers.sft import SFTConfig, sft
+    from rlkit.models.loading import load_policy
 
     model, processor, _ = load_policy(base)
     torch.manual_seed(seed)
@@ -132,7 +130,12 @@ def parse_counts(text: str) -> dict[str, int | None]:
 
 
 def report(results: list[dict], args) -> None:
-    from rlkit.drivers.vqa_report import binomial_se, image_gains, mean_se, with_merged_type
+    from rlkit.drivers.vqa_report import (
+        binomial_se,
+        image_gains,
+        mean_se,
+        with_merged_type,
+    )
 
     types = ("color", "shape", "yesno")
     ev = results[0]["before"]["real"]
