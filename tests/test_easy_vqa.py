@@ -45,6 +45,26 @@ def test_deterministic_by_seed_and_type_filter():
         load_easy_vqa("validation")
 
 
+def test_counts_caps_each_type_in_the_seeded_order():
+    full = load_easy_vqa("test", seed=5)
+    mixed = load_easy_vqa("test", seed=5, counts={"color": None, "shape": 7, "yesno": 3})
+    # hand-derived: every colour question of the test split (all of them kept), the first 7 shape and the
+    # first 3 yes/no questions of the seed-5 permutation, in that permutation's order
+    expect = []
+    left = {"shape": 7, "yesno": 3}
+    for r in full:
+        if r["type"] == "color" or left[r["type"]] > 0:
+            if r["type"] != "color":
+                left[r["type"]] -= 1
+            expect.append(r["prompt"] + r["image"])
+    assert [r["prompt"] + r["image"] for r in mixed] == expect
+    n_color = sum(t == "color" for t in full["type"])
+    assert len(mixed) == n_color + 7 + 3
+    assert sorted(set(load_easy_vqa("test", seed=5, counts={"shape": 4})["type"])) == ["shape"]
+    with pytest.raises(ValueError, match="counts: unknown question types"):
+        load_easy_vqa("test", counts={"colour": 3})
+
+
 def test_images_exist_and_decode():
     from PIL import Image
 

@@ -74,12 +74,16 @@ def load_easy_vqa(
     limit: int | None = None,
     seed: int | None = 0,
     types: Iterable[str] | str | None = None,
+    counts: dict[str, int | None] | None = None,
 ):
     """easy-VQA `split` ("train" or "test") as a `datasets.Dataset` (columns: prompt, image, answer, type, image_id).
 
-    types: keep only these question types (a name or a list of names from TYPES); None keeps all.
-    seed:  permutation of the rows (after the type filter); None keeps the package's order.
-    limit: keep the first `limit` rows of that order (None: all).
+    types:  keep only these question types (a name or a list of names from TYPES); None keeps all.
+    seed:   permutation of the rows (after the type filter); None keeps the package's order.
+    counts: the question mix: at most `counts[type]` rows of each type (None: all of it), the first ones of
+            that permutation, order kept; a type missing from `counts` is left out (None: no caps).
+            E.g. {color: null, shape: null, yesno: 3000} for GRPO prompts that are mostly about the image.
+    limit:  keep the first `limit` rows of that order (None: all).
     """
     from datasets import Dataset
 
@@ -94,6 +98,18 @@ def load_easy_vqa(
         idx = [i for i in idx if cols["type"][i] in wanted]
     if seed is not None:
         random.Random(seed).shuffle(idx)
+    if counts is not None:
+        bad = sorted(set(counts) - set(TYPES))
+        if bad:
+            raise ValueError(f"easy-VQA counts: unknown question types {bad}; known: {list(TYPES)}")
+        taken = {t: 0 for t in counts}
+        kept = []
+        for i in idx:
+            t = cols["type"][i]
+            if t in counts and (counts[t] is None or taken[t] < counts[t]):
+                taken[t] += 1
+                kept.append(i)
+        idx = kept
     if limit is not None:
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
@@ -102,7 +118,7 @@ def load_easy_vqa(
 
 
 # The cold-start split of the CPU demo (examples/easy_vqa/research/NOTES.md has the measurements behind it).
-DEMO_COLD_START_COUNTS = {"color": None, "shape": 2000, "yesno": 2000}
+DEMO_COLD_START_COUNTS = {"color": 1400, "shape": 2000, "yesno": 2000}
 DEMO_RANDOM_LABEL_TYPES = ("yesno",)
 
 

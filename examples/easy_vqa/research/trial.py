@@ -63,6 +63,11 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--n-eval", type=int, default=1000)
     ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--grpo-pool", default="", help="comma list TYPE[@LIMIT]: GRPO rows per type (overrides --grpo-types)")
+    ap.add_argument("--dev", action="store_true", help="evaluate on a dev slice of the TRAIN split (images with "
+                    "image_id % 10 == 0, held out of cold start and GRPO) instead of the test split: for design choices")
+    ap.add_argument("--dev-yesno", type=int, default=5000, help="--dev: yes/no questions among the dev slice's "
+                    "rows before the image filter (every colour and shape question is kept)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--out", default="examples/easy_vqa/research/results.jsonl")
     a = ap.parse_args()
@@ -72,6 +77,10 @@ def main() -> None:
     t = time.perf_counter()
     train = load_easy_vqa("train", seed=a.seed)
     test = load_easy_vqa("test", seed=0, limit=a.n_eval or None)  # the same fixed 1,000 questions for every run
+    if a.dev:  # design choices are made on a slice of the train split, never on the test split
+        dev = load_easy_vqa("train", seed=0, counts={"color": None, "shape": None, "yesno": a.dev_yesno})
+        test = dev.select([i for i, m in enumerate(dev["image_id"]) if m % 10 == 0][: a.n_eval or None])
+        train = train.select([i for i, m in enumerate(train["image_id"]) if m % 10 != 0])
     cache: dict[str, object] = {}
 
     def rows_of(ds):
@@ -158,6 +167,12 @@ def main() -> None:
                      lr=a.lr, std_normalise=not a.drgrpo)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
     pool = train_rows if a.grpo_types == "all" else [r for r in train_rows if r["type"] in a.grpo_types.split(",")]
+    if a.grpo_pool:
+        pool = []
+        for part in a.grpo_pool.split(","):
+            typ, _, lim = part.partition("@")
+            rows_t = [r for r in train_rows if r["type"] == typ]
+            pool += rows_t[: int(lim)] if lim else rows_t
     rng = random.Random(a.seed + 1)
     order: list[int] = []
     curve = []
