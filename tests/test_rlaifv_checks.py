@@ -1,5 +1,7 @@
 """The RLAIF-V rounds' labeler calibration (`labeler.calibrate`) and the one-line reason of a round without
 pairs (rlkit/drivers/rlaifv_checks.py), on hand-built scores; the values follow from the rules in the docstrings."""
+import pathlib
+
 from preference import Candidate
 from rewards.rlaifv import ClaimVerdict, RLAIFVScore
 from rlkit.drivers.rlaifv_checks import calibrate_verdicts, claim_odds, no_pairs_reason
@@ -70,3 +72,17 @@ def test_grpo_labeler_section_refuses_calibrate():
     assert labeler_config({"path": "policy", "accept_odds": 2.0}).accept_odds == 2.0
     with pytest.raises(ConfigError, match="'labeler.calibrate': only `rlkit rlaifv` rounds calibrate"):
         labeler_config({"calibrate": True})
+
+
+def test_rlaifv_refuses_the_grpo_only_rollout_options():
+    """`rollout` is shared with GRPO; asynchronous or streamed collection would be silently ignored by rounds."""
+    import pytest
+
+    from rlkit.config import ConfigError, load_config
+    from rlkit.drivers.rlaifv import RLAIFVConfig, check_rlaifv
+
+    path = pathlib.Path(__file__).parent.parent / "examples/rlaifv/rlaifv.yaml"
+    check_rlaifv(load_config(RLAIFVConfig, path))
+    for key in ("rollout.max_staleness=1", "rollout.stream_chunks=2"):
+        with pytest.raises(ConfigError, match=f"'{key.split('=')[0]}': a GRPO option"):
+            check_rlaifv(load_config(RLAIFVConfig, path, overrides=[key]))
