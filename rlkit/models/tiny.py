@@ -47,24 +47,19 @@ def _ids(tok: PreTrainedTokenizerFast, *names: str) -> list[int]:
     return ids
 
 
+def _decoder_fields(tok: PreTrainedTokenizerFast, spec: TinySpec, pad: int, eos: int) -> dict:
+    """The decoder's shape and special ids: the text model's config and the VLM's text_config alike."""
+    return dict(vocab_size=len(tok), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+                num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
+                num_key_value_heads=spec.num_kv_heads, max_position_embeddings=spec.max_position_embeddings,
+                tie_word_embeddings=spec.tie_word_embeddings, bos_token_id=pad, eos_token_id=eos, pad_token_id=pad)
+
+
 def build_text_model(tok: PreTrainedTokenizerFast, spec: TinySpec = TinySpec(), seed: int = 0):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     pad, eos = _ids(tok, "<|endoftext|>", "<|im_end|>")
-    cfg = Qwen3Config(
-        vocab_size=len(tok),
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_kv_heads,
-        head_dim=spec.hidden_size // spec.num_heads,
-        max_position_embeddings=spec.max_position_embeddings,
-        tie_word_embeddings=spec.tie_word_embeddings,
-        bos_token_id=pad,
-        eos_token_id=eos,
-        pad_token_id=pad,
-    )
+    cfg = Qwen3Config(**_decoder_fields(tok, spec, pad, eos), head_dim=spec.hidden_size // spec.num_heads)
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(cfg)
     model.generation_config.eos_token_id = eos
@@ -84,18 +79,8 @@ def build_vlm_model(tok: PreTrainedTokenizerFast, spec: TinySpec = TinySpec(), s
     h = (half - t) // 2
     cfg = Qwen2_5_VLConfig(
         text_config=dict(
-            vocab_size=len(tok),
-            hidden_size=spec.hidden_size,
-            intermediate_size=spec.intermediate_size,
-            num_hidden_layers=spec.num_layers,
-            num_attention_heads=spec.num_heads,
-            num_key_value_heads=spec.num_kv_heads,
-            max_position_embeddings=spec.max_position_embeddings,
+            **_decoder_fields(tok, spec, pad, eos),
             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [t, h, half - t - h]},
-            bos_token_id=pad,
-            eos_token_id=eos,
-            pad_token_id=pad,
-            tie_word_embeddings=spec.tie_word_embeddings,
         ),
         vision_config=dict(
             depth=spec.vision_depth,
