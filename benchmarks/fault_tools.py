@@ -80,7 +80,7 @@ class Run:
         workers may start sessions of their own)."""
         import psutil
 
-        found = set(_session(self.pid))
+        found = set(session_processes(self.pid))
         try:
             found |= {p.pid for p in psutil.Process(self.pid).children(recursive=True)}
         except psutil.NoSuchProcess:
@@ -159,7 +159,8 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _session(sid: int) -> list[int]:
+def session_processes(sid: int) -> list[int]:
+    """Processes still alive in session `sid` (a run started with start_new_session=True and its children)."""
     out = []
     for d in pathlib.Path("/proc").iterdir():
         if d.name.isdigit():

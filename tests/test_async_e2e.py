@@ -85,7 +85,7 @@ def test_async_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     end = time.time() + 60
-    while rk._session_processes(proc.pid) and time.time() < end:
+    while rk.session_processes(proc.pid) and time.time() < end:
         time.sleep(0.5)
     assert not (ck / "step_6").exists()
     rk._finish(rk._start(out, "--resume"))

@@ -13,6 +13,8 @@ import pytest
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from fault_tools import session_processes  # noqa: E402
 ARGS = ["model.path=tiny:text", "data.source=arithmetic", "max_steps=4", "rollout.n=4", "rollout.max_tokens=8",
         "trainer.prompts_per_step=3", "rollout.engine=vllm", "trainer.lr=1e-2", "logging.save_every=1",
         "logging.keep_checkpoints=0", "logging.progress=false", "ray.num_cpus=2",
@@ -67,9 +69,9 @@ def test_sigkill_mid_step_then_resume_matches_an_uninterrupted_run(tmp_path):
     proc.wait()
     # Ray's processes go with the group; workers in process groups of their own exit when the raylet is gone
     end = time.time() + 60
-    while _session_processes(proc.pid) and time.time() < end:
+    while session_processes(proc.pid) and time.time() < end:
         time.sleep(0.5)
-    assert not _session_processes(proc.pid)
+    assert not session_processes(proc.pid)
     assert proc.returncode == -signal.SIGKILL
     assert not (ck / "step_4").exists()  # killed before the end
     done = sorted(int(d.name.split("_")[1]) for d in ck.glob("step_*") if (d / "COMPLETE").exists())
@@ -104,16 +106,3 @@ def test_sigkill_mid_step_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert ta["step"] == tb["step"] == 4
     for sa_, sb_ in zip(ta["optimizer"]["state"].values(), tb["optimizer"]["state"].values()):
         torch.testing.assert_close(sb_["exp_avg_sq"], sa_["exp_avg_sq"], rtol=0, atol=1e-9)
-
-
-def _session_processes(sid: int) -> list[int]:
-    """Processes still alive in session `sid` (the killed run started its own)."""
-    out = []
-    for d in pathlib.Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if os.getsid(int(d.name)) == sid:
-                    out.append(int(d.name))
-            except (ProcessLookupError, PermissionError):
-                pass
-    return out
