@@ -89,7 +89,8 @@ class Run:
         return sorted(p for p in found | self.seen if _alive(p))
 
     def actor_pid(self, name: str) -> int | None:
-        """The process of the Ray actor class `name` (its title starts with `ray::<name>`), None if none."""
+        """The process of the Ray actor class `name` (its title starts with `ray::<name>`, or `ray::Early<name>`:
+        the same actor started early, rlkit/distributed/warm_start.py), None if none."""
         import psutil
 
         for pid in self.processes():
@@ -97,7 +98,7 @@ class Run:
                 cmd = psutil.Process(pid).cmdline()
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-            if cmd and cmd[0].startswith(f"ray::{name}"):
+            if cmd and cmd[0].startswith((f"ray::{name}", f"ray::Early{name}")):
                 return pid
         return None
 
