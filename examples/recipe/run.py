@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import pathlib
@@ -43,6 +44,18 @@ apply_defaults(TRANSFORMERS_VERBOSITY="error", HF_HUB_DISABLE_PROGRESS_BARS="1",
                RAY_DEDUP_LOGS="1")
 
 import tasks as T  # noqa: E402
+
+
+def rlaifv_miniature():
+    """examples/rlaifv/miniature.py (its data splits, cold-start builder, rounds and description grader), loaded
+    by path under one name: a plain import of `miniature` could find examples/rlpr's script of the same name."""
+    name = "rlaifv_miniature"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / "rlaifv" / "miniature.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
 
 
 @dataclasses.dataclass
@@ -101,7 +114,7 @@ def grpo_config(tree: dict, sdir: pathlib.Path, seed: int, start: str, source: s
 # ------------------------------------------------------------------------------------------------ evaluation
 def evaluate(model_path: str, held: list[tuple], rows: list[dict], max_tokens: int) -> dict:
     """Held-out questions in both modes (greedy, transformers engine) and descriptions' hallucination."""
-    import miniature as M  # examples/rlaifv/miniature.py: greedy descriptions graded by hallucination.py
+    M = rlaifv_miniature()
 
     from rlkit.drivers.ablation_eval import prompt_rows
     from rlkit.drivers.evaluate import evaluate_modes
@@ -141,7 +154,7 @@ def write_json(path: pathlib.Path, obj: dict) -> None:
 
 
 def run_seed(seed: int, recipe: Recipe, grpo_tree: dict, data: dict, force: set[str]) -> dict:
-    import miniature as M  # examples/rlaifv/miniature.py
+    M = rlaifv_miniature()
 
     from rlkit.drivers.ablation import fresh_run_dir
     from rlkit.drivers.grpo import run_grpo
@@ -218,7 +231,7 @@ def grpo_train_metrics(run_dir: pathlib.Path) -> dict:
 
 def build_data(out: pathlib.Path) -> dict:
     """The RLAIF-V miniature's image splits (train / held-out test images, fixed) and the GRPO prompt file."""
-    import miniature as M
+    M = rlaifv_miniature()
 
     d = M.build_data(out)  # writes out/data/describe.jsonl: the RLAIF-V stage's prompts
     path = out / "data" / "grpo.jsonl"
