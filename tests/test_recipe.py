@@ -122,6 +122,15 @@ def test_table_rows_and_mean():
                                 "0.500 ± 0.000 | 9.0 ± 0.0 |")
 
 
+def test_stages_to_run():
+    every = ["cold_start", "grpo", "rlaifv"]
+    assert T.stages_to_run(set(), set()) == every
+    assert T.stages_to_run({"cold_start"}, set()) == ["grpo", "rlaifv"]
+    assert T.stages_to_run(set(every), set()) == []
+    assert T.stages_to_run(set(every), {"grpo"}) == ["grpo", "rlaifv"]  # a redone stage redoes the later ones
+    assert T.stages_to_run({"cold_start", "rlaifv"}, set()) == ["grpo", "rlaifv"]  # a stale later result is redone
+
+
 # ------------------------------------------------------------------------------------------------ config
 def test_recipe_config_loads_and_names_a_bad_key():
     from rlkit.config import ConfigError

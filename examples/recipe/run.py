@@ -165,15 +165,13 @@ def run_seed(seed: int, recipe: Recipe, grpo_tree: dict, data: dict, force: set[
     held = data["held"][:recipe.held_out_images]
     rows = T.held_rows(held)
     results: dict[str, dict] = {}
-    redo = False
+    todo = T.stages_to_run({s for s in T.STAGES if (sdir / f"{s}.json").exists()}, force)
     for stage in T.STAGES:
-        redo = redo or stage in force
         path = sdir / f"{stage}.json"
-        if path.exists() and not redo:
+        if stage not in todo:
             results[stage] = json.loads(path.read_text())
             print(f"recipe: seed {seed}: {stage} already done ({path})", flush=True)
             continue
-        redo = True  # every later stage starts from this one's checkpoint: redo them too
         t, load0 = time.perf_counter(), load_avg()
         if stage == "cold_start":
             cs = recipe.cold_start

@@ -142,6 +142,15 @@ COLUMNS = (("fast", "held-out fast"), ("deep", "held-out deep"), ("chair_i", "ha
            ("chair_s", "descriptions with one (CHAIRs)"), ("words", "description words"))
 
 
+def stages_to_run(done: set[str], force: set[str]) -> list[str]:
+    """The stages a run (re)does: from the first one that is not done or is forced, every later one too (each
+    starts from the previous stage's checkpoint, so a redone stage makes the later results stale)."""
+    for i, stage in enumerate(STAGES):
+        if stage not in done or stage in force:
+            return list(STAGES[i:])
+    return []
+
+
 def stage_row(result: dict) -> dict:
     """The table's numbers of one stage result (run.py's per-stage JSON)."""
     vqa, hall = result["vqa"], result["hallucination"]
