@@ -137,8 +137,8 @@ def test_recipe_config_loads_and_names_a_bad_key():
 
     recipe, grpo = run.load(ROOT / "examples/recipe/recipe.yaml", [])
     assert recipe.seeds == [0, 1] and grpo["modes"]["deep_ratio"] == 0.5
-    names = {r["name"]: r["kwargs"]["answer_key"] for r in grpo["rewards"]}
-    assert names == {"exact_match": "rule_answer", "rlpr": "reference"}
+    names = {r["name"]: r.get("kwargs", {}).get("answer_key") for r in grpo["rewards"]}
+    assert names == {"exact_match": "rule_answer", "rlpr": "reference", "format": None}
     with pytest.raises(ConfigError, match="grpo.rollout.nn"):
         run.load(ROOT / "examples/recipe/recipe.yaml", ["grpo.rollout.nn=3"])
     with pytest.raises(ConfigError, match="cold_start.stpes"):
