@@ -43,6 +43,17 @@ def test_grpo_rows_one_rule_and_one_free_row_per_image_about_different_attribute
     assert {r["attribute"] for r in rows[::2]} == {"color", "shape"}  # the attribute is drawn per image
 
 
+def test_grpo_rows_sentence_references():
+    rows = T.grpo_rows([("0.png", "green", "rectangle"), ("1.png", "green", "rectangle")], seed=0, reference="sentence")
+    free = [r for r in rows if r["kind"] == "free"]
+    assert {r["reference"] for r in free} <= {"It is green.", "It is a rectangle."}
+    assert all(r["answer"] == r["reference"] for r in free)
+    assert [r["rule_answer"] for r in rows if r["kind"] == "rule"] == [r["rule_answer"] for r in T.grpo_rows(
+        [("0.png", "green", "rectangle"), ("1.png", "green", "rectangle")], seed=0) if r["kind"] == "rule"]
+    with pytest.raises(ValueError, match="reference must be one of word, sentence"):
+        T.grpo_rows([], seed=0, reference="phrase")
+
+
 def test_cold_rows_targets():
     from rewards.basic import exact_match
 
@@ -141,6 +152,8 @@ def test_recipe_config_loads_and_names_a_bad_key():
     assert names == {"exact_match": "rule_answer", "rlpr": "reference", "format": None}
     with pytest.raises(ConfigError, match="grpo.rollout.nn"):
         run.load(ROOT / "examples/recipe/recipe.yaml", ["grpo.rollout.nn=3"])
+    with pytest.raises(ConfigError, match="free_reference"):
+        run.load(ROOT / "examples/recipe/recipe.yaml", ["free_reference=phrase"])
     with pytest.raises(ConfigError, match="cold_start.stpes"):
         run.load(ROOT / "examples/recipe/recipe.yaml", ["cold_start.stpes=3"])
 

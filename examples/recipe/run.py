@@ -78,6 +78,7 @@ class Recipe:
     seeds: list = dataclasses.field(default_factory=lambda: [0, 1])  # one whole recipe per seed (weights, rows' draws, GRPO, RLAIF-V)
     held_out_images: int = 300  # the first N of the fixed permutation of test images (2 questions + 1 description each)
     eval_max_tokens: int = 32  # greedy answer budget of the held-out questions (descriptions: the miniature's 24)
+    free_reference: str = "word"  # RLPR's reference on free rows: "word" (red) or "sentence" (It is red., the cold start's first paraphrase)
     cold_start: ColdStart = dataclasses.field(default_factory=ColdStart)
     rlaifv: RLAIFVStage = dataclasses.field(default_factory=RLAIFVStage)
 
@@ -92,6 +93,8 @@ def load(path, overrides: list[str]) -> tuple[Recipe, dict]:
     if not isinstance(grpo, dict):
         raise ConfigError("config key 'grpo': the recipe needs a GRPO section (a mapping of rlkit grpo keys)")
     recipe = _build(Recipe, tree, "")
+    if recipe.free_reference not in T.REFERENCES:
+        raise ConfigError(f"config key 'free_reference': {recipe.free_reference!r}; use one of {', '.join(T.REFERENCES)}")
     if not recipe.seeds or len(set(recipe.seeds)) != len(recipe.seeds):
         raise ConfigError(f"config key 'seeds': {recipe.seeds!r}; use a non-empty list of distinct integers")
     grpo_config(grpo, pathlib.Path(recipe.output_dir), recipe.seeds[0], "tiny:vlm", "unused.jsonl")  # fail early
@@ -227,13 +230,13 @@ def grpo_train_metrics(run_dir: pathlib.Path) -> dict:
             **{f"{k}@last5": mean([m.get(k) for m in steps[-5:]]) for k in keys}}
 
 
-def build_data(out: pathlib.Path) -> dict:
+def build_data(out: pathlib.Path, reference: str = "word") -> dict:
     """The RLAIF-V miniature's image splits (train / held-out test images, fixed) and the GRPO prompt file."""
     M = rlaifv_miniature()
 
     d = M.build_data(out)  # writes out/data/describe.jsonl: the RLAIF-V stage's prompts
     path = out / "data" / "grpo.jsonl"
-    text = "".join(json.dumps(r) + "\n" for r in T.grpo_rows(d["train"], 0))
+    text = "".join(json.dumps(r) + "\n" for r in T.grpo_rows(d["train"], 0, reference))
     if not path.exists() or path.read_text() != text:
         path.write_text(text)
     return {"train": d["train"], "held": d["held"], "describe": d["prompts"], "grpo": str(path)}
@@ -267,7 +270,7 @@ def main(argv=None) -> int:
     out = pathlib.Path(recipe.output_dir)
     t = time.perf_counter()
     if not args.report_only:
-        data = build_data(out)
+        data = build_data(out, recipe.free_reference)
         print(f"recipe: {len(data['train'])} training images, {min(recipe.held_out_images, len(data['held']))} "
               f"held-out test images", flush=True)
         for seed in recipe.seeds:

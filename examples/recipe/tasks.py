@@ -80,15 +80,24 @@ def vocab_texts(cold: Sequence[dict]) -> list[str]:
     return sorted({r["prompt"] for r in cold} | {r["answer"] for r in cold}) * 5
 
 
-def grpo_rows(train: Sequence[tuple], seed: int) -> list[dict]:
+REFERENCES = ("word", "sentence")
+
+
+def grpo_rows(train: Sequence[tuple], seed: int, reference: str = "word") -> list[dict]:
     """GRPO prompts: per training image one rule row and one free row about the other attribute, in a seeded
-    order of images (the prompt stream shuffles again by the run's seed). Columns as `qa_row`, minus reasoning."""
+    order of images (the prompt stream shuffles again by the run's seed). Columns as `qa_row`, minus reasoning.
+    `reference`: the free rows' RLPR reference is the bare value ("word": "red") or the first paraphrase of
+    FREE_FORMS, the way the cold start answers ("sentence": "It is red.")."""
+    if reference not in REFERENCES:
+        raise ValueError(f"reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
     rng = random.Random(f"recipe-grpo-{seed}")
     out = []
     for path, c, s in train:
         a = rng.choice(ATTRS)
         for row in (qa_row("rule", a, path, c, s), qa_row("free", other(a), path, c, s)):
             row.pop("reasoning")
+            if row["kind"] == "free" and reference == "sentence":
+                row["reference"] = row["answer"] = FREE_FORMS[row["attribute"]][0].format(v=row["reference"])
             out.append(row)
     return out
 
