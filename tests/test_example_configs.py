@@ -20,6 +20,7 @@ DRIVERS = {
     "examples/rlaifv/rlaifv.yaml": "rlaifv",
     "examples/rlaifv/rlaifv_real.yaml": "rlaifv",
     "examples/recipe/recipe.yaml": "recipe",
+    "examples/recipe/recipe_no_rlpr.yaml": "recipe",
     "examples/rlpr/grpo_rlpr.yaml": "grpo",
     "examples/smollm2/grpo.yaml": "grpo",
 }
