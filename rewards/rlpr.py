@@ -390,13 +390,22 @@ def rlpr(prompts, completions, *, resources, answer=None, prompt_text=None, mode
          completion_ids=None, think_open: str = THINK_OPEN, think_close: str = THINK_CLOSE,
          answer_open: str | None = None, answer_close: str | None = None, separator: str = "\n\n",
          aggregation: str = "mean_prob", baseline: str = "cached", w_prob: float = 0.9, w_format: float = 0.1,
-         unfinished: str = "zero", default_mode: str = "deep", state: RLPRState | None = None) -> list[float | None]:
+         unfinished: str = "zero", default_mode: str = "deep", state: RLPRState | None = None,
+         answer_key: str = "answer", **columns) -> list[float | None]:
     """RLPR reward: w_prob * clip(r - r', 0, 1) + w_format * format for deep samples; None for fast ones.
 
     Needs `resources.policy` (a `PolicyAccess`) and the columns `answer` and `prompt_text` (the rendered
-    prompt); uses `mode`, `images` and `completion_ids` when given. Options: see the module docstring and
-    docs/rewards.md. The baseline cache and the last call's diagnostics live in `rlpr.state` (or `state=`).
+    prompt); uses `mode`, `images` and `completion_ids` when given. `answer_key` names another column to read
+    the references from (as `exact_match`'s): a row whose reference there is None gets None, so RLPR can score
+    the free-form rows of a data set while a rule reward with its own `answer_key` scores the others.
+    Options: see the module docstring and docs/rewards.md. The baseline cache and the last call's diagnostics
+    live in `rlpr.state` (or `state=`).
     """
+    if answer_key != "answer":
+        if answer_key not in columns:
+            raise ValueError(f"rlpr: answer_key {answer_key!r} names no column of the data (have: "
+                             f"{', '.join(sorted(columns)) or 'none'})")
+        answer = columns[answer_key]
     return [s.reward for s in rlpr_scores(
         prompts, completions, policy=resources.policy, answer=answer, prompt_text=prompt_text, mode=mode,
         images=images, completion_ids=completion_ids, think_open=think_open, think_close=think_close,

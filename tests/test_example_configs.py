@@ -19,6 +19,8 @@ DRIVERS = {
     "examples/rlaifv/dpo.yaml": "dpo",
     "examples/rlaifv/rlaifv.yaml": "rlaifv",
     "examples/rlaifv/rlaifv_real.yaml": "rlaifv",
+    "examples/recipe/recipe.yaml": "recipe",
+    "examples/recipe/recipe_no_rlpr.yaml": "recipe",
     "examples/rlpr/grpo_rlpr.yaml": "grpo",
     "examples/smollm2/grpo.yaml": "grpo",
 }
@@ -44,6 +46,15 @@ def test_example_config_loads_with_its_driver(name):
         from rlkit.config import GRPOConfig
 
         check_grpo(load_config(GRPOConfig, path))
+    elif driver == "recipe":  # examples/recipe/run.py: recipe keys + a `grpo:` section checked as rlkit grpo's
+        import importlib.util
+        import sys
+
+        spec = importlib.util.spec_from_file_location("recipe_run", ROOT / "examples/recipe/run.py")
+        run = importlib.util.module_from_spec(spec)
+        sys.modules["recipe_run"] = run  # dataclasses look their module up
+        spec.loader.exec_module(run)
+        run.load(path, [])
     elif driver == "dpo":
         from rlkit.drivers.dpo import DPOConfig, check_dpo
 
