@@ -162,27 +162,6 @@ def test_algorithm_options_are_tried_before_any_worker(override, fragment):
     assert str(e.value).startswith(fragment) and "\n" not in str(e.value), str(e.value)
 
 
-def test_every_example_config_loads_and_checks():
-    from rlkit.drivers.ablation import load_ablation_config
-    from rlkit.config import GRPOConfig, load_config, load_tree
-    from rlkit.run.checks import check_grpo
-    from rlkit.drivers.dpo import DPOConfig, check_dpo
-    from rlkit.drivers.rlaifv import RLAIFVConfig, check_rlaifv
-
-    files = sorted(ROOT.glob("examples/**/*.yaml"))
-    assert len(files) >= 10
-    for f in files:
-        tree = load_tree(f)
-        if "ablation" in tree:
-            load_ablation_config(f)
-        elif "rounds" in tree or "pairs" in tree:
-            check_rlaifv(load_config(RLAIFVConfig, f))
-        elif "dpo" in tree:
-            check_dpo(load_config(DPOConfig, f))
-        else:
-            check_grpo(load_config(GRPOConfig, f))
-
-
 def rlkit(*args):
     return subprocess.run([sys.executable, "-m", "rlkit.cli", *args], capture_output=True, text=True, cwd=ROOT,
                           timeout=120)
