@@ -51,13 +51,13 @@ class LoadSampler:
         return {"min": min(s), "max": max(s), "mean": sum(s) / len(s), "n": len(s)}
 
 
-def arm_config(grpo, k: int, correction: dict, steps: int, deep_ratio: float):
+def arm_config(grpo, k: int, correction: dict, steps: int, deep_ratio: float, seed_offset: int = 0):
     alg = dataclasses.replace(grpo.algorithm, loss_opts={**grpo.algorithm.loss_opts, **correction})
-    return dataclasses.replace(grpo, max_steps=steps, rollout=dataclasses.replace(grpo.rollout, max_staleness=k),
+    return dataclasses.replace(grpo, max_steps=steps, seed=grpo.seed + seed_offset, rollout=dataclasses.replace(grpo.rollout, max_staleness=k),
                                algorithm=alg, modes=dataclasses.replace(grpo.modes, deep_ratio=deep_ratio))
 
 
-def run_seed(grpo, abl, seed: int, ks, correction: dict, steps: int, out: pathlib.Path) -> dict:
+def run_seed(grpo, abl, seed: int, ks, correction: dict, steps: int, out: pathlib.Path, seed_offset: int = 0) -> dict:
     from rlkit.run.build import load_prompt_data
 
     g = dataclasses.replace(grpo, seed=seed, output_dir=str(out / f"seed_{seed}"),
@@ -73,7 +73,7 @@ def run_seed(grpo, abl, seed: int, ks, correction: dict, steps: int, out: pathli
     cold = {"wall_s": time.perf_counter() - t, "load": load.stop()}
     arms = {}
     for k in ks:
-        cfg = arm_config(g, k, correction, steps, abl.deep_only_ratio)
+        cfg = arm_config(g, k, correction, steps, abl.deep_only_ratio, seed_offset)
         stamp = {"grpo": to_dict(cfg), "eval": to_dict(abl.eval), "start_model": start_model}
         path = sdir / f"k{k}.json"
         if path.exists():
@@ -94,7 +94,30 @@ def run_seed(grpo, abl, seed: int, ks, correction: dict, steps: int, out: pathli
     return arms
 
 
-def write_plot(per_seed: dict, path: pathlib.Path) -> None:
+def load_control(path: str, seeds) -> dict:
+    """{seed: the on-policy arm of a --grpo-seed-offset run} from its output folder (seeds it lacks are left out)."""
+    out = {}
+    for s in seeds:
+        f = pathlib.Path(path) / f"seed_{s}" / "k0.json"
+        if path and f.exists():
+            out[s] = json.loads(f.read_text())
+    return out
+
+
+def control_table(per_seed: dict, control: dict, n: int) -> str:
+    """Two on-policy runs from one checkpoint (GRPO seeds s and s + offset): how far apart they end."""
+    from rlkit.drivers.parity_stats import diff_se
+
+    lines = ["| seed | on-policy final | on-policy, other GRPO seed | d (SE) | within 2 SE |", "| --- | --- | --- | --- | --- |"]
+    for s in sorted(control):
+        p0, pc = score_at(per_seed[s][0]["curve"], MODE), score_at(control[s]["curve"], MODE)
+        se = diff_se(p0, pc, n)
+        lines.append(f"| {s} | {p0:.3f} | {pc:.3f} (GRPO seed {control[s]['stamp']['grpo']['seed']}) | "
+                     f"{pc - p0:+.3f} ({se:.3f}, {(pc - p0) / se:+.1f} SE) | {'yes' if abs(pc - p0) <= 2 * se else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_plot(per_seed: dict, path: pathlib.Path, control: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,6 +131,11 @@ def write_plot(per_seed: dict, path: pathlib.Path) -> None:
             pts = [(r["step"], r[f"eval/{MODE}/accuracy"]) for r in arm["curve"] if r.get(f"eval/{MODE}/accuracy") is not None]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, color=colors.get(k),
                     label=f"k = {k}" + (" (on-policy)" if k == 0 else ""))
+        if control and s in control:
+            pts = [(r["step"], r[f"eval/{MODE}/accuracy"]) for r in control[s]["curve"]
+                   if r.get(f"eval/{MODE}/accuracy") is not None]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle="--", color="gray", marker=".",
+                    label="k = 0, another GRPO seed (control)")
         ax.set_title(f"seed {s}")
         ax.set_xlabel("GRPO step")
         ax.set_ylabel(f"held-out accuracy, {MODE} mode")
@@ -119,24 +147,28 @@ def write_plot(per_seed: dict, path: pathlib.Path) -> None:
     plt.close(fig)
 
 
-def report(per_seed: dict, n: int, correction: dict, steps: int) -> str:
+def report(per_seed: dict, n: int, correction: dict, steps: int, control: dict | None = None) -> str:
     seeds = sorted(per_seed)
     finals = {s: {k: score_at(a["curve"], MODE) for k, a in per_seed[s].items()} for s in seeds}
     tails = {s: {k: tail_mean(a["curve"], MODE) for k, a in per_seed[s].items()} for s in seeds}
     lines = [f"Held-out {MODE}-mode accuracy after {steps} steps (n = {n} rows; d = score(k) - score(0); SE = the "
-             f"binomial s.e. of d), correction `{correction}`:", "", parity_table(finals, n, tails),
+             f"binomial s.e. of d), correction `{correction['correction']}` in every arm:", "", parity_table(finals, n, tails),
              "Runs (from each run's metrics.jsonl; wall time and load average sampled every 30 s during the run):", "",
-             "| seed | k | steps | wall s | load avg (min-max, mean) | staleness histogram (samples at lag 0, 1, 2) "
+             "| seed | k | steps | wall s (with evaluations) | load avg (min-max, mean) | staleness histogram (samples at lag 0, 1, 2) "
              "| masked share | mismatch, lag-0 steps | mismatch, stale steps | wait s/step | train reward |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for s in seeds:
         for k, a in sorted(per_seed[s].items()):
             y, ld = a["async"], a["load"]
             hist = ", ".join(f"{int(v)}" for v in y["staleness_hist"].values()) or "-"
-            f = (lambda v: "n/a" if v is None else f"{v:.3f}")
+            f = (lambda v: "n/a" if v is None else f"{v:.4f}")
+            pct = (lambda v: "n/a" if v is None else f"{v:.3%}")
             lines.append(f"| {s} | {k} | {a['steps']} | {a['wall_s']:.0f} | {ld['min']:.1f}-{ld['max']:.1f}, "
-                         f"{ld['mean']:.1f} | {hist} | {f(y['masked_frac'])} | {f(y['mismatch_fresh_steps'])} | "
+                         f"{ld['mean']:.1f} | {hist} | {pct(y['masked_frac'])} | {f(y['mismatch_fresh_steps'])} | "
                          f"{f(y['mismatch_stale_steps'])} | {f(y['wait_s_mean'])} | {f(y['reward_mean'])} |")
+    if control:
+        lines += ["", "Control (two on-policy runs from the same checkpoint, GRPO seed s and s + offset: the run-to-run "
+                  "spread that staleness is compared with):", "", control_table(per_seed, control, n)]
     return "\n".join(lines) + "\n"
 
 
@@ -165,6 +197,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--eval-limit", type=int, default=0, help="0: the config's ablation.eval.limit")
     ap.add_argument("--cold-steps", type=int, default=0, help="0: the config's ablation.cold_start.steps")
     ap.add_argument("--doc", default="", help="markdown file whose parity block gets the table (docs/async.md)")
+    ap.add_argument("--control", default="", help="output folder of a --grpo-seed-offset run with --ks 0: its on-policy "
+                    "arms are drawn and tabulated beside k = 0")
+    ap.add_argument("--grpo-seed-offset", type=int, default=0, help="the GRPO runs use seed + this (the cold start: "
+                    "seed); a control: another on-policy trajectory from the same checkpoint")
     args = ap.parse_args(argv)
     if 0 not in args.ks:
         ap.error("--ks must include 0 (the on-policy reference)")
@@ -178,7 +214,7 @@ def main(argv=None) -> dict:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    per_seed = {s: run_seed(grpo, abl, s, args.ks, correction, args.steps, out) for s in args.seeds}
+    per_seed = {s: run_seed(grpo, abl, s, args.ks, correction, args.steps, out, args.grpo_seed_offset) for s in args.seeds}
     n = ev.limit
     finals = {s: {k: score_at(a["curve"], MODE) for k, a in per_seed[s].items()} for s in per_seed}
     result = {"mode": MODE, "n": n, "steps": args.steps, "correction": correction, "seeds": args.seeds, "ks": args.ks,
@@ -186,9 +222,10 @@ def main(argv=None) -> dict:
               "per_seed": {s: {k: {kk: v for kk, v in a.items() if kk != "stamp"} for k, a in arms.items()}
                            for s, arms in per_seed.items()}}
     (out / "parity.json").write_text(json.dumps(result, indent=1, default=str))
-    body = report(per_seed, n, correction, args.steps)
+    control = load_control(args.control, args.seeds)
+    body = report(per_seed, n, correction, args.steps, control)
     (out / "parity.md").write_text(body)
-    write_plot(per_seed, out / "parity.png")
+    write_plot(per_seed, out / "parity.png", control)
     if args.doc:
         write_doc(pathlib.Path(args.doc), body, out / "parity.png")
     print(body)

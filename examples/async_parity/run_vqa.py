@@ -72,7 +72,7 @@ def run_seed(seed: int, args, out: pathlib.Path) -> dict:
     arms = {}
     for k in args.ks:
         cfg = load_config(GRPOConfig, ROOT / "examples/easy_vqa/grpo.yaml", [
-            f"output_dir={sdir / f'k{k}'}", f"seed={seed}", f"model.path={cold}", f"max_steps={args.steps}",
+            f"output_dir={sdir / f'k{k}'}", f"seed={seed + args.grpo_seed_offset}", f"model.path={cold}", f"max_steps={args.steps}",
             "rollout.max_tokens=4", "logging.progress=false"])
         cfg = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, max_staleness=k),
                                   algorithm=dataclasses.replace(cfg.algorithm, loss_opts={
@@ -99,6 +99,23 @@ def run_seed(seed: int, args, out: pathlib.Path) -> dict:
     return arms
 
 
+def control_table(per_seed: dict, control: dict) -> str:
+    """Two on-policy runs from one checkpoint (GRPO seeds s and s + offset), overall and image questions."""
+    from rlkit.drivers.parity_stats import diff_se
+
+    lines = ["| seed | score | on-policy final | on-policy, other GRPO seed | d (SE) | within 2 SE |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for s in sorted(control):
+        for kind in ("overall", "image"):
+            a, c = per_seed[s][0]["after"]["real"], control[s]["after"]["real"]
+            n = a["n"] if kind == "overall" else a["by_type"]["color"]["n"] + a["by_type"]["shape"]["n"]
+            p0, pc = score(a, kind), score(c, kind)
+            se = diff_se(p0, pc, n)
+            lines.append(f"| {s} | {kind} | {p0:.3f} | {pc:.3f} | {pc - p0:+.3f} ({se:.3f}, {(pc - p0) / se:+.1f} SE) | "
+                         f"{'yes' if abs(pc - p0) <= 2 * se else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
 def report(per_seed: dict, args) -> str:
     seeds = sorted(per_seed)
     any_arm = per_seed[seeds[0]][0]
@@ -114,15 +131,21 @@ def report(per_seed: dict, args) -> str:
     lines += ["| seed | k | cold start (overall, image) | wall s | load avg (min-max, mean) | staleness histogram "
               "| masked share | mismatch, stale steps | wait s/step | train reward | overall, blank images |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    f = (lambda v: "n/a" if v is None else f"{v:.3f}")
+    f = (lambda v: "n/a" if v is None else f"{v:.4f}")
+    pct = (lambda v: "n/a" if v is None else f"{v:.3%}")
     for s in seeds:
         for k, a in sorted(per_seed[s].items()):
             y, ld, b = a["async"], a["load"], a["before"]["real"]
             hist = ", ".join(f"{int(v)}" for v in y["staleness_hist"].values()) or "-"
             lines.append(f"| {s} | {k} | {score(b, 'overall'):.3f}, {score(b, 'image'):.3f} | {a['wall_s']:.0f} | "
-                         f"{ld['min']:.1f}-{ld['max']:.1f}, {ld['mean']:.1f} | {hist} | {f(y['masked_frac'])} | "
+                         f"{ld['min']:.1f}-{ld['max']:.1f}, {ld['mean']:.1f} | {hist} | {pct(y['masked_frac'])} | "
                          f"{f(y['mismatch_stale_steps'])} | {f(y['wait_s_mean'])} | {f(y['reward_mean'])} | "
                          f"{a['after']['blind']['accuracy']:.3f} |")
+    control = {s: json.loads((pathlib.Path(args.control) / f"seed_{s}" / "k0.json").read_text()) for s in seeds
+               if args.control and (pathlib.Path(args.control) / f"seed_{s}" / "k0.json").exists()}
+    if control:
+        lines += ["", "Control (two on-policy runs from the same checkpoint, GRPO seed s and s + offset):", "",
+                  control_table(per_seed, control)]
     return "\n".join(lines) + "\n"
 
 
@@ -136,6 +159,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--cold-steps", type=int, default=150, help="the demo's cold start (a smoke test: fewer)")
     ap.add_argument("--eval-counts", default=demo.EVAL_COUNTS, help="held-out questions per type (the demo's)")
     ap.add_argument("--doc", default="")
+    ap.add_argument("--control", default="", help="output folder of a --grpo-seed-offset run with --ks 0 (tabulated)")
+    ap.add_argument("--grpo-seed-offset", type=int, default=0, help="the GRPO runs use seed + this (the cold start: "
+                    "seed); a control: another on-policy trajectory from the same checkpoint")
     args = ap.parse_args(argv)
     if 0 not in args.ks:
         ap.error("--ks must include 0 (the on-policy reference)")
