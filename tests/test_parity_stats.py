@@ -1,12 +1,15 @@
-"""The arithmetic of the async learning-parity comparison (rlkit/drivers/parity_stats.py), by hand.
+"""The arithmetic of the async learning-parity comparison (examples/async_parity/parity_stats.py), by hand.
 
 n = 300 rows and accuracies 0.6 / 0.4 give p(1-p) = 0.24 for both, so the s.e. of a difference is
 sqrt(0.48 / 300) = sqrt(0.0016) = 0.04 exactly (up to float rounding, 1e-12)."""
 import math
+import pathlib
+import sys
 
 import pytest
 
-from rlkit.drivers.parity_stats import async_summary, compare, diff_se, mean_se, parity_table, score_at, tail_mean
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples/async_parity"))
+from parity_stats import async_summary, compare, diff_se, mean_se, parity_table, score_at, tail_mean  # noqa: E402
 
 N = 300
 # seed 0: k=1 equal to on-policy, k=2 0.2 lower (= 5 SE); seed 1: all equal.

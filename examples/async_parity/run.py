@@ -26,7 +26,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from rlkit.config import to_dict  # noqa: E402
 from rlkit.drivers.ablation import _cold_start, _rows, _run_arm, load_ablation_config, read_jsonl  # noqa: E402
-from rlkit.drivers.parity_stats import async_summary, compare, parity_table, score_at, tail_mean  # noqa: E402
+from parity_stats import async_summary, compare, parity_table, score_at, tail_mean  # noqa: E402
 from rlkit.records import DEEP  # noqa: E402
 
 MODE = DEEP  # the mode the deep-only runs train and the criterion reads
@@ -106,7 +106,7 @@ def load_control(path: str, seeds) -> dict:
 
 def control_table(per_seed: dict, control: dict, n: int) -> str:
     """Two on-policy runs from one checkpoint (GRPO seeds s and s + offset): how far apart they end."""
-    from rlkit.drivers.parity_stats import diff_se
+    from parity_stats import diff_se
 
     lines = ["| seed | on-policy final | on-policy, other GRPO seed | d (SE) | within 2 SE |", "| --- | --- | --- | --- | --- |"]
     for s in sorted(control):

@@ -37,7 +37,7 @@ LoadSampler = _load("async_parity_run", ROOT / "examples/async_parity/run.py").L
 
 from rlkit.config import to_dict  # noqa: E402
 from rlkit.drivers.ablation import fresh_run_dir, read_jsonl  # noqa: E402
-from rlkit.drivers.parity_stats import async_summary, compare, parity_table  # noqa: E402
+from parity_stats import async_summary, compare, parity_table  # noqa: E402
 
 
 def score(res: dict, kind: str) -> float:
@@ -101,7 +101,7 @@ def run_seed(seed: int, args, out: pathlib.Path) -> dict:
 
 def control_table(per_seed: dict, control: dict) -> str:
     """Two on-policy runs from one checkpoint (GRPO seeds s and s + offset), overall and image questions."""
-    from rlkit.drivers.parity_stats import diff_se
+    from parity_stats import diff_se
 
     lines = ["| seed | score | on-policy final | on-policy, other GRPO seed | d (SE) | within 2 SE |",
              "| --- | --- | --- | --- | --- | --- |"]
