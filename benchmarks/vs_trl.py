@@ -51,7 +51,8 @@ SIZES = {  # prompts, n, max new tokens
 MICRO_BATCH = 64  # sequences per forward/backward pass on every side (rlkit's default micro_batch_size)
 LR = 1e-4
 ACTORS = {"PolicyWorker": "PolicyWorker", "PolicyRank": "PolicyWorker",  # rlkit's Ray actors, by process name
-          "EngineActor": "EngineActor"}  # (Ray's own agents are left out); policy ranks keep the old label
+          "EngineActor": "EngineActor",  # (Ray's own agents are left out); policy ranks keep the old label
+          "EarlyPolicyRank": "PolicyWorker", "EarlyEngineActor": "EngineActor"}  # started early (warm_start.py)
 
 
 @dataclasses.dataclass

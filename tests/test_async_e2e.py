@@ -71,10 +71,11 @@ def test_async_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
 
     import test_resume_kill as rk
 
-    rk.ARGS = ARGS  # the kill/resume harness of tests/test_resume_kill.py with this file's arguments
-    rk._finish(rk._start(tmp_path / "straight"))
+    # the kill/resume harness of tests/test_resume_kill.py with this file's arguments (passed, never assigned to
+    # rk.ARGS: that would change test_resume_kill's own run when it comes later in the same session)
+    rk._finish(rk._start(tmp_path / "straight", args=ARGS))
     out = tmp_path / "killed"
-    proc = rk._start(out)
+    proc = rk._start(out, args=ARGS)
     ck = out / "checkpoints"
     deadline = time.time() + 600
     while not (ck / "step_3" / "COMPLETE").exists():
@@ -88,7 +89,7 @@ def test_async_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     while rk.session_processes(proc.pid) and time.time() < end:
         time.sleep(0.5)
     assert not (ck / "step_6").exists()
-    rk._finish(rk._start(out, "--resume"))
+    rk._finish(rk._start(out, "--resume", args=ARGS))
 
     a, b = read_jsonl(tmp_path / "straight/metrics.jsonl"), read_jsonl(out / "metrics.jsonl")
     assert [m["step"] for m in b] == [1, 2, 3, 4, 5, 6]

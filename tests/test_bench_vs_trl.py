@@ -95,4 +95,6 @@ def test_actor_processes_are_labelled(vs_trl):
     assert vs_trl.actor_key("ray::PolicyRank.train_step") == "PolicyWorker"  # the GRPO driver's policy ranks
     assert vs_trl.actor_key("ray::PolicyWorker") == "PolicyWorker"
     assert vs_trl.actor_key("ray::EngineActor.generate") == "EngineActor"
+    assert vs_trl.actor_key("ray::EarlyEngineActor.generate") == "EngineActor"  # started early: the same actor
+    assert vs_trl.actor_key("ray::EarlyPolicyRank.train_step") == "PolicyWorker"
     assert vs_trl.actor_key("ray::IDLE") == "" and vs_trl.actor_key("python") == ""

@@ -21,9 +21,9 @@ ARGS = ["model.path=tiny:text", "data.source=arithmetic", "max_steps=4", "rollou
         "algorithm.group_filter=std_ema", "rewards=[{name: length, kwargs: {max_len: 14, cache: 14, unit: chars}}]"]
 
 
-def _start(out, *extra):
+def _start(out, *extra, args=ARGS):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "rlkit.cli", "grpo", f"output_dir={out}", *ARGS, *extra],
+    return subprocess.Popen([sys.executable, "-m", "rlkit.cli", "grpo", f"output_dir={out}", *args, *extra],
                             cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
 

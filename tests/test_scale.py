@@ -256,7 +256,7 @@ def test_grpo_survives_a_rollout_worker_killed_mid_run(tmp_path):
             time.sleep(0.05)
         for p in psutil.Process().children(recursive=True) + _ray_processes():
             try:
-                if p.cmdline() and p.cmdline()[0].startswith("ray::EngineActor"):
+                if p.cmdline() and p.cmdline()[0].startswith(("ray::EngineActor", "ray::EarlyEngineActor")):
                     os.kill(p.pid, signal.SIGKILL)
                     killed.append(p.pid)
                     return
