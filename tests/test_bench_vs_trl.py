@@ -92,9 +92,11 @@ def test_summary_and_tables(vs_trl):
 
 
 def test_actor_processes_are_labelled(vs_trl):
-    assert vs_trl.actor_key("ray::PolicyRank.train_step") == "PolicyWorker"  # the GRPO driver's policy ranks
-    assert vs_trl.actor_key("ray::PolicyWorker") == "PolicyWorker"
-    assert vs_trl.actor_key("ray::EngineActor.generate") == "EngineActor"
-    assert vs_trl.actor_key("ray::EarlyEngineActor.generate") == "EngineActor"  # started early: the same actor
-    assert vs_trl.actor_key("ray::EarlyPolicyRank.train_step") == "PolicyWorker"
-    assert vs_trl.actor_key("ray::IDLE") == "" and vs_trl.actor_key("python") == ""
+    from peak_rss import actor_key  # benchmarks/peak_rss.py (the vs_trl fixture puts benchmarks/ on sys.path)
+
+    assert actor_key("ray::PolicyRank.train_step") == "PolicyWorker"  # the GRPO driver's policy ranks
+    assert actor_key("ray::PolicyWorker") == "PolicyWorker"
+    assert actor_key("ray::EngineActor.generate") == "EngineActor"
+    assert actor_key("ray::EarlyEngineActor.generate") == "EngineActor"  # started early: the same actor
+    assert actor_key("ray::EarlyPolicyRank.train_step") == "PolicyWorker"
+    assert actor_key("ray::IDLE") == "" and actor_key("python") == ""
