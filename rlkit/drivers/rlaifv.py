@@ -76,9 +76,9 @@ def check_rlaifv(cfg: RLAIFVConfig) -> None:
     if cfg.rollout.n < 2:
         raise ConfigError(f"config key 'rollout.n': {cfg.rollout.n} is out of range (allowed: >= 2: pairs need two "
                           "responses)")
-    for key, value in (("rollout.max_staleness", cfg.rollout.max_staleness),
-                       ("rollout.stream_chunks", cfg.rollout.stream_chunks - 1)):
-        if value:  # GRPO-only options in the shared rollout section: a round samples once, then trains DPO
+    for key, changed in (("rollout.max_staleness", cfg.rollout.max_staleness != 0),
+                         ("rollout.stream_chunks", cfg.rollout.stream_chunks != 1)):
+        if changed:  # GRPO-only options in the shared rollout section: a round samples once, then trains DPO
             raise ConfigError(f"config key '{key}': a GRPO option; `rlkit rlaifv` rounds sample all their responses "
                               f"before DPO trains (leave it at its default)")
     for key, value, choices in (("prompt_mode", cfg.prompt_mode, ("fast", "deep")),
