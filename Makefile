@@ -18,7 +18,7 @@ setup:
 demo: setup
 	$(PY) examples/easy_vqa/run_demo.py $(ARGS)
 
-## Lint (ruff, configured in pyproject.toml). Seconds.
+## Lint and layout (ruff, rules in pyproject.toml; `ruff check --fix .` mends most). Seconds.
 lint: setup
 	$(PY) -m ruff check .
 

@@ -16,7 +16,8 @@ from typing import Any
 
 from rollout.base import Completion, Engine, RolloutRequest, SamplingConfig
 
-__all__ = ["Completion", "Engine", "HFEngine", "RolloutRequest", "SamplingConfig", "VLLMEngine", "make_engine"]
+# HFEngine and VLLMEngine are exported lazily (`__getattr__` below), so `import rollout` needs neither engine
+__all__ = ["Completion", "Engine", "HFEngine", "RolloutRequest", "SamplingConfig", "VLLMEngine", "make_engine"]  # noqa: F822
 
 
 def make_engine(kind: str, **kwargs: Any) -> Engine:

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import torch
 
+
 def chat_prompt(tokenizer: Any, text: str, with_image: bool = False, enable_thinking: bool = False) -> str:
     """Render one user turn (optionally with one image placeholder) plus the generation prompt."""
     content: Any = [{"type": "image"}, {"type": "text", "text": text}] if with_image else text

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 
-
 def rlkit(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "rlkit.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
 

@@ -154,6 +154,7 @@ def test_load_errors_name_what_is_wrong(tmp_path):
         load_preference_dataset(tmp_path / "bad")
     datasets.Dataset.from_dict({"prompt": ["q"], "chosen": [""], "rejected": [7]}).save_to_disk(str(tmp_path / "b2"))
     ds = load_preference_dataset(tmp_path / "b2")
+
     class Tok:  # a tokenizer-only stand-in
         eos_token_id = None
 

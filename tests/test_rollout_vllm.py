@@ -159,7 +159,6 @@ def test_tied_head_refresh_is_what_keeps_logprobs_right(pair, monkeypatch):
         pytest.skip("this vLLM build refreshes tied output heads itself; the workaround is now redundant")
 
 
-
 @pytest.mark.slow
 def test_tensor_parallel_engine_loads_synced_weights(tiny_text_path):
     """rollout.engine_kwargs {tensor_parallel_size: 2} reaches vLLM (two CPU workers, each bound to its own

@@ -7,7 +7,6 @@ import pytest
 from rlkit.config import GRPOConfig, load_config
 
 
-
 def test_grpo_lora_epochs_kl_in_reward_vllm(tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -118,4 +118,3 @@ def _decode_problem(img) -> str:
     except DataError as e:
         return str(e)
     return ""
-

@@ -14,7 +14,6 @@ from collections import defaultdict
 from typing import Any, Callable, Sequence
 
 
-
 # Multimodal placeholder tokens: a sampled one inside a completion would be taken for an image slot when the
 # sequence is fed back (teacher-forced logprobs fail with "Image features and image tokens do not match").
 PLACEHOLDER_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")

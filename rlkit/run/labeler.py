@@ -20,6 +20,7 @@ from rlkit.data import open_image
 from rlkit.models.loading import load_policy, load_processor, tokenizer_of
 from rlkit.run.build import engine_options
 
+
 class TransformersLabeler:
     """`rewards.rlaifv.Labeler` from a forward pass: (P(yes variants), P(no variants)) per question.
 

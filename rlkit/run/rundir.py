@@ -184,4 +184,3 @@ def move_log_aside(path: pathlib.Path) -> pathlib.Path:
 def resumable_keys(allowed: tuple) -> str:
     """The documented form of an allowed list (docs/scaling.md quotes GRPO's and DPO's)."""
     return ", ".join(f"`{a}*`" if a.endswith(".") else f"`{a}`" for a in allowed)
-
