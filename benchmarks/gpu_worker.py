@@ -125,7 +125,7 @@ def run_size(name, spec, args, tiny_dir, texts):
         train_plain = timed(lambda: worker.train_step(items), repeats=2)
     finally:
         W.image_inputs = orig
-    seq_tokens = sum(len(worker._encode_prompts([it])[0]["ids"]) + len(it.completion_ids) for it in items)
+    seq_tokens = sum(len(worker.encode_prompts([it])[0]["ids"]) + len(it.completion_ids) for it in items)
     worker = None  # freed before the next model is built
     if cuda:
         torch.cuda.empty_cache()

@@ -96,14 +96,29 @@ def test_loss_matches_an_independent_ppo_clip_token_mean_and_does_not_step(tiny_
     assert w.train_step(items)["train/loss"] == pytest.approx(loss, abs=1e-6)
 
 
-def test_the_worker_provides_what_a_streamed_step_is_built_from():
-    """`StreamedStep` (rlkit/policy/streaming.py) calls only `UpdateParts`: the worker has each, same parameters."""
+def test_streamed_update_is_composed_over_the_public_update_parts(tiny_text_path):
+    """`StreamedUpdate` (rlkit/policy/streaming.py) is an object the worker owns, not a mixin, and it reaches
+    the worker only through `UpdateParts`: public members that PolicyWorker has, with the same parameters."""
+    import ast
     import inspect
 
-    from rlkit.policy.streaming import UpdateParts
+    from rlkit.policy import streaming
+    from rlkit.policy.streaming import StreamedUpdate, UpdateParts
 
-    for name, fn in vars(UpdateParts).items():
-        if callable(fn) and name.startswith("_") and not name.startswith("__"):
-            want = list(inspect.signature(fn).parameters)
-            got = [p for p in inspect.signature(getattr(PolicyWorker, name)).parameters if p != "_ray_trace_ctx"]
-            assert got == want, name  # (Ray's actor decoration adds _ray_trace_ctx to the methods of the class)
+    assert PolicyWorker.__mro__[1:] == (object,)  # no base class lends the worker methods
+    methods = {n for n, v in vars(UpdateParts).items() if callable(v) and not n.startswith("__")}
+    members = methods | set(UpdateParts.__annotations__)
+    assert {"accumulate", "apply_gradients", "end_step", "whole_batch"} <= methods
+    assert not [n for n in members if n.startswith("_")]
+    for name in methods:
+        want = list(inspect.signature(getattr(UpdateParts, name)).parameters)
+        got = [p for p in inspect.signature(getattr(PolicyWorker, name)).parameters if p != "_ray_trace_ctx"]
+        assert got == want, name  # (Ray's actor decoration adds _ray_trace_ctx to the methods of the class)
+    w = PolicyWorker(tiny_text_path, micro_batch_size=8)
+    assert isinstance(w.stream, StreamedUpdate) and w.stream.parts is w
+    assert all(hasattr(w, n) for n in UpdateParts.__annotations__)
+    # every attribute StreamedUpdate reads from the worker (`w = self.parts`) is a member of UpdateParts
+    tree = ast.parse(inspect.getsource(streaming.StreamedUpdate))
+    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+            and n.value.id == "w"}
+    assert used and used <= members, used - members

@@ -126,7 +126,7 @@ class DPOWorker(PolicyWorker):
         """(chosen (b,), rejected (b,), lengths (2b,)): summed completion log-probs, chosen rows first."""
         items = [TrainItem(p.prompt_text, p.images, p.chosen_ids, 0.0, []) for p in pairs]
         items += [TrainItem(p.prompt_text, p.images, p.rejected_ids, 0.0, []) for p in pairs]
-        batch = self._batch(items, self._encode_prompts(items))
+        batch = self._batch(items, self.encode_prompts(items))
         logp, _ = self._logprobs(model, batch)
         seq = (logp * batch["mask"]).sum(-1)
         b = len(pairs)
@@ -204,7 +204,7 @@ class DPOWorker(PolicyWorker):
                     "train/update_skipped": 0.0 if finite else 1.0,
                     "train/skipped_updates": float(self.skipped_updates),
                     "train/pairs": float(len(pairs)), "time/update_compute_s": time.perf_counter() - t0})
-        self._encoded.clear()  # prompt encodings live for one step (PolicyWorker._encode_prompts)
+        self._encoded.clear()  # prompt encodings live for one step (PolicyWorker.encode_prompts)
         return out
 
     @torch.no_grad()

@@ -128,7 +128,7 @@ def _aggregation_scale(full_weights: torch.Tensor, start: int, micro_mask: torch
 
 
 def new_accumulator() -> dict:
-    """What the worker's `_accumulate` adds to over micro-batches: summed scaled loss, token count, and
+    """What the worker's `accumulate` adds to over micro-batches: summed scaled loss, token count, and
     token-weighted metric sums."""
     return {"loss": 0.0, "weight": 0.0, "totals": {}}
 
@@ -155,3 +155,26 @@ def relative_row_weights(lengths: list[int], mode: str, norm_length) -> torch.Te
     if not float(w[-1]) > 0:
         raise ValueError(f"aggregation {mode!r} gives a one-token row no weight; it cannot be streamed")
     return w[:-1] / w[-1]
+
+
+def step_metrics(update_log: list[dict], lengths: list[int], compute_s: float, skipped_updates: int) -> dict:
+    """A train step's metrics from its optimizer steps' entries (`_weight`: their token weight): token-weighted
+    means of their metrics; loss, grad norm and skips averaged over steps; the run's skipped updates so far."""
+    totals: dict[str, float] = {}
+    weight_sum, n_steps = 0.0, len(update_log)
+    for entry in update_log:
+        weight_sum += entry["_weight"]
+        for key, v in entry.items():
+            if key not in ("epoch", "mini_batch", "items", "_weight", "loss", "grad_norm", "update_skipped"):
+                totals[key] = totals.get(key, 0.0) + v * entry["_weight"]
+    out = {f"train/{k}": v / max(weight_sum, 1.0) for k, v in totals.items()}
+    out.update({
+        "train/loss": sum(e["loss"] for e in update_log) / n_steps,
+        "train/grad_norm": sum(e["grad_norm"] for e in update_log) / n_steps,
+        "train/skipped_updates": float(skipped_updates),
+        "train/update_skipped": sum(e["update_skipped"] for e in update_log) / n_steps,
+        "train/optimizer_steps": float(n_steps),
+        "train/tokens": float(sum(lengths)),
+        "time/update_compute_s": compute_s,
+    })
+    return out

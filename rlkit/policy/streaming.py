@@ -25,51 +25,49 @@ from rlkit.records import TrainItem
 
 
 class UpdateParts(Protocol):
-    """What a streamed step is built from: the parts of `PolicyWorker.train_step`, which `StreamedStep` calls
-    in another order (all of them, and only them; the worker implements them, tests/test_streaming.py checks
-    the result equals one `train_step`)."""
+    """What a streamed step is built from: the public parts of `PolicyWorker.train_step` (the worker implements
+    them; `StreamedUpdate` calls them in another order, and nothing else of the worker; tests/test_streaming.py
+    checks the result equals one `train_step`)."""
 
     mini_batch_size: int  # 0: one optimizer step per batch (the only case a stream can take)
     ppo_epochs: int
     aggregation: str  # the loss's aggregation name (`loss_opts.aggregation`)
     loss_opts: dict
     optimizer: object
-    update_log: list  # the step's optimizer steps, read by `_end_step`
-    _stream: dict | None  # the step in progress (StreamedStep's own)
 
-    def _check_batch(self, items: list[TrainItem]) -> None: ...  # refuse what the strategy cannot train
-    def _encode_prompts(self, items: list[TrainItem]) -> list[dict]: ...  # one processor call per prompt
-    def _layout(self, items, prompts, order, whole: bool = False) -> list: ...  # [(rows, micro-batches)]
-    def _accumulate(self, items, mbs, old, ref, row_weights, acc: dict) -> dict: ...  # forward/backward, no step
-    def _apply(self, acc: dict, grad_scale: float = 1.0) -> dict: ...  # sum over ranks, scale, clip, step
-    def _end_step(self, lengths: list[int], compute_s: float) -> dict: ...  # the step's metrics; step += 1
+    def whole_batch(self, items: list[TrainItem]) -> list[dict]: ...  # checked, encoded: one mini-batch's micro-batches
+    def accumulate(self, items, mbs, old, ref, row_weights, acc: dict) -> dict: ...  # forward/backward, no step
+    def apply_gradients(self, acc: dict, grad_scale: float = 1.0) -> dict: ...  # sum over ranks, scale, clip, step
+    def end_step(self, lengths: list[int], compute_s: float, update_log: list) -> dict: ...  # metrics; step += 1
 
 
-class StreamedStep:
-    """Mixed into `rlkit.policy.worker.PolicyWorker` (which provides `UpdateParts`): `train_part` for each part,
-    then `train_finish` once."""
+class StreamedUpdate:
+    """One streamed optimizer step of a worker (`PolicyWorker.stream`): `add` for each part of the batch, then
+    `finish` once. Holds the step in progress (accumulated loss and metrics, lengths, weight mass, timers)."""
 
-    _stream: dict | None = None
+    def __init__(self, parts: UpdateParts):
+        self.parts = parts
+        self.state: dict | None = None  # the step in progress; None between steps
 
-    def train_part(self: UpdateParts, items: list[TrainItem]) -> int:
+    def add(self, items: list[TrainItem]) -> int:
         """Accumulate the gradient of one part of the step's batch (every rank gets the part; each trains its
         slice). Returns the number of items accumulated so far this step."""
-        if self.mini_batch_size or self.ppo_epochs != 1:
+        w = self.parts
+        if w.mini_batch_size or w.ppo_epochs != 1:
             raise ValueError("a streamed update (rollout.stream_chunks > 1) takes one optimizer step per batch: "
                              "set trainer.mini_batch_size 0 and trainer.ppo_epochs 1")
         t0 = time.perf_counter()
-        if self._stream is None:
-            self.optimizer.zero_grad(set_to_none=True)
-            self._stream = {"acc": new_accumulator(), "lengths": [], "mass": 0.0, "compute_s": 0.0, "idle_s": 0.0,
-                            "parts": 0, "end": None}
-        s = self._stream
+        if self.state is None:
+            w.optimizer.zero_grad(set_to_none=True)
+            self.state = {"acc": new_accumulator(), "lengths": [], "mass": 0.0, "compute_s": 0.0, "idle_s": 0.0,
+                          "parts": 0, "end": None}
+        s = self.state
         if s["end"] is not None:  # waiting for this part since the last one ended: the engines were behind
             s["idle_s"] += t0 - s["end"]
-        self._check_batch(items)
+        mbs = w.whole_batch(items)
         lengths = [len(it.completion_ids) for it in items]
-        rel = relative_row_weights(lengths, self.aggregation, self.loss_opts.get("norm_length"))
-        [(_, mbs)] = self._layout(items, self._encode_prompts(items), list(range(len(items))), whole=True)
-        self._accumulate(items, mbs, None, {}, rel, s["acc"])  # old logprobs: the current ones (one step)
+        rel = relative_row_weights(lengths, w.aggregation, w.loss_opts.get("norm_length"))
+        w.accumulate(items, mbs, None, {}, rel, s["acc"])  # old logprobs: the current ones (one step)
         s["lengths"] += lengths
         s["mass"] += float(rel.sum())
         s["end"] = time.perf_counter()
@@ -77,18 +75,18 @@ class StreamedStep:
         s["parts"] += 1
         return len(s["lengths"])
 
-    def train_finish(self: UpdateParts) -> dict[str, float]:
+    def finish(self) -> dict[str, float]:
         """The optimizer step over every part accumulated since the last one; the step's metrics, as
         `train_step` returns them, plus `train/stream_parts` and `time/update_idle_s` (the time the policy
         waited between parts: the next chunk was still being generated)."""
-        s, self._stream = self._stream, None
+        w, s, self.state = self.parts, self.state, None
         if s is None:
             raise ValueError("train_finish without a train_part before it")
         t0 = time.perf_counter()
-        total = float(_weights(_length_mask(s["lengths"]), self.aggregation, self.loss_opts.get("norm_length")).sum())
-        m = self._apply(s["acc"], grad_scale=total / s["mass"] if s["mass"] > 0 else 0.0)
-        self.update_log = [{"epoch": 0, "mini_batch": 0, "items": list(range(len(s["lengths"]))), **m}]
-        out = self._end_step(s["lengths"], s["compute_s"] + time.perf_counter() - t0)
+        total = float(_weights(_length_mask(s["lengths"]), w.aggregation, w.loss_opts.get("norm_length")).sum())
+        m = w.apply_gradients(s["acc"], grad_scale=total / s["mass"] if s["mass"] > 0 else 0.0)
+        log = [{"epoch": 0, "mini_batch": 0, "items": list(range(len(s["lengths"]))), **m}]
+        out = w.end_step(s["lengths"], s["compute_s"] + time.perf_counter() - t0, log)
         # the policy's wait between parts (generation slower than training a part) and the part count
         out.update({"time/update_idle_s": s["idle_s"], "train/stream_parts": float(s["parts"])})
         return out

@@ -52,14 +52,14 @@ import torch
 from rlkit.algorithms import aggregate, get_kl_estimator, get_policy_loss
 from rlkit.algorithms.kl import sequence_k1
 from rlkit.policy.batching import (_aggregation_scale, _gather, _length_mask, _per_item, _weights, build_batch, encode_prompt,
-                            add_to_accumulator, image_digest, new_accumulator)
+                            add_to_accumulator, image_digest, new_accumulator, step_metrics)
 from rlkit.policy.lora import (ADAPTER_DIR, adapter_base_path, adapters_off, adapters_off_is_reference, apply_lora, load_lora,
                         lora_settings, merged_state_dict, save_lora)
 from rlkit.policy.lora import trainable_counts as lora_trainable_counts
 from rlkit.models.loading import apply_freeze, load_policy, resolve_device, tokenizer_of
 from rlkit.policy.settings import WorkerSettings, settings_with
 from rlkit.records import TrainItem
-from rlkit.policy.streaming import StreamedStep
+from rlkit.policy.streaming import StreamedUpdate
 from rlkit.policy.sharding import (all_reduce_grads, check_strategy, full_optimizer_state, full_state_dict, global_norm,
                             init_group, merge_metrics, pass_counts, rebuild_optimizer, shard_optimizer_state,
                             shard_policy)
@@ -68,7 +68,7 @@ from rlkit.policy.vision import image_inputs
 TRAINER_STATE = "trainer_state.pt"
 
 
-class PolicyWorker(StreamedStep):
+class PolicyWorker:
     def __init__(self, model_path: str, settings: WorkerSettings | None = None, **overrides):
         """`settings`: rlkit/policy/settings.py; keywords override single fields (`PolicyWorker(path, lr=1e-3)`)."""
         self.settings = cfg = settings_with(settings, **overrides)
@@ -123,10 +123,11 @@ class PolicyWorker(StreamedStep):
         self.step = 0
         self.skipped_updates = 0
         self.rank, self.world_size = 0, 1  # join_group sets them for trainer.num_ranks > 1
-        self._encoded: dict[tuple, dict] = {}  # prompt encodings of the current step (see _encode_prompts)
+        self._encoded: dict[tuple, dict] = {}  # prompt encodings of the current step (see encode_prompts)
+        self.stream = StreamedUpdate(self)  # a step whose batch arrives in parts (train_part, train_finish)
 
     # ------------------------------------------------------------------------------------------ encoding
-    def _encode_prompts(self, items: list[TrainItem]) -> list[dict]:
+    def encode_prompts(self, items: list[TrainItem]) -> list[dict]:
         """Tokenise each distinct prompt once: input_ids (1-D) plus image tensors for VLMs.
 
         Encodings are kept (keyed by prompt text and image content) until the end of the next `train_step`,
@@ -168,7 +169,7 @@ class PolicyWorker(StreamedStep):
         return logp, entropy
 
     def _micro_batches(self, items: list[TrainItem]):
-        prompts = self._encode_prompts(items)
+        prompts = self.encode_prompts(items)
         for s in range(0, len(items), self.micro_batch_size):
             yield s, self._batch(items[s:s + self.micro_batch_size], prompts[s:s + self.micro_batch_size])
 
@@ -272,6 +273,19 @@ class PolicyWorker(StreamedStep):
             old = {k: v for part in parts for k, v in part.items()}
         return old
 
+    def whole_batch(self, items: list[TrainItem]) -> list[dict]:
+        """`items` as one mini-batch: checked, prompts encoded, cut into this rank's micro-batches."""
+        self._check_batch(items)
+        return self._layout(items, self.encode_prompts(items), list(range(len(items))), whole=True)[0][1]
+
+    def train_part(self, items: list[TrainItem]) -> int:
+        """A streamed update (rlkit/policy/streaming.py): accumulate one part of the step's batch, no step yet."""
+        return self.stream.add(items)
+
+    def train_finish(self) -> dict[str, float]:
+        """A streamed update: the optimizer step over the parts since the last one; `train_step`'s metrics."""
+        return self.stream.finish()
+
     def _check_batch(self, items: list[TrainItem]) -> None:
         if self.sharded and len({bool(it.images) for it in items}) > 1:
             raise ValueError("trainer.strategy fsdp2: a batch mixes rows with and without images (ranks would "
@@ -287,7 +301,7 @@ class PolicyWorker(StreamedStep):
         """
         t0 = time.perf_counter()
         self._check_batch(items)
-        prompts = self._encode_prompts(items)
+        prompts = self.encode_prompts(items)
         n_mini = math.ceil(len(items) / (self.mini_batch_size or len(items)))
         n_steps = self.ppo_epochs * n_mini
         layout = self._layout(items, prompts, self._order(0, len(items), n_mini))
@@ -300,33 +314,15 @@ class PolicyWorker(StreamedStep):
             for k, mini in enumerate(layout):
                 m = self._optimizer_step(items, mini, old, ref)
                 self.update_log.append({"epoch": epoch, "mini_batch": k, "items": list(mini[0]), **m})
-        return self._end_step([len(it.completion_ids) for it in items], time.perf_counter() - t0)
+        return self.end_step([len(it.completion_ids) for it in items], time.perf_counter() - t0, self.update_log)
 
-    def _end_step(self, lengths: list[int], compute_s: float) -> dict[str, float]:
-        """Close the step: its metrics over `self.update_log` (token-weighted means of the optimizer steps'
-        metrics; loss, grad norm and skips averaged over steps); the next step brings new prompts."""
-        totals: dict[str, float] = {}
-        weight_sum = 0.0
-        n_steps = len(self.update_log)
-        for entry in self.update_log:
-            w = entry["_weight"]
-            weight_sum += w
-            for key, v in entry.items():
-                if key not in ("epoch", "mini_batch", "items", "_weight", "loss", "grad_norm", "update_skipped"):
-                    totals[key] = totals.get(key, 0.0) + v * w
+    def end_step(self, lengths: list[int], compute_s: float, update_log: list[dict]) -> dict[str, float]:
+        """Close the step: its metrics over `update_log` (its optimizer steps, kept as `self.update_log`;
+        `rlkit.policy.batching.step_metrics`); the next step brings new prompts."""
+        self.update_log = update_log
         self.step += 1
         self._encoded.clear()
-        out = {f"train/{k}": v / max(weight_sum, 1.0) for k, v in totals.items()}
-        out.update({
-            "train/loss": sum(e["loss"] for e in self.update_log) / n_steps,
-            "train/grad_norm": sum(e["grad_norm"] for e in self.update_log) / n_steps,
-            "train/skipped_updates": float(self.skipped_updates),
-            "train/update_skipped": sum(e["update_skipped"] for e in self.update_log) / n_steps,
-            "train/optimizer_steps": float(n_steps),
-            "train/tokens": float(sum(lengths)),
-            "time/update_compute_s": compute_s,
-        })
-        return out
+        return step_metrics(update_log, lengths, compute_s, self.skipped_updates)
 
     def _optimizer_step(self, items: list[TrainItem], mini: tuple[list, list], old: dict[int, torch.Tensor] | None,
                         ref: dict[int, torch.Tensor]) -> dict[str, float]:
@@ -340,9 +336,9 @@ class PolicyWorker(StreamedStep):
         mini_rows, mbs = mini
         full_weights = _weights(_length_mask([len(items[r].completion_ids) for r in mini_rows]), self.aggregation,
                                 self.loss_opts.get("norm_length"))
-        return self._apply(self._accumulate(items, mbs, old, ref, full_weights, new_accumulator()))
+        return self.apply_gradients(self.accumulate(items, mbs, old, ref, full_weights, new_accumulator()))
 
-    def _accumulate(self, items: list[TrainItem], mbs: list[dict], old: dict[int, torch.Tensor] | None,
+    def accumulate(self, items: list[TrainItem], mbs: list[dict], old: dict[int, torch.Tensor] | None,
                     ref: dict[int, torch.Tensor], row_weights: torch.Tensor, acc: dict) -> dict:
         """Forward/backward of the micro-batches `mbs` into the parameters' gradients, each micro-batch's loss
         scaled by its rows' weight (`row_weights[start:start+B]`, per token or per row) over its own total;
@@ -384,8 +380,7 @@ class PolicyWorker(StreamedStep):
         """(loss, metrics) of `items` as one mini-batch, as a one-step `train_step` computes them (old logprobs:
         the current ones; KL in the loss when configured), without stepping: weights, optimizer, step unchanged.
         Metrics: token-weighted means (`train_step`'s names without `train/`); several ranks: every rank calls."""
-        self._check_batch(items)
-        [(_, mbs)] = self._layout(items, self._encode_prompts(items), list(range(len(items))), whole=True)
+        mbs = self.whole_batch(items)
         weights = _weights(_length_mask([len(it.completion_ids) for it in items]), self.aggregation,
                            self.loss_opts.get("norm_length"))
         acc = new_accumulator()
@@ -401,7 +396,7 @@ class PolicyWorker(StreamedStep):
             loss, weight, totals = merge_metrics(self.world_size, loss, weight, totals)
         return loss, {k: v / max(weight, 1.0) for k, v in totals.items()}
 
-    def _apply(self, acc: dict, grad_scale: float = 1.0) -> dict[str, float]:
+    def apply_gradients(self, acc: dict, grad_scale: float = 1.0) -> dict[str, float]:
         """Sum over ranks, multiply gradients (and loss) by `grad_scale`, clip, step unless non-finite, zero."""
         loss_total, weight_sum, totals = acc["loss"], acc["weight"], acc["totals"]
         params = [p for p in self.model.parameters() if p.requires_grad]
