@@ -154,6 +154,19 @@ class RayConfig:
 
 
 @dataclasses.dataclass
+class ColdStartSection:
+    steps: int = 0  # supervised steps on the training rows before RL, from model.path (0: none). The checkpoint is output_dir/cold_start, part of the run: reused by --resume when every cold_start, model and data setting matches (rlkit/drivers/cold_start.py). 300 steps of the tiny text model: ~35 s on 2 CPU cores
+    lr: float = 1e-3  # AdamW learning rate of the cold start
+    batch_size: int = 32  # rows per supervised step
+    warmup_steps: int = 10  # linear learning-rate warm-up steps
+    modes: list = dataclasses.field(default_factory=lambda: ["fast", "deep"])  # formats taught: each training row once per mode (fast: answer; deep: <think> steps </think> answer)
+    reasoning_column: str = "reasoning"  # column with the worked steps written inside the think block of deep rows
+    source: str = ""  # data for the cold start, like data.source (empty: data.source); rows need prompt, answer and, for deep rows, the reasoning column
+    split: str = ""  # split of cold_start.source (empty: data.split)
+    limit: int = 0  # rows used for the cold start (0: all)
+
+
+@dataclasses.dataclass
 class GRPOConfig:
     output_dir: str = "runs/grpo"  # run directory: config.yaml, metrics.jsonl, samples.jsonl, checkpoints/
     seed: int = 0  # seed for data order, mode draws and sampling
@@ -172,6 +185,7 @@ class GRPOConfig:
     rewards: list = dataclasses.field(default_factory=lambda: [RewardConfig(name="exact_match")])  # list of RewardConfig
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+    cold_start: ColdStartSection = dataclasses.field(default_factory=ColdStartSection)
     labeler: dict = dataclasses.field(default_factory=dict)  # labeler of the rlaifv reward: keys of rlkit.run.labeler.LabelerConfig (path: policy = the initial policy, frozen)
 
 

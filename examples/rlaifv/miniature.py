@@ -112,7 +112,7 @@ def build_and_train(out: pathlib.Path, name: str, weight_seed: int, rows: list[d
     """A tiny VLM built with the miniature's vocabulary and `steps` supervised steps on `rows` (reused if done)."""
     import torch
 
-    from rlkit.drivers.ablation import _ensure_thinking_template
+    from rlkit.drivers.cold_start import ensure_thinking_template
     from rlkit.models.loading import build_tiny, load_policy
     from rlkit.drivers.sft import SFTConfig, sft
 
@@ -124,7 +124,7 @@ def build_and_train(out: pathlib.Path, name: str, weight_seed: int, rows: list[d
     base = out / f"{name}_base"
     build_tiny("vlm", base, texts=vocab_texts, seed=weight_seed, image_size=84, vision_depth=2, vision_init_std=0.2)
     model, processor, _ = load_policy(str(base), "float32")
-    _ensure_thinking_template(processor)
+    ensure_thinking_template(processor)
     torch.manual_seed(seed)
     res = sft(model, processor, rows, SFTConfig(lr=SFT_LR, batch_size=SFT_BATCH, max_steps=steps, seed=seed,
                                                 warmup_steps=10, log_every=max(1, steps // 4)), output_dir=target)

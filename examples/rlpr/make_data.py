@@ -5,7 +5,8 @@
 Why this data set: RLPR is for answers that are known but not checkable by a rule. A reply such as "It is
 Wednesday, two days later." is right, yet `exact_match` against "Wednesday" says 0; RLPR instead scores how
 likely the policy finds "Wednesday" after its own reasoning. Seven generated families (columns `prompt`,
-`answer`, `type`), deterministic from the seed, offline:
+`answer`, `type`, and `reasoning`: the worked steps a cold start writes in its think block), deterministic from
+the seed, offline:
 
     days      What day comes 3 days after Friday?                -> Monday
     months    Which month comes 2 months after March?            -> May
@@ -108,7 +109,7 @@ def row(rng: random.Random, kind: str) -> dict:
 KINDS = ("days", "months", "words", "colors", "opposite", "plural", "time")
 
 
-PHRASES_COLUMNS = ("prompt", "answer", "type")  # the columns of phrases.jsonl
+PHRASES_COLUMNS = ("prompt", "answer", "type", "reasoning")  # the columns of phrases.jsonl (reasoning: the cold start's think block)
 
 
 def make(rows: int = 1000, seed: int = 0, columns: tuple[str, ...] | None = PHRASES_COLUMNS) -> list[dict]:

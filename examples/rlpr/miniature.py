@@ -155,7 +155,8 @@ def _mean(v):
 
 
 def run_seed(seed: int, arms: list[str], args, train: list[dict], held: list[dict]) -> None:
-    from rlkit.drivers.ablation import ColdStartSection, EvalSection, _cold_start, _Evaluator, fresh_run_dir
+    from rlkit.config import ColdStartSection
+    from rlkit.drivers.ablation import EvalSection, _cold_start, _Evaluator, fresh_run_dir
     from rlkit.drivers.grpo import run_grpo
 
     out = pathlib.Path(args.out)

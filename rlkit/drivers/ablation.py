@@ -21,21 +21,11 @@ import json
 import pathlib
 import time
 
-from rlkit.config import ConfigError, GRPOConfig, _build, check_ranges, dump_config, load_tree, to_dict
+from rlkit.config import ColdStartSection, ConfigError, GRPOConfig, _build, check_ranges, dump_config, load_tree, to_dict
+from rlkit.drivers.cold_start import cold_rows as checked_cold_rows
+from rlkit.drivers.cold_start import load_rows as _rows
+from rlkit.drivers.cold_start import run_cold_start
 from rlkit.records import DEEP, FAST, MODES
-
-
-@dataclasses.dataclass
-class ColdStartSection:
-    steps: int = 600  # supervised steps before RL (0: no cold start, both runs start from model.path)
-    lr: float = 1e-3  # AdamW learning rate of the cold start
-    batch_size: int = 32  # rows per supervised step
-    warmup_steps: int = 10  # linear learning-rate warm-up steps
-    modes: list = dataclasses.field(default_factory=lambda: [FAST, DEEP])  # formats taught: each training row once per mode (fast: answer; deep: <think> steps </think> answer)
-    reasoning_column: str = "reasoning"  # column with the worked steps written inside the think block of deep rows
-    source: str = ""  # data for the cold start, like data.source (empty: data.source); rows need prompt, answer and, for deep rows, the reasoning column
-    split: str = ""  # split of cold_start.source (empty: data.split)
-    limit: int = 0  # rows used for the cold start (0: all)
 
 
 @dataclasses.dataclass
@@ -76,6 +66,9 @@ def check_ablation(grpo: GRPOConfig, abl: AblationSection) -> None:
     from rlkit.run.checks import check_grpo
 
     check_grpo(grpo)
+    if grpo.cold_start.steps:  # both runs start from the one cold start of `ablation.cold_start`
+        raise ConfigError("config key 'cold_start.steps': the ablation's cold start is 'ablation.cold_start' "
+                          "(one for both runs); move the section there")
     check_ranges(abl, "ablation.")  # numeric ranges (rlkit/config_ranges.py)
     for key, modes in (("cold_start.modes", abl.cold_start.modes), ("eval.modes", abl.eval.modes)):
         bad = [m for m in modes if m not in MODES]
@@ -114,8 +107,7 @@ def run_ablation(grpo: GRPOConfig, abl: AblationSection) -> dict:
     if {r["prompt"] for r in held_rows} & {r["prompt"] for r in train}:
         raise ConfigError(f"config key 'ablation.eval.split': the held-out rows ({ev.source or grpo.data.source}, "
                           f"{ev.split!r}) share prompts with the training rows")
-    cold_rows = _rows(grpo, cs.source, cs.split or grpo.data.split, cs.limit) if cs.source or cs.split else \
-        (train[: cs.limit] if cs.limit else train)
+    cold_rows = checked_cold_rows(grpo, cs, train, prefix="ablation.cold_start.") if cs.steps else []
     max_tokens = ev.max_tokens or grpo.rollout.max_tokens
     score_fn = get_reward(ev.reward)
 
@@ -150,68 +142,10 @@ def _rows_digest(rows: list[dict]) -> str:
     return hashlib.sha256(json.dumps([[r["prompt"], str(r.get("answer"))] for r in rows]).encode()).hexdigest()
 
 
-def _rows(grpo: GRPOConfig, source: str, split: str, limit: int) -> list[dict]:
-    """Rows of `source` (empty: data.source) and `split`, with data.columns mapped when it is data.source."""
-    from rlkit.data import load_source, map_columns
-
-    ds = load_source(source or grpo.data.source, split, limit=limit, seed=grpo.seed,
-                     **(grpo.data.source_kwargs if not source else {}))
-    if not source or source == grpo.data.source:
-        ds = map_columns(ds, dict(grpo.data.columns))
-    return [dict(r) for r in ds]
-
-
 def _cold_start(grpo: GRPOConfig, cs: ColdStartSection, cold_rows: list[dict], train: list[dict],
                 out: pathlib.Path) -> str:
-    """The checkpoint both runs start from: model.path (a tiny one is built with a vocabulary that covers the
-    cold-start targets), after `cs.steps` supervised steps on both formats. Reused when already written with the
-    same settings. A model whose chat template lacks the `enable_thinking` switch gets rlkit's (Qwen2-VL image
-    placeholders + Qwen3's switch) in the cold-start checkpoint."""
-    from rlkit.models.loading import load_policy
-    from rlkit.run.build import resolve_model
-    from rlkit.drivers.sft import SFTConfig, mode_rows, sft
-
-    rows = mode_rows(cold_rows, modes=cs.modes, reasoning_column=cs.reasoning_column) if cs.steps else []
-    base_path = resolve_model(grpo.model, out, lambda: [r["prompt"] for r in train] + [str(r["answer"]) for r in train]
-                              + [r["answer"] for r in rows])
-    if not cs.steps:
-        return base_path
-    target = out / "cold_start"
-    d = grpo.data
-    stamp = {**to_dict(cs), "model": to_dict(grpo.model), "data": [d.source, d.split, d.limit, d.source_kwargs, d.columns],
-             "seed": grpo.seed, "rows": len(rows)}
-    marker = target / "COLD_START.json"
-    if marker.exists() and json.loads(marker.read_text()) == stamp:
-        print(f"rlkit ablation: reusing the cold start in {target}")
-        return str(target)
-    import torch
-
-    model, processor, _ = load_policy(base_path, grpo.model.dtype)
-    _ensure_thinking_template(processor)
-    torch.manual_seed(grpo.seed)
-    res = sft(model, processor, rows, SFTConfig(lr=cs.lr, batch_size=cs.batch_size, max_steps=cs.steps,
-                                                seed=grpo.seed, warmup_steps=cs.warmup_steps,
-                                                log_every=max(1, cs.steps // 5)), output_dir=target)
-    (target / "cold_start_losses.json").write_text(json.dumps({"steps": res.steps, "seconds": res.seconds,
-                                                              "losses": res.losses}))
-    marker.write_text(json.dumps(stamp))
-    return str(target)
-
-
-def _ensure_thinking_template(processor) -> None:
-    """Give a processor without the `enable_thinking` switch (e.g. Qwen2.5-VL's) rlkit's chat template, which
-    renders the same Qwen2-VL image placeholders and adds the switch; a template that has it is kept."""
-    from rlkit.models.chat_template import CHAT_TEMPLATE
-    from rlkit.models.loading import tokenizer_of
-    from rlkit.step.modes import supports_thinking_switch
-
-    tok = tokenizer_of(processor)
-    if supports_thinking_switch(str(getattr(processor, "chat_template", None) or "")):
-        return
-    print("rlkit ablation: the model's chat template has no enable_thinking switch; the cold-start checkpoint "
-          "gets rlkit's (rlkit/models/chat_template.py)")
-    processor.chat_template = CHAT_TEMPLATE
-    tok.chat_template = CHAT_TEMPLATE
+    """The checkpoint both runs start from (rlkit/drivers/cold_start.py), in `out/cold_start`."""
+    return run_cold_start(grpo, cs, cold_rows, train, out, who="rlkit ablation")
 
 
 def _run_arm(name: str, ratio: float, grpo: GRPOConfig, ev: EvalSection, start_model: str, out: pathlib.Path,

@@ -22,6 +22,7 @@ from rlkit.step.collect import StepRows, collect
 from rlkit.config import GRPOConfig, dump_config
 from rlkit.data import PromptStream
 from rlkit.data.checks import check_rows
+from rlkit.drivers.cold_start import cold_rows, run_cold_start
 from rlkit.drivers.evaluate import HeldOutEval, accuracy_reward_name, load_eval_rows, reward_score_fn
 from rlkit.step.filters import get_filter
 from rlkit.step.mode_metrics import ModeMetrics
@@ -78,11 +79,15 @@ def prepare(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False, on_c
     for line in scan.notices():  # bad rows left out (data.on_bad_row: skip); a slow scan's time
         print(line)
     eval_rows = load_eval_rows(cfg) if cfg.trainer.eval_every else []
-    tiny = cfg.model.path.startswith("tiny:")
-    if on_checked and tiny:  # the build overlaps Ray's start
+    cs = cfg.cold_start  # supervised steps before RL (rlkit/drivers/cold_start.py); its rows checked before Ray
+    train = [dict(r) for r in ds] if cs.steps else []
+    cold = cold_rows(cfg, cs, train) if cs.steps else []
+    early = cfg.model.path.startswith("tiny:") and not cs.steps  # a cold start would take the actors' CPU
+    if on_checked and early:  # the build overlaps Ray's start
         on_checked()
-    base = resolve_model(cfg.model, out, lambda: row_texts(ds))
-    if on_checked and not tiny:  # after resolve_model's path check
+    base = run_cold_start(cfg, cs, cold, train, out, who="rlkit grpo") if cs.steps else \
+        resolve_model(cfg.model, out, lambda: row_texts(ds))
+    if on_checked and not early:  # after resolve_model's path check (and the cold start)
         on_checked()
     if needs_labeler:  # path: policy = a frozen copy of the initial policy, in this process
         lab = labeler_resources(cfg.labeler, base, cfg.rollout, cfg.seed)

@@ -26,10 +26,9 @@ def check_grpo(cfg: GRPOConfig) -> None:
         check_schedule(cfg.modes.schedule)
     except ModeError as e:
         raise ConfigError(f"config key 'modes.schedule': {e}") from e
-    modes = cfg.trainer.eval_modes
-    if not modes or any(m not in MODES for m in modes) or len(set(modes)) != len(modes):
-        raise ConfigError(f"config key 'trainer.eval_modes': {modes!r}: give one or both of {', '.join(MODES)}, "
-                          "each once")
+    for key, modes in (("trainer.eval_modes", cfg.trainer.eval_modes), ("cold_start.modes", cfg.cold_start.modes)):
+        if not modes or any(m not in MODES for m in modes) or len(set(modes)) != len(modes):
+            raise ConfigError(f"config key '{key}': {modes!r}: give one or both of {', '.join(MODES)}, each once")
     try:
         check_strategy(cfg.trainer.strategy, lora=bool(cfg.model.lora))
     except ValueError as e:
