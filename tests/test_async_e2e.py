@@ -27,7 +27,7 @@ def test_async_rlpr_filter_refill_two_workers(tmp_path, monkeypatch):
     k, steps = 2, 4
     cfg = load_config(GRPOConfig, ROOT / "examples/rlpr/grpo_rlpr.yaml", [
         f"output_dir={tmp_path / 'run'}", "logging.progress=false", "rollout.n=4", "rollout.max_tokens=12",
-        "trainer.prompts_per_step=3", f"max_steps={steps}", "logging.save_every=0", "trainer.lr=1e-2",
+        "cold_start.steps=0", "trainer.prompts_per_step=3", f"max_steps={steps}", "logging.save_every=0", "trainer.lr=1e-2",
         f"rollout.max_staleness={k}", "rollout.num_workers=2", "rollout.num_cpus=0.5", "ray.num_cpus=2",
         # the filter is on from step 3 with an unreachable threshold: every group is dropped, one refill round
         "algorithm.group_filter_opts={beta: 1.0e+9, ema: 0.5, ema_start_step: 1, filter_start_step: 3}",

@@ -20,12 +20,13 @@ def read_jsonl(path):
 
 
 @pytest.mark.parametrize("chunks", [1, 3], ids=["whole", "streamed"])
-def test_rlpr_example_with_filter_refill_and_resume(tmp_path, monkeypatch, chunks):
+def test_rlpr_example_with_filter_refill_and_resume(tmp_path, monkeypatch, capsys, chunks):
     """With rollout.stream_chunks 3 every prompt is its own chunk: RLPR asks the policy actor for logprobs while
     earlier chunks' parts are queued on it (the weights have not moved: the same scores), and a step whose groups
     are all dropped sends no part and skips the update."""
     monkeypatch.chdir(ROOT)  # the example names its data file relative to the repository root
     common = [f"output_dir={tmp_path / 'run'}", "logging.progress=false", "rollout.n=4", "rollout.max_tokens=12",
+              "cold_start.steps=2", "cold_start.limit=64",  # the example's cold start, in miniature (reused on resume)
               f"rollout.stream_chunks={chunks}",
               "trainer.prompts_per_step=3", "logging.save_every=1", "logging.keep_checkpoints=0",
               # filter from step 2 with an unreachable threshold: every group is dropped, refills run out
@@ -50,6 +51,7 @@ def test_rlpr_example_with_filter_refill_and_resume(tmp_path, monkeypatch, chunk
 
     rlkit.drivers.grpo.run_grpo(load_config(GRPOConfig, ROOT / "examples/rlpr/grpo_rlpr.yaml", [*common, "max_steps=3"]),
                         resume=True)
+    assert "reusing the cold start" in capsys.readouterr().out  # --resume: the run's own cold start, not redone
     m3 = read_jsonl(out / "metrics.jsonl")[-1]
     assert m3["step"] == 3 and m3["rlpr/baseline_cache_size"] >= len(cache)  # the cache came back
     assert m3["filter/ema"] == pytest.approx(0.5 * filt["ema"] + 0.5 * sum(filt["pending"]) / len(filt["pending"]))

@@ -87,6 +87,7 @@ def base_config(out: pathlib.Path, seed: int, steps: int):
 
     tree = yaml.safe_load((HERE / "grpo_rlpr.yaml").read_text())
     tree.update(output_dir=str(out / f"seed{seed}"), seed=seed, max_steps=steps)
+    tree.pop("cold_start", None)  # the arms start from the miniature's own paraphrase cold start (run_seed)
     tree["data"] = {"source": str(out / "data" / "train.jsonl")}
     tree["model"] = {"path": "tiny:text", "seed": seed}  # weight initialisation differs per seed too
     tree["rollout"].update(max_tokens=48, max_model_len=256)
