@@ -42,4 +42,7 @@ def ray_stopped():
     a test that asserts Ray was never started checks the code under test, not the tests before it."""
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
+        import gc
+
+        gc.collect()  # Ray objects in reference cycles collected after the shutdown would end this process
         ray.shutdown()
