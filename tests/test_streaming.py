@@ -64,6 +64,29 @@ def test_streamed_step_equals_whole_batch_step(tiny_text_path, kw):
     assert_same_update(streamed.state_dict(), whole.state_dict(), base)
 
 
+def test_a_dropped_worker_frees_its_model_at_once(tiny_text_path):
+    """The worker owns its `StreamedUpdate`, which refers back weakly: no reference cycle, so the last reference
+    to a worker going frees its model then and there (with the garbage collector off), streamed step or not."""
+    import gc
+    import weakref
+
+    from test_scale import _items
+
+    w = _worker(tiny_text_path)
+    items = _items(w)
+    w.train_part(items[:3])
+    w.train_part(items[3:])
+    w.train_finish()
+    model = weakref.ref(w.model)
+    gc.collect()
+    gc.disable()
+    try:
+        del w
+        assert model() is None, "the worker outlived its last reference (a reference cycle)"
+    finally:
+        gc.enable()
+
+
 def test_streamed_nan_part_skips_the_step(tiny_text_path):
     """A NaN advantage in the second part: the step is skipped (weights untouched), as in train_step."""
     import math
