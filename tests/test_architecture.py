@@ -205,3 +205,64 @@ def test_old_import_paths_are_the_moved_modules(old):
     assert importlib.import_module(f"rlkit.{old}") is importlib.import_module(MOVED[f"rlkit.{old}"])
     assert all((ROOT / (new.replace(".", "/") + ".py")).is_file() and not (ROOT / (o.replace(".", "/") + ".py")).exists()
                for o, new in MOVED.items())
+
+
+WORKER = pathlib.Path("rlkit/policy/worker.py")
+PRIVATE_SCAN = ("rlkit", "rollout", "rewards", "preference", "benchmarks", "examples")
+
+
+def private_worker_calls(root: pathlib.Path, scan=PRIVATE_SCAN) -> list[str]:
+    """`file:line name` of every use, outside rlkit/policy/worker.py, of a private method of `PolicyWorker` (a
+    `_name` defined in its class): allowed only on `self` inside a subclass of it (by base name, transitively)
+    or inside a class that defines that name itself."""
+    cls = next(n for n in ast.parse((root / WORKER).read_text()).body
+               if isinstance(n, ast.ClassDef) and n.name == "PolicyWorker")
+    private = {f.name for f in cls.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+               and f.name.startswith("_") and not f.name.startswith("__")}
+    trees = {f: ast.parse(f.read_text()) for d in scan for f in sorted((root / d).rglob("*.py"))
+             if f != root / WORKER}
+    classes = [c for t in trees.values() for c in ast.walk(t) if isinstance(c, ast.ClassDef)]
+    heirs, grew = {"PolicyWorker"}, True
+    while grew:
+        grew = False
+        for c in classes:
+            bases = {b.attr if isinstance(b, ast.Attribute) else getattr(b, "id", None) for b in c.bases}
+            if c.name not in heirs and bases & heirs:
+                heirs.add(c.name)
+                grew = True
+    found = []
+
+    def visit(node, cls):
+        if isinstance(node, ast.ClassDef):
+            cls = node
+        if isinstance(node, ast.Attribute) and node.attr in private:
+            own = cls is not None and isinstance(node.value, ast.Name) and node.value.id == "self" and (
+                cls.name in heirs or any(getattr(f, "name", None) == node.attr for f in cls.body))
+            if not own:
+                found.append(f"{f.relative_to(root)}:{node.lineno} {node.attr}")
+        for child in ast.iter_child_nodes(node):
+            visit(child, cls)
+
+    for f, tree in trees.items():
+        visit(tree, None)
+    return found
+
+
+def test_no_module_calls_a_private_method_of_the_policy_worker():
+    found = private_worker_calls(ROOT)
+    assert not found, f"private PolicyWorker methods called from outside rlkit/policy/worker.py: {found}"
+
+
+def test_the_private_call_check_sees_a_mixin_and_a_caller(tmp_path):
+    """A mixin calling the worker's private methods on `self` (the old `StreamedStep`) and a caller reaching
+    into a worker are found; a subclass's own use and another class's own `_name` are not."""
+    (tmp_path / WORKER).parent.mkdir(parents=True)
+    (tmp_path / WORKER).write_text("class PolicyWorker:\n    def _layout(self):\n        pass\n")
+    (tmp_path / "rlkit/policy/streaming.py").write_text(
+        "class StreamedStep:\n    def train_part(self):\n        return self._layout()\n")
+    (tmp_path / "rlkit/dpo.py").write_text(
+        "class W(PolicyWorker):\n    pass\n\n\nclass D(W):\n    def f(self):\n        return self._layout()\n")
+    (tmp_path / "rlkit/other.py").write_text(
+        "class O:\n    def _layout(self):\n        return self._layout\n\n\ndef g(w):\n    return w._layout()\n")
+    assert private_worker_calls(tmp_path, ("rlkit",)) == ["rlkit/other.py:7 _layout",
+                                                          "rlkit/policy/streaming.py:3 _layout"]

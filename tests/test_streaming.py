@@ -64,6 +64,62 @@ def test_streamed_step_equals_whole_batch_step(tiny_text_path, kw):
     assert_same_update(streamed.state_dict(), whole.state_dict(), base)
 
 
+def test_a_streamed_update_needs_only_the_public_update_parts(tiny_text_path):
+    """`StreamedUpdate` over a view of the worker that has only the names of `UpdateParts` (public attributes and
+    methods; any other name raises): the same step as train_step on the whole batch."""
+    from test_scale import _items
+
+    from rlkit.policy.streaming import StreamedUpdate, UpdateParts
+
+    names = set(UpdateParts.__annotations__) | {n for n, f in vars(UpdateParts).items()
+                                                  if callable(f) and not n.startswith("__")}
+
+    class OnlyParts:
+        def __init__(self, worker):
+            self.worker = worker
+
+        def __getattr__(self, name):
+            if name not in names:
+                raise AttributeError(f"StreamedUpdate used {name!r}, which UpdateParts does not name")
+            return getattr(self.worker, name)
+
+    whole, streamed = _worker(tiny_text_path), _worker(tiny_text_path)
+    items = _items(whole)
+    base = {k: v.clone() for k, v in whole.state_dict().items()}
+    expected = whole.train_step(items)
+    view = OnlyParts(streamed)  # (the update refers to its parts weakly: its owner keeps them)
+    update = StreamedUpdate(view)
+    assert [update.add(items[a:b]) for a, b in ((0, 2), (2, 6))] == [2, 6]
+    got = update.finish()
+    assert got["train/stream_parts"] == 2.0 and streamed.step == 1
+    for k in ("train/loss", "train/grad_norm", "train/tokens", "train/optimizer_steps"):
+        assert got[k] == pytest.approx(expected[k], rel=1e-5, abs=1e-7), k
+    assert_same_update(streamed.state_dict(), whole.state_dict(), base)
+
+
+def test_a_dropped_worker_frees_its_model_at_once(tiny_text_path):
+    """The worker owns its `StreamedUpdate`, which refers back weakly: no reference cycle, so the last reference
+    to a worker going frees its model then and there (with the garbage collector off), streamed step or not."""
+    import gc
+    import weakref
+
+    from test_scale import _items
+
+    w = _worker(tiny_text_path)
+    items = _items(w)
+    w.train_part(items[:3])
+    w.train_part(items[3:])
+    w.train_finish()
+    model = weakref.ref(w.model)
+    gc.collect()
+    gc.disable()
+    try:
+        del w
+        assert model() is None, "the worker outlived its last reference (a reference cycle)"
+    finally:
+        gc.enable()
+
+
 def test_streamed_nan_part_skips_the_step(tiny_text_path):
     """A NaN advantage in the second part: the step is skipped (weights untouched), as in train_step."""
     import math

@@ -15,11 +15,12 @@ that takes longer is treated the same way (the hung worker is killed and recreat
 `PolicyGroup` (trainer.num_ranks policy ranks) starts the ranks as actors; with more than one they form a
 torch.distributed group (rendezvous on rank 0's node IP: 127.0.0.1 under a local Ray, a free port). Every
 rank gets the whole batch and trains its slice (rlkit/policy/worker.py: gradients summed before clipping, identical
-steps). Rank 0 is the `leader`: it provides the weights for the sync, scores for rewards (RLPR) and writes
-checkpoints (model, optimizer, RNG). Under trainer.strategy "fsdp2" every forward pass all-gathers weight
-shards (a collective), so the `leader` handle fans each call out to every rank and returns rank 0's result. A
-rank that dies or fails stops the run: the others (blocked in a collective) are killed and `PolicyRankError`
-names the rank and the last complete checkpoint. With `trainer.timeout_s`, a call that gets no answer in time
+steps). Rank 0 is the leader: it provides the weights for the sync, scores for rewards (RLPR) and writes
+checkpoints (model, optimizer, RNG). The leader's calls are explicit methods (`compute_logprobs`, `reference_kl`,
+`state_dict`: rank 0's result); under trainer.strategy "fsdp2" every forward pass all-gathers weight shards (a
+collective), so they go to every rank with the same arguments (`_on_leader`). A rank that dies or fails stops
+the run: the others (blocked in a collective) are killed and `PolicyRankError` names the rank and the last
+complete checkpoint. With `trainer.timeout_s`, a call that gets no answer in time
 is a hung rank and ends the same way (without it, only gloo's collective timeout ends a rank stuck waiting for a
 peer that hangs).
 """

@@ -18,6 +18,7 @@ mini-batches would need the whole batch first.
 from __future__ import annotations
 
 import time
+import weakref
 from typing import Protocol
 
 from rlkit.policy.batching import _length_mask, _weights, new_accumulator, relative_row_weights
@@ -43,11 +44,20 @@ class UpdateParts(Protocol):
 
 class StreamedUpdate:
     """One streamed optimizer step of a worker (`PolicyWorker.stream`): `add` for each part of the batch, then
-    `finish` once. Holds the step in progress (accumulated loss and metrics, lengths, weight mass, timers)."""
+    `finish` once. Holds the step in progress (accumulated loss and metrics, lengths, weight mass, timers).
+
+    It refers to its parts weakly: the worker owns it, and a strong reference back would put the worker in a
+    reference cycle, so dropping a worker would free its model (and GPU memory) only at the next full garbage
+    collection instead of at once (benchmarks/gpu_worker.py frees one model before it builds the next)."""
 
     def __init__(self, parts: UpdateParts):
-        self.parts = parts
+        self._parts = weakref.ref(parts)
         self.state: dict | None = None  # the step in progress; None between steps
+
+    @property
+    def parts(self) -> UpdateParts:
+        """The worker (whatever provides `UpdateParts`) this step is built from; its owner keeps it alive."""
+        return self._parts()
 
     def add(self, items: list[TrainItem]) -> int:
         """Accumulate the gradient of one part of the step's batch (every rank gets the part; each trains its
