@@ -13,6 +13,8 @@ measured in docs/performance.md, "Start-up").
 - `warm`: the bare actors' imports run with Python's cyclic garbage collector paused, then everything imported is
   frozen out of its reach (`gc.freeze`, as vLLM does after its own start): the imports allocate millions of
   long-lived objects that every full collection would rescan (vLLM calls `gc.collect()` five times while starting).
+  The pause covers naming the imports too (`engine_imports` imports vLLM's platform and model registry: most of
+  vLLM), and the driver's processor load (`load_quietly`, its transformers imports).
 
 Failures keep their shape: the checks that ran before Ray still run before it (`prepare`); a placement the cluster
 cannot hold raises its one-line `ResourceError` from `EarlyStart.wait`; an actor that cannot start is named by
@@ -67,6 +69,13 @@ def warm(modules) -> list[str]:
             except Exception:
                 failed.append(name)
     return failed
+
+
+def load_quietly(load, *args):
+    """`load(*args)` with the collector paused and what it imported frozen (the driver's processor: transformers'
+    imports, ~0.7 CPU-s of collections on 2 cores otherwise)."""
+    with paused_gc():
+        return load(*args)
 
 
 def model_classes(path: str) -> tuple[str, str]:
@@ -124,7 +133,8 @@ class _Bare:
         from rlkit.console import actor_setup
 
         actor_setup()  # output to the run's log folder before anything is imported (rlkit/console.py)
-        warm(self.imports(*hints))
+        with paused_gc():  # naming the imports imports most of vLLM already (its platform, its model registry)
+            warm(self.imports(*hints))
 
     def construct(self, *args, **kwargs) -> None:
         real = next(c for c in type(self).__mro__[1:] if c is not _Bare and not issubclass(c, _Bare))

@@ -245,7 +245,7 @@ def setup(run: Run, resume: bool, overwrite: bool) -> None:
     from tqdm import tqdm
 
     from rlkit.distributed.orchestration import init_ray, wait_ready
-    from rlkit.distributed.warm_start import EarlyStart, grpo_plan
+    from rlkit.distributed.warm_start import EarlyStart, grpo_plan, load_quietly
 
     cfg = run.cfg
     # Ray, the placement and bare actors start in a thread once prepare's checks pass (rlkit/distributed/warm_start.py)
@@ -281,7 +281,7 @@ def setup(run: Run, resume: bool, overwrite: bool) -> None:
     run.policy = _policy(cfg, p.start_model, p.base_model, p.out, run.placement, spawn=early.spawn)
     run.engine = _engines(cfg, p.start_model, run.placement, spawn=early.spawn)
     early.close()  # bare actors the pools did not take
-    run.processor = load_processor(p.start_model)  # while the actors start
+    run.processor = load_quietly(load_processor, p.start_model)  # while the actors start; collector paused
     run.engine.restarts = state.get("rollout_worker_restarts", 0)
     p.resources.policy = PolicyLogprobs(run.policy, tokenizer_of(run.processor))
     p.scorer.start()  # reward worker processes warm up while the engine starts
