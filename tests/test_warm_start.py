@@ -9,8 +9,11 @@ computes.
 - the actors the GRPO driver starts early are the ones its pools ask for (same options), so none is wasted;
 - a bare engine whose construction fails ends like an engine whose constructor fails (the pool recreates it and
   reports the error the same way); a bare policy rank's failure is named by the policy group;
-- vLLM's token ranks run eagerly on CPU (no torch.compile at the first rollout) and count the same.
+- vLLM's token ranks run eagerly on CPU (no torch.compile at the first rollout) and count the same;
+- no garbage collection runs while a bare actor names and imports its modules, nor while the driver loads its
+  processor (third pass: both import most of vLLM / transformers, and collections rescan all of it).
 """
+import gc
 import json
 import pathlib
 
@@ -181,6 +184,57 @@ def test_tiny_arch_hints_match_the_built_models(tiny_text_path, tiny_vlm_path):
     for kind, path in (("text", tiny_text_path), ("vlm", tiny_vlm_path)):
         cfg = json.loads((pathlib.Path(path) / "config.json").read_text())
         assert TINY_ARCH[kind] == (cfg["model_type"], cfg["architectures"][0]) == model_classes(path)
+
+
+def _collections_during(fn) -> tuple[list, object]:
+    """(the collector's start callbacks while `fn` ran, its result); afterwards nothing stays frozen."""
+    runs: list = []
+
+    def cb(phase, info):
+        if phase == "start":
+            runs.append(info["generation"])
+
+    gc.callbacks.append(cb)
+    try:
+        return runs, fn()
+    finally:
+        gc.callbacks.remove(cb)
+        gc.unfreeze()
+
+
+def _make_cycles() -> bool:
+    """Allocates enough self-referencing lists to start several collections with the collector on."""
+    keep = []
+    for _ in range(20000):
+        a: list = []
+        a.append(a)
+        keep.append(a)
+    return gc.isenabled()
+
+
+def test_bare_actor_names_its_imports_with_the_collector_paused():
+    from rlkit.distributed.warm_start import _Bare
+
+    class Probe(_Bare):
+        @staticmethod
+        def imports(*hints):  # engine_imports imports vLLM's platform and model registry while naming
+            Probe.enabled = _make_cycles()
+            return []
+
+    runs, _ = _collections_during(Probe)
+    assert Probe.enabled is False and runs == [] and gc.isenabled()
+    assert _collections_during(_make_cycles)[0], "the probe allocates enough to start collections normally"
+
+
+def test_driver_loads_its_processor_with_the_collector_paused():
+    import inspect
+
+    from rlkit.distributed.warm_start import load_quietly
+    from rlkit.drivers import grpo
+
+    runs, enabled = _collections_during(lambda: load_quietly(_make_cycles))
+    assert enabled is False and runs == [] and gc.isenabled()
+    assert "load_quietly(load_processor, p.start_model)" in inspect.getsource(grpo.setup)
 
 
 def test_bad_data_fails_before_the_early_start(tmp_path, ray_stopped):
