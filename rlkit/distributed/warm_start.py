@@ -24,6 +24,7 @@ recreates it the usual way (whose constructor then reports the error as before);
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 import importlib
@@ -73,9 +74,16 @@ def warm(modules) -> list[str]:
 
 def load_quietly(load, *args):
     """`load(*args)` with the collector paused and what it imported frozen (the driver's processor: transformers'
-    imports, ~0.7 CPU-s of collections on 2 cores otherwise)."""
+    imports, ~0.7 CPU-s of collections on 2 cores otherwise). At exit it is unfrozen, so the interpreter's last
+    collections free it as usual (else nanobind extensions, triton's, print ~30 lines of "leaked" objects)."""
     with paused_gc():
-        return load(*args)
+        out = load(*args)
+    if not _UNFREEZE_AT_EXIT:
+        _UNFREEZE_AT_EXIT.append(atexit.register(gc.unfreeze))
+    return out
+
+
+_UNFREEZE_AT_EXIT: list = []
 
 
 def model_classes(path: str) -> tuple[str, str]:
