@@ -12,7 +12,7 @@ computes.
 - vLLM's token ranks run eagerly on CPU (no torch.compile at the first rollout) and count the same;
 - no garbage collection runs while a bare actor names and imports its modules, nor while the driver loads its
   processor (third pass: both import most of vLLM / transformers, and collections rescan all of it); the driver
-  still exits without nanobind's leak reports (what it froze is unfrozen at exit).
+  freezes nothing (its Ray objects stay collectable; no nanobind leak reports at exit).
 """
 import gc
 import json
@@ -233,23 +233,23 @@ def test_driver_loads_its_processor_with_the_collector_paused():
     from rlkit.distributed.warm_start import load_quietly
     from rlkit.drivers import grpo
 
-    runs, enabled = _collections_during(lambda: load_quietly(_make_cycles))
-    assert enabled is False and runs == [] and gc.isenabled()
+    runs: list = []
+
+    def load():  # what collections ran while "loading" (after it, the resumed collector may run one)
+        enabled = _make_cycles()
+        return enabled, list(runs)
+
+    gc.callbacks.append(lambda phase, info: runs.append(phase))
+    try:
+        enabled, during = load_quietly(load)
+    finally:
+        gc.callbacks.pop()
+    assert enabled is False and during == [] and gc.isenabled()
+    frozen = gc.get_freeze_count()
+    load_quietly(_make_cycles)
+    # nothing frozen: Ray objects stay collectable before ray.shutdown; no nanobind "leaked" lines at exit
+    assert gc.get_freeze_count() == frozen
     assert "load_quietly(load_processor, p.start_model)" in inspect.getsource(grpo.setup)
-
-
-def test_driver_exits_without_leak_reports_after_a_quiet_load(tiny_vlm_path):
-    """What the driver froze is unfrozen at exit: triton's nanobind objects (imported with transformers) are
-    freed, not reported as ~30 lines of leaks on the console."""
-    import subprocess
-    import sys
-
-    code = ("from rlkit.distributed.warm_start import load_quietly\n"
-            "from rlkit.models.loading import load_processor\n"
-            f"load_quietly(load_processor, {str(tiny_vlm_path)!r})\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "leaked" not in out.stdout + out.stderr
 
 
 def test_bad_data_fails_before_the_early_start(tmp_path, ray_stopped):

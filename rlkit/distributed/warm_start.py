@@ -14,7 +14,7 @@ measured in docs/performance.md, "Start-up").
   frozen out of its reach (`gc.freeze`, as vLLM does after its own start): the imports allocate millions of
   long-lived objects that every full collection would rescan (vLLM calls `gc.collect()` five times while starting).
   The pause covers naming the imports too (`engine_imports` imports vLLM's platform and model registry: most of
-  vLLM), and the driver's processor load (`load_quietly`, its transformers imports).
+  vLLM), and the driver's processor load (`load_quietly`, its transformers imports; paused, not frozen).
 
 Failures keep their shape: the checks that ran before Ray still run before it (`prepare`); a placement the cluster
 cannot hold raises its one-line `ResourceError` from `EarlyStart.wait`; an actor that cannot start is named by
@@ -24,7 +24,6 @@ recreates it the usual way (whose constructor then reports the error as before);
 """
 from __future__ import annotations
 
-import atexit
 import contextlib
 import gc
 import importlib
@@ -44,15 +43,16 @@ TINY_ARCH = {"vlm": ("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration"), "text"
 
 # ---------------------------------------------------------------------------------------------- imports, gc
 @contextlib.contextmanager
-def paused_gc():
-    """Cyclic GC off for the block, then what exists is frozen (never rescanned) and GC resumes."""
+def paused_gc(freeze: bool = True):
+    """Cyclic GC off for the block, then (`freeze`) what exists is frozen (never rescanned) and GC resumes."""
     was = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if was:
-            gc.freeze()
+            if freeze:
+                gc.freeze()
             gc.enable()
 
 
@@ -73,17 +73,11 @@ def warm(modules) -> list[str]:
 
 
 def load_quietly(load, *args):
-    """`load(*args)` with the collector paused and what it imported frozen (the driver's processor: transformers'
-    imports, ~0.7 CPU-s of collections on 2 cores otherwise). At exit it is unfrozen, so the interpreter's last
-    collections free it as usual (else nanobind extensions, triton's, print ~30 lines of "leaked" objects)."""
-    with paused_gc():
-        out = load(*args)
-    if not _UNFREEZE_AT_EXIT:
-        _UNFREEZE_AT_EXIT.append(atexit.register(gc.unfreeze))
-    return out
-
-
-_UNFREEZE_AT_EXIT: list = []
+    """`load(*args)` with the collector paused (the driver's processor: transformers' imports, ~0.4-0.9 CPU-s of
+    collections otherwise). Nothing is frozen in the driver: its Ray objects must stay collectable before
+    `ray.shutdown`, and frozen nanobind objects (triton's) print ~30 lines of "leaked" objects at exit."""
+    with paused_gc(freeze=False):
+        return load(*args)
 
 
 def model_classes(path: str) -> tuple[str, str]:
