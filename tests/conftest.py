@@ -42,7 +42,6 @@ def ray_stopped():
     a test that asserts Ray was never started checks the code under test, not the tests before it."""
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
-        import gc
+        from rlkit.distributed.orchestration import shutdown
 
-        gc.collect()  # Ray objects in reference cycles collected after the shutdown would end this process
-        ray.shutdown()
+        shutdown()  # not ray.shutdown(): what rlkit holds of Ray goes first (else the process may exit)

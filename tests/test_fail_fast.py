@@ -422,3 +422,26 @@ def test_an_actor_waiting_for_resources_is_named(ray_two_cpus, capsys, monkeypat
     finally:
         for a in (hog, late):
             ray.kill(a)
+
+
+def test_shutdown_ends_the_start_watch_before_ray(ray_stopped):
+    """The start watch's thread polls `ray.wait` on the refs of actors still starting. In a `ray.wait` during
+    `ray.shutdown()`, or with its refs freed after it, Ray ends the whole process ("The core worker has already
+    been shutdown ... The process will exit": pytest vanished mid-run in CI, rc 1, no summary, after the test
+    above). `shutdown` stops the watch and drops its refs while Ray is still up."""
+    import ray
+
+    from rlkit.distributed.orchestration import START_WATCH, init_ray, shutdown, spawn
+
+    class Hog:
+        def ping(self):
+            return 1
+
+    init_ray("", 1)
+    hog = spawn(Hog, num_cpus=1)
+    assert ray.get(hog.ping.remote(), timeout=120) == 1
+    spawn(Hog, num_cpus=1)  # waits for the CPU the first one holds: pending in the watch
+    thread = START_WATCH._thread
+    assert START_WATCH._pending and thread is not None and thread.is_alive()
+    shutdown()
+    assert not thread.is_alive() and not START_WATCH._pending and START_WATCH._thread is None

@@ -228,7 +228,7 @@ class StartWatch:
     it is running (its `__ray_ready__` answers: placed and constructed); one still starting after `first_s`
     (then every `every_s`) gets a line naming the pending actors, their resources and what the cluster has free
     (an actor that does not fit what is free waits for resources, silently otherwise). A daemon thread; it
-    ends when nothing is pending."""
+    ends when nothing is pending, or at `stop` (before Ray shuts down: `shutdown`, and at exit)."""
 
     first_s = 60.0
     every_s = 120.0
@@ -240,6 +240,8 @@ class StartWatch:
         self._lock = threading.Lock()
         self._pending: dict = {}  # ready ref -> (what, resources, spawned at)
         self._thread = None
+        self._stop = threading.Event()
+        self._at_exit = False
 
     def add(self, actor, what: str, resources: dict) -> None:
         import threading
@@ -248,15 +250,34 @@ class StartWatch:
         with self._lock:
             self._pending[ready] = (what, resources, time.monotonic())
             if self._thread is None or not self._thread.is_alive():
+                if not self._at_exit:  # registered after ray.init's own hook, so it runs before Ray's shutdown
+                    import atexit
+
+                    atexit.register(self.stop)
+                    self._at_exit = True
+                self._stop.clear()
                 self._thread = threading.Thread(target=self._run, name="rlkit-start-watch", daemon=True)
                 self._thread.start()
+
+    def stop(self) -> None:
+        """End the watch and drop its object refs while Ray is still up. A thread inside `ray.wait`, or an object
+        ref freed, after `ray.shutdown()` ends the whole process ("The core worker has already been shutdown ...
+        The process will exit"): the silent exits of pytest in CI."""
+        import threading
+
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10 * self.poll_s)
+        with self._lock:
+            self._pending.clear()
+            self._thread = None
 
     def _run(self) -> None:
         import ray
 
         last_said = -1e18
-        while True:
-            time.sleep(self.poll_s)
+        while not self._stop.wait(self.poll_s):
             try:
                 if not ray.is_initialized():
                     return
@@ -355,7 +376,8 @@ def where_am_i() -> dict:
 
 
 def shutdown() -> None:
-    """Stop this process's Ray. Reference cycles are collected first: Ray objects held only by a cycle (an object
+    """Stop this process's Ray. The start watch's thread ends and drops its object refs first (`StartWatch.stop`:
+    a thread inside `ray.wait` during the shutdown ended the process), then reference cycles are collected: Ray objects held only by a cycle (an object
     ref in a caught exception's traceback, `ray.remote`'s actor classes) and collected after `ray.shutdown()` can
     end the process ("The core worker has already been shutdown ... The process will exit"), as the two-rank test
     in tests/test_streaming.py did whenever the garbage collector's next run fell after the shutdown."""
@@ -364,6 +386,7 @@ def shutdown() -> None:
     import ray
 
     if ray.is_initialized():
+        START_WATCH.stop()  # no thread of ours inside Ray, and none of its object refs left, past this point
         gc.collect()
         ray.shutdown()
 
