@@ -28,14 +28,15 @@ def main() -> int:
 
     torch.set_num_threads(1)
     from rewards.registry import get_reward
-    from rlkit.drivers.ablation import _rows, load_ablation_config
+    from rlkit.drivers.ablation import load_ablation_config
+    from rlkit.drivers.cold_start import load_rows
     from rlkit.drivers.ablation_eval import prompt_rows, reward_rows_score_fn
     from rlkit.drivers.evaluate import evaluate_modes
     from rlkit.models.loading import load_processor
     from rollout import make_engine
 
     grpo, abl = load_ablation_config(args.config)
-    rows = _rows(grpo, abl.eval.source, abl.eval.split, abl.eval.limit)
+    rows = load_rows(grpo, abl.eval.source, abl.eval.split, abl.eval.limit)
     score = reward_rows_score_fn(get_reward(abl.eval.reward))
     run = pathlib.Path(args.run)
     out = {}

@@ -25,7 +25,8 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 from rlkit.config import to_dict  # noqa: E402
-from rlkit.drivers.ablation import _cold_start, _rows, _run_arm, load_ablation_config, read_jsonl  # noqa: E402
+from rlkit.drivers.ablation import _cold_start, _run_arm, load_ablation_config, read_jsonl  # noqa: E402
+from rlkit.drivers.cold_start import cold_rows as checked_cold_rows  # noqa: E402
 from parity_stats import async_summary, compare, parity_table, score_at, tail_mean  # noqa: E402
 from rlkit.records import DEEP  # noqa: E402
 
@@ -66,8 +67,7 @@ def run_seed(grpo, abl, seed: int, ks, correction: dict, steps: int, out: pathli
     sdir.mkdir(parents=True, exist_ok=True)
     train = [dict(r) for r in load_prompt_data(g)]
     cs = abl.cold_start
-    cold_rows = _rows(g, cs.source, cs.split or g.data.split, cs.limit) if cs.source or cs.split else \
-        (train[: cs.limit] if cs.limit else train)
+    cold_rows = checked_cold_rows(g, cs, train, prefix="ablation.cold_start.")
     t, load = time.perf_counter(), LoadSampler()
     start_model = _cold_start(g, cs, cold_rows, train, sdir)
     cold = {"wall_s": time.perf_counter() - t, "load": load.stop()}

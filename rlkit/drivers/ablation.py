@@ -23,7 +23,7 @@ import time
 
 from rlkit.config import ColdStartSection, ConfigError, GRPOConfig, _build, check_ranges, dump_config, load_tree, to_dict
 from rlkit.drivers.cold_start import cold_rows as checked_cold_rows
-from rlkit.drivers.cold_start import load_rows as _rows
+from rlkit.drivers.cold_start import load_rows
 from rlkit.drivers.cold_start import run_cold_start
 from rlkit.records import DEEP, FAST, MODES
 
@@ -63,17 +63,15 @@ def load_ablation_config(path=None, overrides: list[str] | None = None) -> tuple
 
 
 def check_ablation(grpo: GRPOConfig, abl: AblationSection) -> None:
-    from rlkit.run.checks import check_grpo
+    from rlkit.run.checks import check_grpo, check_modes
 
     check_grpo(grpo)
     if grpo.cold_start.steps:  # both runs start from the one cold start of `ablation.cold_start`
         raise ConfigError("config key 'cold_start.steps': the ablation's cold start is 'ablation.cold_start' "
                           "(one for both runs); move the section there")
     check_ranges(abl, "ablation.")  # numeric ranges (rlkit/config_ranges.py)
-    for key, modes in (("cold_start.modes", abl.cold_start.modes), ("eval.modes", abl.eval.modes)):
-        bad = [m for m in modes if m not in MODES]
-        if bad or not modes:
-            raise ConfigError(f"config key 'ablation.{key}': {modes!r}; use a non-empty list of fast, deep")
+    check_modes("ablation.cold_start.modes", abl.cold_start.modes)
+    check_modes("ablation.eval.modes", abl.eval.modes)
     if (abl.eval.source or grpo.data.source) == grpo.data.source and abl.eval.split == grpo.data.split:
         raise ConfigError(f"config key 'ablation.eval.split': {abl.eval.split!r} is the training split (data.split)")
     from rewards.registry import available_rewards
@@ -103,7 +101,7 @@ def run_ablation(grpo: GRPOConfig, abl: AblationSection) -> dict:
 
     train = [dict(r) for r in load_prompt_data(grpo)]
     ev, cs = abl.eval, abl.cold_start
-    held_rows = _rows(grpo, ev.source, ev.split, ev.limit)
+    held_rows = load_rows(grpo, ev.source, ev.split, ev.limit)
     if {r["prompt"] for r in held_rows} & {r["prompt"] for r in train}:
         raise ConfigError(f"config key 'ablation.eval.split': the held-out rows ({ev.source or grpo.data.source}, "
                           f"{ev.split!r}) share prompts with the training rows")

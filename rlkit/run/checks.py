@@ -19,6 +19,12 @@ from rlkit.records import MODES
 from rlkit.policy.sharding import check_strategy
 
 
+def check_modes(key: str, modes) -> None:
+    """A list of thinking modes in a config: one or both of fast, deep, each once; else one line naming the key."""
+    if not modes or any(m not in MODES for m in modes) or len(set(modes)) != len(modes):
+        raise ConfigError(f"config key '{key}': {modes!r}: give one or both of {', '.join(MODES)}, each once")
+
+
 def check_grpo(cfg: GRPOConfig) -> None:
     """The config's own checks, then those of every name it gives; ConfigError naming the key."""
     check_grpo_fields(cfg)
@@ -26,9 +32,8 @@ def check_grpo(cfg: GRPOConfig) -> None:
         check_schedule(cfg.modes.schedule)
     except ModeError as e:
         raise ConfigError(f"config key 'modes.schedule': {e}") from e
-    for key, modes in (("trainer.eval_modes", cfg.trainer.eval_modes), ("cold_start.modes", cfg.cold_start.modes)):
-        if not modes or any(m not in MODES for m in modes) or len(set(modes)) != len(modes):
-            raise ConfigError(f"config key '{key}': {modes!r}: give one or both of {', '.join(MODES)}, each once")
+    check_modes("trainer.eval_modes", cfg.trainer.eval_modes)
+    check_modes("cold_start.modes", cfg.cold_start.modes)
     try:
         check_strategy(cfg.trainer.strategy, lora=bool(cfg.model.lora))
     except ValueError as e:
