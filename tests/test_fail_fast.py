@@ -295,6 +295,48 @@ def test_cli_infeasible_resources_fail_before_ray(tmp_path):
     assert took < 60, took  # Python and torch imports on a loaded 2-core machine; Ray never starts
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_ray_address_nobody_answers_is_one_line_in_seconds(tmp_path):
+    """The found hang: `ray.address` naming a port no cluster listens on. Ray retries its GCS for minutes with its
+    messages in the run's log only (the console sat at nothing for 10 minutes); now one line naming the key."""
+    port = _free_port()
+    t0 = time.perf_counter()
+    r = rlkit("grpo", f"output_dir={tmp_path}", f"ray.address=127.0.0.1:{port}", "max_steps=1")
+    took = time.perf_counter() - t0
+    assert r.returncode == 2, r.stderr[-2000:]
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"rlkit: error: config key 'ray.address' ('127.0.0.1:{port}'): no Ray cluster answers at "), line
+    assert f"`ray start --head --port={port}`" in line, line
+    assert took < 90, took  # imports, data and the tiny model on a loaded 2-core machine; then 5 s at most
+
+
+def test_a_cluster_on_the_loopback_address_is_joined(tmp_path):
+    """A cluster listening on 127.0.0.1 only (a local rlkit Ray, or `ray start --head --node-ip-address=127.0.0.1`)
+    is joined at `ray.address=127.0.0.1:PORT`: Ray would turn that into the machine's own address, where nothing
+    listens, and retry it for minutes."""
+    head_code = ("import sys, ray\nfrom rlkit.distributed.orchestration import init_ray\ninit_ray('', 1)\n"
+                 "print(ray.get_runtime_context().gcs_address, flush=True)\nsys.stdin.read()\n")
+    head = subprocess.Popen([sys.executable, "-c", head_code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    try:
+        address = head.stdout.readline().strip()
+        assert address.startswith("127.0.0.1:"), address
+        join_code = ("import ray\nfrom rlkit.distributed.orchestration import init_ray\n"
+                     f"init_ray({address!r})\nprint(ray.get(ray.remote(lambda: 'ran').remote()))\n")
+        r = subprocess.run([sys.executable, "-c", join_code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert r.returncode == 0 and r.stdout.strip().endswith("ran"), r.stderr[-2000:]
+    finally:
+        head.stdin.close()  # the head's Ray stops with it
+        head.wait(timeout=60)
+
+
 def test_prepare_refuses_more_cpus_than_the_local_ray_will_have(tmp_path, ray_stopped):
     """Before Ray starts (a local Ray's CPUs are ray.num_cpus, or this machine's): prepare stops, in-process."""
     from rlkit.drivers.grpo import prepare

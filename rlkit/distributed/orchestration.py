@@ -66,7 +66,13 @@ def init_ray(address: str = "", num_cpus: int = 0, loopback: bool = True) -> Non
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_worker_niceness", "0")  # actors at the driver's priority (runtime_env.py)
     if address:
-        ray.init(address=address, log_to_driver=True)
+        address = join_address(address)  # an address nothing answers on fails here, in seconds, naming it
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except ConnectionError as e:  # something answers, but not a Ray cluster's GCS (after Ray's own ~20 s)
+            from rlkit.distributed.resources import ResourceError
+
+            raise ResourceError(f"config key 'ray.address': {str(e).splitlines()[0]}") from None
     else:
         if loopback:
             from ray._private import ray_constants
@@ -84,6 +90,48 @@ def init_ray(address: str = "", num_cpus: int = 0, loopback: bool = True) -> Non
             # never hands them one, and on a small machine their start-up takes CPU from the actors' own
             _system_config={"prestart_worker_first_driver": False, "enable_worker_prestart": False},
         )
+
+
+def join_address(address: str, timeout_s: float = 5.0) -> str:
+    """The host:port `ray.init(address=...)` will connect to, checked to answer within `timeout_s`.
+
+    Ray turns a loopback host ("127.0.0.1", "localhost") into the machine's own address before it connects, and
+    then retries a GCS that does not answer for minutes, its messages in the run's log only: a typo in
+    `ray.address` looked like a hang. A cluster that listens on the loopback address alone (started with
+    `ray start --head --node-ip-address=127.0.0.1`, or by another rlkit run) is joined there, in the single-machine
+    mode a local rlkit Ray uses (`init_ray`). Anything else that does not answer raises `ResourceError`, one line
+    naming the address."""
+    import socket
+
+    from ray._private import ray_constants, services
+
+    from rlkit.distributed.resources import ResourceError
+
+    try:
+        given = services.get_ray_address_from_environment(address, None)  # "auto": the last `ray start`'s
+        resolved = services.canonicalize_bootstrap_address_or_die(address)
+    except (ConnectionError, ValueError) as e:  # "auto" with no cluster running, or a malformed address
+        raise ResourceError(f"config key 'ray.address' ({address!r}): {e}".splitlines()[0]) from None
+    host, _, port = resolved.rpartition(":")
+
+    def answers(h: str) -> str | None:
+        try:
+            socket.create_connection((h, int(port)), timeout=timeout_s).close()
+            return None
+        except (OSError, ValueError) as e:
+            return e.strerror or type(e).__name__
+
+    why = answers(host)
+    if why is None:
+        return resolved
+    given = services.parse_address(given) if given and given != "auto" else None
+    if given and services.is_localhost(given[0]) and answers("127.0.0.1") is None:
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # as init_ray's loopback: Ray keeps 127.0.0.1
+        ray_constants.ENABLE_RAY_CLUSTER = False
+        return f"127.0.0.1:{port}"
+    raise ResourceError(f"config key 'ray.address' ({address!r}): no Ray cluster answers at {resolved} ({why} "
+                        f"within {timeout_s:g} s). Start one there with `ray start --head --port={port}`, or leave "
+                        "ray.address empty to start a local Ray")
 
 
 PLACEMENTS = ("none", "colocate", "separate")
