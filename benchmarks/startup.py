@@ -4,7 +4,7 @@
 
 Each repetition runs `rlkit grpo --config examples/easy_vqa/grpo.yaml` (the README's first example: a tiny
 vision-language model built from its config, vLLM rollout, one policy actor) in a fresh process and a fresh
-output_dir, and stops it when the first rollout has come back. The times are seconds since the command was
+output_dir, and stops it when the first step's update is done. The times are seconds since the command was
 launched, taken in that process by wrapping the tree's own functions (so they measure any tree that has them):
 
     python      the interpreter runs the first line of this script
@@ -15,10 +15,12 @@ launched, taken in that process by wrapping the tree's own functions (so they me
                 an actor started early and bare, rlkit/distributed/warm_start.py, after its `construct` call)
     engine      the engine actor's constructor finished (vLLM started; likewise)
     rollout     the first step's rollout and rewards are back (`rlkit.drivers.grpo.collect` returned)
+    update      the first step's optimizer step is done (`rlkit.drivers.grpo.Update.finish` returned)
 
-and `cpu_s`, the CPU seconds the command's whole process tree (driver, Ray's processes, the actors) used until
-then: on a loaded machine the wall times above stretch with the load, the work much less. `driver_cpu` holds
-the driver process's own CPU seconds (all its threads) at each phase.
+and `cpu_s` (`cpu_s_update`), the CPU seconds the command's whole process tree (driver, Ray's processes, the
+actors) used until the first rollout (update), with `cpu_by_process` splitting the first by process: on a
+loaded machine the wall times above stretch with the load, the work much less. `driver_cpu` holds the driver
+process's own CPU seconds (all its threads) at each phase.
 
 With `--base`, the other tree (e.g. `git worktree add --detach DIR a7d7561`) runs in the same repetitions,
 alternating which side goes first, so both see the same machine load; the load average (os.getloadavg) is
@@ -41,7 +43,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 
-PHASES = ("python", "imports", "prepare", "ray_init", "policy", "engine", "rollout")
+PHASES = ("python", "imports", "prepare", "ray_init", "policy", "engine", "rollout", "update")
 HERE = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -115,11 +117,23 @@ def child(t0: float, trace: str, argv: list[str]) -> int:
         warm_start.EarlyStart.spawn = lambda self, cls, *a, **k: watched(
             lambda c, *a2, **k2: early_spawn(self, c, *a2, **k2))(cls, *a, **k)
 
-    def stop(_):
+    def at_rollout(_):
         marks["cpu_s"] = tree_cpu_seconds(os.getpid())
-        raise _Stop
+        marks["cpu_by_process"] = tree_cpu_seconds(os.getpid(), by_process=True)
+        if not hasattr(grpo, "Update"):  # a tree without the named update phase: stop at the rollout
+            raise _Stop
 
-    wrap_end(grpo, "collect", "rollout", after=stop)
+    wrap_end(grpo, "collect", "rollout", after=at_rollout)
+    if hasattr(grpo, "Update"):
+        finish = grpo.Update.finish
+
+        def finish_then_stop(self, *a, **k):
+            finish(self, *a, **k)
+            mark("update")
+            marks["cpu_s_update"] = tree_cpu_seconds(os.getpid())
+            raise _Stop
+
+        grpo.Update.finish = finish_then_stop
     try:
         cli.main(["grpo", *argv])
     except _Stop:
@@ -129,10 +143,28 @@ def child(t0: float, trace: str, argv: list[str]) -> int:
     return 0
 
 
-def tree_cpu_seconds(pid: int) -> float:
+def process_label(pid: int) -> str:
+    """A short name for a process of the tree: Ray's process title (e.g. "ray::EarlyEngineActor") or the program
+    and its first argument that names a module or script."""
+    try:
+        argv = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    words = [a.decode(errors="replace") for a in argv if a]
+    if not words:
+        return "?"
+    if words[0].startswith("ray::"):
+        return words[0].split(".")[0].split()[0]
+    prog = os.path.basename(words[0])
+    script = next((os.path.basename(w) for w in words[1:] if w.endswith(".py") or w.startswith("ray.")), "")
+    return f"{prog} {script}".strip()
+
+
+def tree_cpu_seconds(pid: int, by_process: bool = False):
     """CPU seconds (user + system) used so far by process `pid` and every live descendant (Ray's GCS, raylet,
     agents, the actors; children that exited and were reaped count through their parent's cutime/cstime):
-    the start-up's work, which, unlike its wall time, hardly depends on what else the machine runs."""
+    the start-up's work, which, unlike its wall time, hardly depends on what else the machine runs. With
+    `by_process`, a dict {process label: CPU seconds} instead of the total (the driver is "driver")."""
     tick = os.sysconf("SC_CLK_TCK")
     stats = {}
     for d in os.listdir("/proc"):
@@ -146,12 +178,15 @@ def tree_cpu_seconds(pid: int) -> float:
     children: dict[int, list] = {}
     for p, (ppid, _) in stats.items():
         children.setdefault(ppid, []).append(p)
-    total, todo = 0, [pid]
+    total, todo, parts = 0, [pid], {}
     while todo:
         p = todo.pop()
         total += stats.get(p, (0, 0))[1]
+        if by_process:
+            label = "driver" if p == pid else process_label(p)
+            parts[label] = round(parts.get(label, 0) + stats.get(p, (0, 0))[1] / tick, 2)
         todo += children.get(p, [])
-    return total / tick
+    return parts if by_process else total / tick
 
 
 def run_once(root: pathlib.Path, overrides: list[str], timeout_s: float, fresh_vllm_cache: bool = False) -> dict:
@@ -210,14 +245,21 @@ def main() -> int:
     for phase in PHASES:
         print(phase.ljust(26) + "".join(f"{med(s, phase):>10.1f}" for s in sides))
     print("CPU s to the first rollout".ljust(26) + "".join(f"{med(s, 'cpu_s'):>10.1f}" for s in sides))
+    print("CPU s to the first update".ljust(26) + "".join(f"{med(s, 'cpu_s_update'):>10.1f}" for s in sides))
     print("console lines".ljust(26) + "".join(f"{statistics.median(r['console_lines'] for r in runs[s]):>10.0f}"
                                               for s in sides))
+    labels = sorted({k for s in sides for r in runs[s] for k in r["marks"].get("cpu_by_process", {})})
+    for label in labels:  # where the CPU seconds went, process by process (median over the runs that had it)
+        vals = {s: [r["marks"]["cpu_by_process"][label] for r in runs[s] if label in r["marks"].get("cpu_by_process", {})]
+                for s in sides}
+        print(f"  CPU s {label[:34]}".ljust(42) + "".join(
+            f"{statistics.median(v) if v else float('nan'):>10.1f}" for v in vals.values()))
     loads = [r["load1"] for s in sides for r in runs[s]]
     print(f"load average (1 min) before each run: {min(loads):.2f}-{max(loads):.2f} on {os.cpu_count()} cores")
     result = {"phases": list(PHASES), "cpus": os.cpu_count(), "overrides": args.overrides,
               "fresh_vllm_cache": args.fresh_vllm_cache,
               "sides": {s: str(p) for s, p in sides.items()},
-              "median": {s: {ph: med(s, ph) for ph in (*PHASES, "cpu_s")} for s in sides}, "runs": runs}
+              "median": {s: {ph: med(s, ph) for ph in (*PHASES, "cpu_s", "cpu_s_update")} for s in sides}, "runs": runs}
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(result, indent=1))
         print(f"wrote {args.out}")
