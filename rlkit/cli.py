@@ -9,6 +9,7 @@
 
 Config errors are printed as one line naming the key, with exit status 2, before anything starts; a reward that
 keeps failing (rlkit/step/reward_health.py) stops a run with one such line, naming the reward and the last checkpoint.
+Ctrl-C is one line too (exit status 130): in a run, after its clean-up, naming the checkpoint `--resume` continues from.
 grpo, dpo and rlaifv print rlkit's own lines, a progress bar and a summary at the end; the output of vLLM, Ray
 and transformers goes to output_dir/logs/ (`--verbose`: to the console too; rlkit/console.py).
 """
@@ -37,6 +38,24 @@ def _claim(cfg, args) -> None:
 
     if not args.resume:
         claim_new(cfg.output_dir, args.overwrite)
+
+
+def interrupted_line(e) -> str:
+    """Where an interrupted run stands: its newest intact checkpoint, which `--resume` continues from, or none."""
+    from rlkit.run.checkpoint import latest
+    from rlkit.run.rundir import holds_run
+
+    try:
+        last, held = latest(e.output_dir), holds_run(e.output_dir)
+    except OSError:
+        last, held = None, True
+    if last:
+        where = f"newest checkpoint {last}; --resume continues from it"
+    elif held:
+        where = "no checkpoint written yet: start again with --overwrite (moves this run aside) or a new output_dir"
+    else:
+        where = "nothing written yet: the same command starts it again"
+    return f"{e.command} interrupted; {where}" + (f"; logs in {e.log_dir}" if e.log_dir else "")
 
 
 def cmd_grpo(args) -> int:
@@ -117,6 +136,20 @@ def cmd_build_tiny(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`rlkit ...`; Ctrl-C anywhere is one line and exit 130 (in a run: where it stands, after its clean-up)."""
+    from rlkit.console import Interrupted
+
+    try:
+        return _main(argv)
+    except Interrupted as e:  # Ctrl-C in a run, after its clean-up (rlkit/console.py run_console)
+        print(f"rlkit: {interrupted_line(e)}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before a run began (imports, config) or in a command without a run folder
+        print("rlkit: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     _quiet_defaults()
     import torch
 

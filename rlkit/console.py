@@ -299,6 +299,15 @@ def _step0_eval(metrics: pathlib.Path) -> dict:
     return {}
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C in a run, after the driver's clean-up: which command, its output_dir and log folder (None if none),
+    for the CLI's one line on where the run stands (rlkit/cli.py; exit 130, no traceback)."""
+
+    def __init__(self, command: str, output_dir, log_dir):
+        super().__init__(command)
+        self.command, self.output_dir, self.log_dir = command, output_dir, log_dir
+
+
 @contextlib.contextmanager
 def run_console(cfg, command: str, verbose: bool = False):
     """Around one `rlkit grpo|dpo|rlaifv`: the run's log folder (`start_run_log`) while it runs, then the
@@ -309,6 +318,9 @@ def run_console(cfg, command: str, verbose: bool = False):
     result: dict = {}
     try:
         yield result
+    except KeyboardInterrupt:  # Ctrl-C: the driver's clean-up has run; the CLI says where the run stands
+        stop_run_log()
+        raise Interrupted(command, cfg.output_dir, log_dir if log_dir.exists() else None) from None
     except BaseException:
         stop_run_log()
         if log_dir.exists():

@@ -133,3 +133,58 @@ def test_grpo_cli_console_is_quiet_and_ends_with_a_summary(tmp_path):
     assert bar_elapsed < startup, (bar_elapsed, summary[0])
     assert any(re.match(r"  checkpoint +.*checkpoints/step_2$", l) for l in summary)
     assert any(re.match(rf"  logs +{re.escape(str(log_dir))}$", l) for l in summary)
+
+
+def test_ctrl_c_in_a_run_is_one_line_naming_its_newest_checkpoint(tmp_path):
+    """Ctrl-C mid-training used to end in a KeyboardInterrupt traceback (exit 1) saying nothing of the run. Now,
+    after the driver's own clean-up: one line naming the newest intact checkpoint `--resume` continues from and the
+    logs, exit 130; and the run resumes from that checkpoint."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "rlkit.cli", "grpo", f"output_dir={out}", "model.path=tiny:text",
+            "data.source=arithmetic", "rollout.n=2", "rollout.max_tokens=4", "trainer.prompts_per_step=2",
+            "rollout.engine=hf", "logging.save_every=1"]
+    p = subprocess.Popen([*args, "max_steps=500"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and not (out / "checkpoints" / "step_2").exists() and p.poll() is None:
+            time.sleep(0.2)
+        p.send_signal(signal.SIGINT)
+        stdout, stderr = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    m = re.fullmatch(r"rlkit: grpo interrupted; newest checkpoint (\S+/checkpoints/step_(\d+)); --resume continues "
+                     r"from it; logs in (\S+)", last)
+    assert m and pathlib.Path(m.group(1)).is_dir() and pathlib.Path(m.group(3)).is_dir(), last
+    step = int(m.group(2))
+    r = subprocess.run([*args, f"max_steps={step + 1}", "--resume"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == step + 1 and steps.count(step + 1) == 1, steps
+
+
+def test_ctrl_c_before_a_run_and_the_run_dir_advice(tmp_path, monkeypatch, capsys):
+    """Outside a run (imports, config): "rlkit: interrupted", exit 130. In a run with no checkpoint, the advice
+    follows what the folder holds: nothing written, or a run to move aside."""
+    from rlkit import cli
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_main", interrupted)
+    assert cli.main([]) == 130
+    assert capsys.readouterr().err == "rlkit: interrupted\n"
+    empty = console.Interrupted("grpo", tmp_path / "never", None)
+    assert cli.interrupted_line(empty) == "grpo interrupted; nothing written yet: the same command starts it again"
+    (tmp_path / "held").mkdir()
+    (tmp_path / "held" / "metrics.jsonl").write_text("")
+    held = console.Interrupted("dpo", tmp_path / "held", tmp_path / "held" / "logs")
+    assert cli.interrupted_line(held) == ("dpo interrupted; no checkpoint written yet: start again with --overwrite "
+                                          f"(moves this run aside) or a new output_dir; logs in {tmp_path}/held/logs")
