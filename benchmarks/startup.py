@@ -189,6 +189,37 @@ def tree_cpu_seconds(pid: int, by_process: bool = False):
     return parts if by_process else total / tick
 
 
+def alternate(names: list[str], run_one, reps: int) -> dict[str, list]:
+    """`run_one(name)` for each name in every repetition, the order reversed every other one (both sides see the
+    same load); prints a line per run. Returns {name: [run, ...]}, each run {"marks": {...}, "load1": ...}."""
+    runs: dict[str, list] = {n: [] for n in names}
+    for rep in range(reps):
+        for name in (names if rep % 2 == 0 else names[::-1]):
+            r = run_one(name)
+            runs[name].append(r)
+            m = r["marks"]
+            print(f"rep {rep} {name}: first rollout at {m.get('rollout', float('nan')):.1f} s, "
+                  f"{m.get('cpu_s', float('nan')):.1f} CPU-s (load {r['load1']:.2f})", flush=True)
+    return runs
+
+
+def median_mark(runs: dict[str, list], name: str, key: str) -> float:
+    vals = [r["marks"][key] for r in runs[name] if key in r["marks"]]
+    return statistics.median(vals) if vals else float("nan")
+
+
+def print_cpu_and_load(runs: dict[str, list], width: int) -> None:
+    """Where the CPU seconds went, process by process (median over the runs that had the process), and the load."""
+    labels = sorted({k for rs in runs.values() for r in rs for k in r["marks"].get("cpu_by_process", {})})
+    for label in labels:
+        vals = [[r["marks"]["cpu_by_process"][label] for r in rs if label in r["marks"].get("cpu_by_process", {})]
+                for rs in runs.values()]
+        print(f"  CPU s {label[:width - 8]}".ljust(width) + "".join(
+            f"{statistics.median(v) if v else float('nan'):>10.1f}" for v in vals))
+    loads = [r["load1"] for rs in runs.values() for r in rs]
+    print(f"load average (1 min) before each run: {min(loads):.2f}-{max(loads):.2f} on {os.cpu_count()} cores")
+
+
 def run_once(root: pathlib.Path, overrides: list[str], timeout_s: float, fresh_vllm_cache: bool = False) -> dict:
     out_dir = tempfile.mkdtemp(prefix="rlkit-startup-")
     trace = os.path.join(out_dir, "trace.json")
@@ -227,18 +258,11 @@ def main() -> int:
     sides = {"this": HERE}
     if args.base:
         sides = {"base": pathlib.Path(args.base).resolve(), "this": HERE}
-    runs: dict[str, list] = {s: [] for s in sides}
-    for rep in range(args.reps):
-        order = list(sides) if rep % 2 == 0 else list(reversed(sides))
-        for side in order:
-            r = run_once(sides[side], args.overrides, args.timeout_s, args.fresh_vllm_cache)
-            runs[side].append(r)
-            print(f"rep {rep} {side}: first rollout at {r['marks'].get('rollout', float('nan')):.1f} s "
-                  f"(load {r['load1']:.2f})", flush=True)
+    runs = alternate(list(sides), lambda side: run_once(sides[side], args.overrides, args.timeout_s,
+                                                        args.fresh_vllm_cache), args.reps)
 
     def med(side, phase):
-        vals = [r["marks"][phase] for r in runs[side] if phase in r["marks"]]
-        return statistics.median(vals) if vals else float("nan")
+        return median_mark(runs, side, phase)
 
     header = "phase (s since command)".ljust(26) + "".join(f"{s:>10}" for s in sides)
     print("\n" + header)
@@ -248,14 +272,7 @@ def main() -> int:
     print("CPU s to the first update".ljust(26) + "".join(f"{med(s, 'cpu_s_update'):>10.1f}" for s in sides))
     print("console lines".ljust(26) + "".join(f"{statistics.median(r['console_lines'] for r in runs[s]):>10.0f}"
                                               for s in sides))
-    labels = sorted({k for s in sides for r in runs[s] for k in r["marks"].get("cpu_by_process", {})})
-    for label in labels:  # where the CPU seconds went, process by process (median over the runs that had it)
-        vals = {s: [r["marks"]["cpu_by_process"][label] for r in runs[s] if label in r["marks"].get("cpu_by_process", {})]
-                for s in sides}
-        print(f"  CPU s {label[:34]}".ljust(42) + "".join(
-            f"{statistics.median(v) if v else float('nan'):>10.1f}" for v in vals.values()))
-    loads = [r["load1"] for s in sides for r in runs[s]]
-    print(f"load average (1 min) before each run: {min(loads):.2f}-{max(loads):.2f} on {os.cpu_count()} cores")
+    print_cpu_and_load(runs, 42)
     result = {"phases": list(PHASES), "cpus": os.cpu_count(), "overrides": args.overrides,
               "fresh_vllm_cache": args.fresh_vllm_cache,
               "sides": {s: str(p) for s, p in sides.items()},

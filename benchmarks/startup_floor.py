@@ -27,14 +27,13 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import pathlib  # noqa: E402
-import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE / "benchmarks"))
-from startup import tree_cpu_seconds  # noqa: E402
+from startup import alternate, median_mark, print_cpu_and_load, tree_cpu_seconds  # noqa: E402
 
 ARMS = ("plain", "ray")
 CONFIG = HERE / "examples" / "easy_vqa" / "grpo.yaml"
@@ -129,29 +128,15 @@ def main(argv=None) -> int:
         return child(args.child, args.t0, args.model, json.loads(args.options), args.trace)
     workdir = tempfile.mkdtemp(prefix="rlkit-floor-")
     model, options = tiny_model(workdir)
-    runs: dict[str, list] = {a: [] for a in ARMS}
-    for rep in range(args.reps):
-        for arm in (ARMS if rep % 2 == 0 else ARMS[::-1]):
-            r = run_once(arm, model, options, args.timeout_s)
-            runs[arm].append(r)
-            print(f"rep {rep} {arm}: first rollout at {r['marks']['rollout']:.1f} s, {r['marks']['cpu_s']:.1f} CPU-s "
-                  f"(load {r['load1']:.2f})", flush=True)
+    runs = alternate(list(ARMS), lambda arm: run_once(arm, model, options, args.timeout_s), args.reps)
 
     def med(arm, key):
-        vals = [r["marks"][key] for r in runs[arm] if key in r["marks"]]
-        return statistics.median(vals) if vals else float("nan")
+        return median_mark(runs, arm, key)
 
     print("\n" + "seconds since the command (median)".ljust(36) + "".join(f"{a:>10}" for a in ARMS))
     for key in ("python", "imports", "ray_init", "engine", "rollout", "cpu_s"):
         print(key.ljust(36) + "".join(f"{med(a, key):>10.1f}" for a in ARMS))
-    labels = sorted({k for a in ARMS for r in runs[a] for k in r["marks"]["cpu_by_process"]})
-    for label in labels:
-        vals = [[r["marks"]["cpu_by_process"][label] for r in runs[a] if label in r["marks"]["cpu_by_process"]]
-                for a in ARMS]
-        print(f"  CPU s {label[:28]}".ljust(36) + "".join(
-            f"{statistics.median(v) if v else float('nan'):>10.1f}" for v in vals))
-    loads = [r["load1"] for a in ARMS for r in runs[a]]
-    print(f"load average (1 min) before each run: {min(loads):.2f}-{max(loads):.2f} on {os.cpu_count()} cores")
+    print_cpu_and_load(runs, 36)
     if args.out:
         pathlib.Path(args.out).write_text(json.dumps(
             {"arms": list(ARMS), "cpus": os.cpu_count(), "model": model,

@@ -62,3 +62,19 @@ def test_floor_benchmark_runs_both_arms(tmp_path):
         assert 0 < marks["engine"] <= marks["rollout"] and marks["cpu_s"] > 1, (arm, marks)
     assert "ray::EarlyEngineActor" in result["runs"]["ray"][0]["marks"]["cpu_by_process"]
     assert "first rollout" in r.stdout and "CPU s" in r.stdout
+
+
+@pytest.mark.slow
+def test_startup_benchmark_marks_every_phase_in_order(tmp_path):
+    """One run of the README's first command to its first update, every phase marked, in the order they happen."""
+    out = tmp_path / "startup.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "startup.py"), "--reps", "1", "--out", str(out)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run,) = json.loads(out.read_text())["runs"]["this"]
+    m = run["marks"]
+    order = ["imports", "prepare", "ray_init", "rollout", "update"]
+    assert [m[k] for k in order] == sorted(m[k] for k in order), m
+    assert m["policy"] <= m["rollout"] and m["engine"] <= m["rollout"], m
+    assert m["cpu_s"] <= m["cpu_s_update"] and "driver" in m["cpu_by_process"], m
+    assert any(k.startswith("ray::") for k in m["cpu_by_process"]), m["cpu_by_process"]
