@@ -9,7 +9,8 @@
 
 Config errors are printed as one line naming the key, with exit status 2, before anything starts; a reward that
 keeps failing (rlkit/step/reward_health.py) stops a run with one such line, naming the reward and the last checkpoint.
-Ctrl-C is one line too (exit status 130): in a run, after its clean-up, naming the checkpoint `--resume` continues from.
+Ctrl-C and SIGTERM are one line too (exit status 130 and 143): in a run, after its clean-up, naming the checkpoint
+`--resume` continues from.
 grpo, dpo and rlaifv print rlkit's own lines, a progress bar and a summary at the end; the output of vLLM, Ray
 and transformers goes to output_dir/logs/ (`--verbose`: to the console too; rlkit/console.py).
 """
@@ -55,7 +56,7 @@ def interrupted_line(e) -> str:
         where = "no checkpoint written yet: start again with --overwrite (moves this run aside) or a new output_dir"
     else:
         where = "nothing written yet: the same command starts it again"
-    return f"{e.command} interrupted; {where}" + (f"; logs in {e.log_dir}" if e.log_dir else "")
+    return f"{e.command} {e.how}; {where}" + (f"; logs in {e.log_dir}" if e.log_dir else "")
 
 
 def cmd_grpo(args) -> int:
@@ -136,17 +137,20 @@ def cmd_build_tiny(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`rlkit ...`; Ctrl-C anywhere is one line and exit 130 (in a run: where it stands, after its clean-up)."""
-    from rlkit.console import Interrupted
+    """`rlkit ...`; Ctrl-C (SIGTERM) anywhere is one line and exit 130 (143); in a run: where it stands, after its
+    clean-up."""
+    from rlkit.console import Interrupted, stop_on_sigterm, stop_words
 
+    stop_on_sigterm()  # SIGTERM stops a run as Ctrl-C does
     try:
         return _main(argv)
-    except Interrupted as e:  # Ctrl-C in a run, after its clean-up (rlkit/console.py run_console)
+    except Interrupted as e:  # Ctrl-C or SIGTERM in a run, after its clean-up (rlkit/console.py run_console)
         print(f"rlkit: {interrupted_line(e)}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:  # before a run began (imports, config) or in a command without a run folder
-        print("rlkit: interrupted", file=sys.stderr)
-        return 130
+        return e.exit_code
+    except KeyboardInterrupt as e:  # before a run began (imports, config) or in a command without a run folder
+        how, code = stop_words(e)
+        print(f"rlkit: {how}", file=sys.stderr)
+        return code
 
 
 def _main(argv: list[str] | None) -> int:

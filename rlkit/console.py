@@ -299,13 +299,37 @@ def _step0_eval(metrics: pathlib.Path) -> dict:
     return {}
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C in a run, after the driver's clean-up: which command, its output_dir and log folder (None if none),
-    for the CLI's one line on where the run stands (rlkit/cli.py; exit 130, no traceback)."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's stop, `kill`), raised in the main thread as Ctrl-C is (`stop_on_sigterm`), so a run
+    stops the same way: its clean-up, then one line (exit status 143)."""
 
-    def __init__(self, command: str, output_dir, log_dir):
+
+def stop_on_sigterm() -> None:
+    """SIGTERM raises `Terminated` in the main thread (the CLI's start, and again after `ray.init`, which installs
+    its own `sys.exit` handler; rlkit/distributed/orchestration.py). Elsewhere than the main thread: nothing."""
+    import signal
+    import threading
+
+    def handler(signum, frame):
+        raise Terminated
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
+def stop_words(e: BaseException) -> tuple[str, int]:
+    """How an interrupt is said, and the exit status: Ctrl-C 130, SIGTERM 143 (128 + the signal)."""
+    return ("stopped by SIGTERM", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM in a run, after the driver's clean-up: which command, its output_dir and log folder (None if
+    none), and how (`stop_words`), for the CLI's one line on where the run stands (rlkit/cli.py; no traceback)."""
+
+    def __init__(self, command: str, output_dir, log_dir, how: str = "interrupted", exit_code: int = 130):
         super().__init__(command)
         self.command, self.output_dir, self.log_dir = command, output_dir, log_dir
+        self.how, self.exit_code = how, exit_code
 
 
 @contextlib.contextmanager
@@ -318,9 +342,9 @@ def run_console(cfg, command: str, verbose: bool = False):
     result: dict = {}
     try:
         yield result
-    except KeyboardInterrupt:  # Ctrl-C: the driver's clean-up has run; the CLI says where the run stands
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: the driver's clean-up has run; the CLI says where it stands
         stop_run_log()
-        raise Interrupted(command, cfg.output_dir, log_dir if log_dir.exists() else None) from None
+        raise Interrupted(command, cfg.output_dir, log_dir if log_dir.exists() else None, *stop_words(e)) from None
     except BaseException:
         stop_run_log()
         if log_dir.exists():

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from rlkit import console
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -135,10 +137,12 @@ def test_grpo_cli_console_is_quiet_and_ends_with_a_summary(tmp_path):
     assert any(re.match(rf"  logs +{re.escape(str(log_dir))}$", l) for l in summary)
 
 
-def test_ctrl_c_in_a_run_is_one_line_naming_its_newest_checkpoint(tmp_path):
-    """Ctrl-C mid-training used to end in a KeyboardInterrupt traceback (exit 1) saying nothing of the run. Now,
-    after the driver's own clean-up: one line naming the newest intact checkpoint `--resume` continues from and the
-    logs, exit 130; and the run resumes from that checkpoint."""
+@pytest.mark.parametrize("sig, how, code", [("SIGINT", "interrupted", 130), ("SIGTERM", "stopped by SIGTERM", 143)])
+def test_ctrl_c_in_a_run_is_one_line_naming_its_newest_checkpoint(tmp_path, sig, how, code):
+    """Ctrl-C mid-training used to end in a KeyboardInterrupt traceback (exit 1) saying nothing of the run; SIGTERM
+    (a scheduler's stop) in exit 15 and "grpo stopped; its logs are in ...". Now both, after the driver's own
+    clean-up: one line naming the newest intact checkpoint `--resume` continues from and the logs, exit 130 / 143;
+    and the run resumes from that checkpoint (Ctrl-C case)."""
     import signal
     import time
 
@@ -151,17 +155,19 @@ def test_ctrl_c_in_a_run_is_one_line_naming_its_newest_checkpoint(tmp_path):
         deadline = time.time() + 600
         while time.time() < deadline and not (out / "checkpoints" / "step_2").exists() and p.poll() is None:
             time.sleep(0.2)
-        p.send_signal(signal.SIGINT)
+        p.send_signal(getattr(signal, sig))
         stdout, stderr = p.communicate(timeout=120)
     finally:
         if p.poll() is None:
             p.kill()
-    assert p.returncode == 130, stderr[-3000:]
+    assert p.returncode == code, stderr[-3000:]
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
     last = stderr.strip().splitlines()[-1]
-    m = re.fullmatch(r"rlkit: grpo interrupted; newest checkpoint (\S+/checkpoints/step_(\d+)); --resume continues "
+    m = re.fullmatch(rf"rlkit: grpo {how}; newest checkpoint (\S+/checkpoints/step_(\d+)); --resume continues "
                      r"from it; logs in (\S+)", last)
     assert m and pathlib.Path(m.group(1)).is_dir() and pathlib.Path(m.group(3)).is_dir(), last
+    if sig != "SIGINT":
+        return
     step = int(m.group(2))
     r = subprocess.run([*args, f"max_steps={step + 1}", "--resume"], cwd=ROOT, capture_output=True, text=True,
                        timeout=600)
@@ -171,8 +177,11 @@ def test_ctrl_c_in_a_run_is_one_line_naming_its_newest_checkpoint(tmp_path):
 
 
 def test_ctrl_c_before_a_run_and_the_run_dir_advice(tmp_path, monkeypatch, capsys):
-    """Outside a run (imports, config): "rlkit: interrupted", exit 130. In a run with no checkpoint, the advice
-    follows what the folder holds: nothing written, or a run to move aside."""
+    """Outside a run (imports, config): "rlkit: interrupted", exit 130 (SIGTERM: "stopped by SIGTERM", 143). In a run
+    with no checkpoint, the advice follows what the folder holds: nothing written, or a run to move aside."""
+    import signal
+    import time
+
     from rlkit import cli
 
     def interrupted(argv):
@@ -181,6 +190,19 @@ def test_ctrl_c_before_a_run_and_the_run_dir_advice(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(cli, "_main", interrupted)
     assert cli.main([]) == 130
     assert capsys.readouterr().err == "rlkit: interrupted\n"
+
+    def terminated(argv):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler `main` installed raises in this (the main) thread
+        time.sleep(5)
+        return 0
+
+    monkeypatch.setattr(cli, "_main", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        assert cli.main([]) == 143
+    finally:
+        signal.signal(signal.SIGTERM, before)  # pytest's own again
+    assert capsys.readouterr().err == "rlkit: stopped by SIGTERM\n"
     empty = console.Interrupted("grpo", tmp_path / "never", None)
     assert cli.interrupted_line(empty) == "grpo interrupted; nothing written yet: the same command starts it again"
     (tmp_path / "held").mkdir()

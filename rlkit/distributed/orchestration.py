@@ -23,7 +23,7 @@ import dataclasses
 import os
 import time
 
-from rlkit.console import LOG_DIR_ENV, VERBOSE_ENV
+from rlkit.console import LOG_DIR_ENV, VERBOSE_ENV, stop_on_sigterm
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -90,6 +90,7 @@ def init_ray(address: str = "", num_cpus: int = 0, loopback: bool = True) -> Non
             # never hands them one, and on a small machine their start-up takes CPU from the actors' own
             _system_config={"prestart_worker_first_driver": False, "enable_worker_prestart": False},
         )
+    stop_on_sigterm()  # ray.init (main thread) replaced it with `sys.exit`: SIGTERM stops a run as Ctrl-C does
 
 
 def join_address(address: str, timeout_s: float = 5.0) -> str:

@@ -29,7 +29,6 @@ import gc
 import importlib
 import json
 import pathlib
-import sys
 import threading
 import time
 import traceback
@@ -224,10 +223,10 @@ class EarlyStart:
             return
         import ray
 
-        if not ray.is_initialized() and threading.current_thread() is threading.main_thread():
-            from ray._private.utils import set_sigterm_handler
+        if not ray.is_initialized():  # ray.init in the thread installs no SIGTERM handler: rlkit's (as init_ray)
+            from rlkit.console import stop_on_sigterm
 
-            set_sigterm_handler(lambda signum, frame: sys.exit(signum))  # what ray.init does on the main thread
+            stop_on_sigterm()
         self._thread = threading.Thread(target=self._run, name="rlkit-early-start", daemon=True)
         self._thread.start()
 
