@@ -339,6 +339,8 @@ def outcome(rc: int | None, text: str) -> str:
         return "survived"
     if rc < 0:
         return f"crashed (signal {-rc})"
+    if rc in (130, 143) and re.match(r"rlkit: \w+ (interrupted|stopped by SIGTERM); ", last_line(text)):
+        return "stopped cleanly"  # Ctrl-C / SIGTERM: rlkit's one line after the run's clean-up (rlkit/cli.py)
     line = error_line(text)
     m = _ERROR_LINE.match(line)
     if line.startswith("rlkit: error:") or (m and m.group(1) in RLKIT_ERRORS) or "config key" in line:

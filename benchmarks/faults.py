@@ -178,6 +178,27 @@ def driver_mid_step(ctx: Ctx, row: Row) -> None:
     ctx.shared["finished_run"] = out
 
 
+def driver_sigterm(ctx: Ctx, row: Row) -> None:
+    """SIGTERM to the driver in step 2 (a scheduler's stop): it must clean up, say where the run stands in one line
+    (exit 143) and leave nothing behind; --resume continues from the checkpoint it named."""
+    out = ctx.work / row.name
+    run = ctx.start(out, "stopped")
+    wait_until(lambda: (ckpt_dir(out) / "step_1" / "COMPLETE").exists(), run, RUN_TIMEOUT_S, "step_1 checkpoint")
+    time.sleep(0.02)
+    t_stop = time.monotonic()
+    os.kill(run.pid, signal.SIGTERM)
+    rc = _finish(run, "the run after SIGTERM")
+    row.notes["stop_s"] = round(run.ended_at - t_stop, 1)
+    row.observed = outcome(rc, run.text())
+    row.notes.update(exit=rc, line=last_line(run.text()), tracebacks=tracebacks(run.text()))
+    before = snapshot(out)
+    check(row.observed == "stopped cleanly" and rc == 143, f"the run {row.observed} (exit {rc}): {last_line(run.text())}")
+    check(f"newest checkpoint {ckpt_dir(out)}/step_{before['steps'][-1]};" in last_line(run.text()),
+          f"the line does not name the newest checkpoint: {last_line(run.text())}")
+    _steps_lost(row, before)
+    _resume(ctx, row, out, before, stopped=run)
+
+
 def driver_mid_checkpoint(ctx: Ctx, row: Row) -> None:
     """SIGSTOP the driver the moment a checkpoint's staging folder holds a file (so it cannot rename it into place),
     note what was written, SIGKILL it; a checkpoint renamed before the stop landed moves on to the next step."""
@@ -382,6 +403,8 @@ def full_disk(ctx: Ctx, row: Row) -> None:
 ROWS = [
     ("driver-mid-step", driver_mid_step, "SIGKILL of the driver in step 2 (step_1 saved)",
      "--resume continues from the newest checkpoint; each step logged once; nothing lost"),
+    ("driver-sigterm", driver_sigterm, "SIGTERM to the driver in step 2 (a scheduler's stop; step_1 saved)",
+     "stopped cleanly: one line naming the newest checkpoint, exit 143, nothing left running; --resume completes"),
     ("driver-mid-checkpoint", driver_mid_checkpoint, "SIGKILL of the driver while a checkpoint is written",
      "the half-written checkpoint is ignored; --resume continues from the one before; nothing lost"),
     ("rollout-worker", rollout_worker, "SIGKILL of the rollout engine actor after step 1",

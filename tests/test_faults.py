@@ -57,6 +57,12 @@ def test_outcome_reads_how_a_run_ended():
     assert ft.outcome(1, tb + "RuntimeError: rollout worker 0 died 3 times (config key 'rollout.max_retries')") \
         == "stopped cleanly"
     assert ft.outcome(1, tb + "OSError: [Errno 28] No space left on device") == "crashed"
+    # Ctrl-C / SIGTERM: rlkit's own line after the clean-up (exit 130 / 143) is a clean stop; anything else is not
+    line = "rlkit: grpo stopped by SIGTERM; newest checkpoint /r/checkpoints/step_1; --resume continues from it"
+    assert ft.outcome(143, "grpo: 1/3\n" + line + "\n") == "stopped cleanly"
+    assert ft.outcome(130, line.replace("stopped by SIGTERM", "interrupted")) == "stopped cleanly"
+    assert ft.outcome(143, tb + "SystemExit: 15") == "crashed"
+    assert ft.outcome(1, line) == "crashed"
 
 
 @pytest.mark.slow
