@@ -294,7 +294,7 @@ def parse_overrides(overrides: list[str]) -> dict:
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError as e:
-            raise ConfigError(f"override '{key}': cannot parse value {raw!r}: {e}") from e
+            raise ConfigError(f"override '{key}': cannot parse value {raw!r}: {yaml_problem(e)}") from None
         _set_dotted(tree, key.strip(), value)
     return tree
 
@@ -304,6 +304,15 @@ def _merge(base: dict, extra: dict) -> dict:
     for k, v in extra.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def yaml_problem(e: Exception) -> str:
+    """A YAML error in one line: where (line, column) and what, without PyYAML's multi-line excerpt."""
+    mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+    if mark is None or not problem:
+        return " ".join(str(e).split())
+    context = getattr(e, "context", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" + (f" ({context})" if context else "")
 
 
 def load_tree(path: str | pathlib.Path | None = None, overrides: list[str] | None = None) -> dict:
@@ -316,7 +325,7 @@ def load_tree(path: str | pathlib.Path | None = None, overrides: list[str] | Non
         try:
             tree = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
+            raise ConfigError(f"config file {p} is not valid YAML: {yaml_problem(e)}") from None
     return _merge(tree, parse_overrides(overrides or []))
 
 

@@ -50,7 +50,12 @@ def start_run_log(out_dir: str | os.PathLike, command: str, verbose: bool = Fals
     stop_run_log()
     log_dir = pathlib.Path(out_dir) / "logs" / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     created = [d for d in (log_dir, *log_dir.parents) if not d.exists()]  # removed again if nothing is logged
-    log_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # the first thing a run writes: an output_dir it cannot create or write is one line
+        from rlkit.config import ConfigError
+
+        raise ConfigError(f"config key 'output_dir': cannot write in {out_dir}: {e.strerror or e}") from None
     root = logging.getLogger()
     saved = {"created": created, "root_level": root.level, "loggers": {}, "env": {k: os.environ.get(k) for k in _ENV}}
     os.environ[LOG_DIR_ENV] = str(log_dir.resolve())

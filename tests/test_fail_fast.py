@@ -167,6 +167,29 @@ def rlkit(*args):
                           timeout=120)
 
 
+@pytest.mark.parametrize("text, where", [("a: [1, 2\nb: 3\n", "line 2, column 2: expected ',' or ']'"),
+                                         ("a:\n  b: 1\n c: 2\n", "line 3, column 2: expected <block end>")])
+def test_bad_yaml_is_one_line_naming_file_line_and_column(tmp_path, text, where):
+    from rlkit.config import ConfigError, GRPOConfig, load_config
+
+    f = tmp_path / "run.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(GRPOConfig, f)
+    assert str(e.value).startswith(f"config file {f} is not valid YAML: {where}") and "\n" not in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_config(GRPOConfig, None, ["rewards=[{a: 1"])
+    assert str(e.value).startswith("override 'rewards': cannot parse value '[{a: 1': line 1, column 7: ")
+    assert "\n" not in str(e.value)
+
+
+def test_cli_output_dir_that_cannot_be_written_is_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    r = rlkit("grpo", f"output_dir={tmp_path}/a_file/run", "max_steps=1")
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip() == f"rlkit: error: config key 'output_dir': cannot write in {tmp_path}/a_file/run: Not a directory"
+
+
 def test_cli_negative_lr_is_one_line_before_anything_starts(tmp_path):
     r = rlkit("grpo", f"output_dir={tmp_path}", "trainer.lr=-1")
     assert r.returncode == 2, r.stderr[-2000:]
