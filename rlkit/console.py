@@ -304,6 +304,9 @@ def _step0_eval(metrics: pathlib.Path) -> dict:
     return {}
 
 
+_SIGTERM = {"received": False}  # set by `stop_on_sigterm`'s handler
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler's stop, `kill`), raised in the main thread as Ctrl-C is (`stop_on_sigterm`), so a run
     stops the same way: its clean-up, then one line (exit status 143)."""
@@ -316,6 +319,7 @@ def stop_on_sigterm() -> None:
     import threading
 
     def handler(signum, frame):
+        _SIGTERM["received"] = True  # Ray turns an error raised in its C++ waits into KeyboardInterrupt
         raise Terminated
 
     if threading.current_thread() is threading.main_thread():
@@ -324,7 +328,8 @@ def stop_on_sigterm() -> None:
 
 def stop_words(e: BaseException) -> tuple[str, int]:
     """How an interrupt is said, and the exit status: Ctrl-C 130, SIGTERM 143 (128 + the signal)."""
-    return ("stopped by SIGTERM", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+    sigterm = isinstance(e, Terminated) or _SIGTERM["received"]
+    return ("stopped by SIGTERM", 143) if sigterm else ("interrupted", 130)
 
 
 class Interrupted(KeyboardInterrupt):

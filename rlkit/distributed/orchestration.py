@@ -60,7 +60,8 @@ def init_ray(address: str = "", num_cpus: int = 0, loopback: bool = True) -> Non
     from rlkit.console import adopt_library_loggers
 
     adopt_library_loggers()  # Ray's logger prints to the console on its own: into the run's log instead
-    if ray.is_initialized():
+    if ray.is_initialized():  # (started in a thread: the early start) SIGTERM is rlkit's from the main thread on,
+        stop_on_sigterm()  # over the C++ handler Ray's core worker installed there, which aborted the exit (-6)
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
