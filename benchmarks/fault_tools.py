@@ -5,6 +5,7 @@ Nothing here knows a particular fault; the rows in faults.py combine these piece
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -350,3 +351,32 @@ def outcome(rc: int | None, text: str) -> str:
 
 def tracebacks(text: str) -> int:
     return text.count("Traceback (most recent call last)")
+
+
+# ---- the table ------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Row:
+    name: str
+    fault: str
+    expected: str
+    observed: str = ""
+    resumed: str = "-"
+    steps_lost: int | None = None
+    data_lost: list = dataclasses.field(default_factory=list)
+    time_s: float = 0.0
+    result: str = ""
+    detail: str = ""
+    problems: list = dataclasses.field(default_factory=list)  # failed checks that let the row go on (reported)
+    notes: dict = dataclasses.field(default_factory=dict)
+
+
+def table(rows: list[Row]) -> str:
+    head = "| row | fault | expected | observed | resumed | steps lost | data lost | time s | result |"
+    out = [head, "| --- | --- | --- | --- | --- | ---: | --- | ---: | --- |"]
+    for r in rows:
+        lost_ = "none" if not r.data_lost else "; ".join(r.data_lost)
+        steps = "-" if r.steps_lost is None else str(r.steps_lost)
+        res = r.result if r.result == "PASS" else f"**FAIL**: {r.detail[:240]}"
+        out.append(f"| {r.name} | {r.fault} | {r.expected} | {r.observed or '-'} | {r.resumed} | {steps} | {lost_} | "
+                   f"{r.time_s:.0f} | {res} |")
+    return "\n".join(out)

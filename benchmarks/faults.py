@@ -11,9 +11,9 @@ complete at the fault and every whole line of metrics.jsonl / samples.jsonl must
 directory (found by content, so what a run moves aside is kept, not lost), and the finished run must log each
 step once. A failed check fails its row loudly (FAIL and the reason); the exit status is 1 if any row failed.
 
-Rows (`--only` takes these names): driver-mid-step, driver-mid-checkpoint, rollout-worker, policy-rank,
-reward-hangs-once, reward-hangs-always, damaged-checkpoint, full-disk. full-disk mounts a small tmpfs as the
-run directory (needs root; otherwise it falls back to a file-size limit, RLIMIT_FSIZE, and says so).
+Rows (`--only` takes these names): driver-mid-step, driver-sigterm, driver-mid-checkpoint, rollout-worker,
+policy-rank, reward-hangs-once, reward-hangs-always, damaged-checkpoint, full-disk. full-disk mounts a small
+tmpfs as the run directory (needs root; otherwise it falls back to a file-size limit, RLIMIT_FSIZE, and says so).
 
 Prints a Markdown table; writes JSON (default benchmarks/results/faults.json). The machine's load changes the
 times, not the outcomes. `--engine vllm` runs the rollout engine rlkit uses by default (each run ~15 s longer to
@@ -38,9 +38,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from fault_tools import (GRACE_S, ROOT, Run, RowFailed, all_metrics, check, check_finished, ckpt_dir,  # noqa: E402
+from fault_tools import (GRACE_S, ROOT, Row, Run, RowFailed, all_metrics, check, check_finished, ckpt_dir,  # noqa: E402
                          complete_steps, describe, error_line, last_line, last_metrics, logged_steps, lost, outcome,
-                         snapshot, step_lines, tracebacks, wait_until)
+                         snapshot, step_lines, table, tracebacks, wait_until)
 
 MAX_STEPS = 3
 RUN_TIMEOUT_S = 420.0  # a run still going after this is hung (a 3-step run takes ~40 s on 2 quiet cores)
@@ -61,22 +61,6 @@ def score(completions, marker, always=False, **kwargs):
 
 score.batched = True  # one call a step: one time-out a step, not one per sample
 '''
-
-
-@dataclasses.dataclass
-class Row:
-    name: str
-    fault: str
-    expected: str
-    observed: str = ""
-    resumed: str = "-"
-    steps_lost: int | None = None
-    data_lost: list = dataclasses.field(default_factory=list)
-    time_s: float = 0.0
-    result: str = ""
-    detail: str = ""
-    problems: list = dataclasses.field(default_factory=list)  # failed checks that let the row go on (reported)
-    notes: dict = dataclasses.field(default_factory=dict)
 
 
 class Ctx:
@@ -443,18 +427,6 @@ def run_row(ctx: Ctx, name: str, fn, fault: str, expected: str) -> Row:
         row.time_s = round(time.monotonic() - t0, 1)
     print(f"faults: {name}: {row.result} in {row.time_s:.0f} s{': ' + row.detail if row.detail else ''}", flush=True)
     return row
-
-
-def table(rows: list[Row]) -> str:
-    head = "| row | fault | expected | observed | resumed | steps lost | data lost | time s | result |"
-    out = [head, "| --- | --- | --- | --- | --- | ---: | --- | ---: | --- |"]
-    for r in rows:
-        lost_ = "none" if not r.data_lost else "; ".join(r.data_lost)
-        steps = "-" if r.steps_lost is None else str(r.steps_lost)
-        res = r.result if r.result == "PASS" else f"**FAIL**: {r.detail[:240]}"
-        out.append(f"| {r.name} | {r.fault} | {r.expected} | {r.observed or '-'} | {r.resumed} | {steps} | {lost_} | "
-                   f"{r.time_s:.0f} | {res} |")
-    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,30 +48,31 @@ def test_ray_process_titles_are_labelled_by_actor_class():
         child.wait()
 
 
+def _one_repetition(script: str, tmp_path) -> tuple[dict, str]:
+    """benchmarks/<script> with --reps 1: its JSON and what it printed."""
+    out = tmp_path / "result.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--reps", "1", "--out", str(out)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(out.read_text()), r.stdout
+
+
 @pytest.mark.slow
 def test_floor_benchmark_runs_both_arms(tmp_path):
     """One repetition of each arm: a vLLM engine in a plain process and in a Ray actor, one reply each."""
-    out = tmp_path / "floor.json"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "startup_floor.py"), "--reps", "1", "--out", str(out)],
-                       capture_output=True, text=True, cwd=ROOT, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    result = json.loads(out.read_text())
+    result, stdout = _one_repetition("startup_floor.py", tmp_path)
     for arm in ("plain", "ray"):
         (run,) = result["runs"][arm]
         marks = run["marks"]
         assert 0 < marks["engine"] <= marks["rollout"] and marks["cpu_s"] > 1, (arm, marks)
     assert "ray::EarlyEngineActor" in result["runs"]["ray"][0]["marks"]["cpu_by_process"]
-    assert "first rollout" in r.stdout and "CPU s" in r.stdout
+    assert "first rollout" in stdout and "CPU s" in stdout
 
 
 @pytest.mark.slow
 def test_startup_benchmark_marks_every_phase_in_order(tmp_path):
     """One run of the README's first command to its first update, every phase marked, in the order they happen."""
-    out = tmp_path / "startup.json"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "startup.py"), "--reps", "1", "--out", str(out)],
-                       capture_output=True, text=True, cwd=ROOT, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    (run,) = json.loads(out.read_text())["runs"]["this"]
+    (run,) = _one_repetition("startup.py", tmp_path)[0]["runs"]["this"]
     m = run["marks"]
     order = ["imports", "prepare", "ray_init", "rollout", "update"]
     assert [m[k] for k in order] == sorted(m[k] for k in order), m

@@ -76,10 +76,7 @@ def init_ray(address: str = "", num_cpus: int = 0, loopback: bool = True) -> Non
             raise ResourceError(f"config key 'ray.address': {str(e).splitlines()[0]}") from None
     else:
         if loopback:
-            from ray._private import ray_constants
-
-            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # inherited by every Ray process started here
-            ray_constants.ENABLE_RAY_CLUSTER = False  # Ray may have been imported before the line above
+            _single_machine_mode()
         ray.init(
             address="local",  # a new local instance even when another user's cluster runs on this machine
             num_cpus=num_cpus or os.cpu_count(),
@@ -94,6 +91,14 @@ def init_ray(address: str = "", num_cpus: int = 0, loopback: bool = True) -> Non
     stop_on_sigterm()  # ray.init (main thread) replaced it with `sys.exit`: SIGTERM stops a run as Ctrl-C does
 
 
+def _single_machine_mode() -> None:
+    """Ray keeps 127.0.0.1 as the node address instead of turning it into the machine's (see `init_ray`)."""
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # inherited by every Ray process started from here
+    ray_constants.ENABLE_RAY_CLUSTER = False  # Ray may have been imported before the line above
+
+
 def join_address(address: str, timeout_s: float = 5.0) -> str:
     """The host:port `ray.init(address=...)` will connect to, checked to answer within `timeout_s`.
 
@@ -105,13 +110,13 @@ def join_address(address: str, timeout_s: float = 5.0) -> str:
     naming the address."""
     import socket
 
-    from ray._private import ray_constants, services
+    from ray._private import services
 
     from rlkit.distributed.resources import ResourceError
 
     try:
         given = services.get_ray_address_from_environment(address, None)  # "auto": the last `ray start`'s
-        resolved = services.canonicalize_bootstrap_address_or_die(address)
+        resolved = services.canonicalize_bootstrap_address_or_die(address)  # loopback host -> the machine's
     except (ConnectionError, ValueError) as e:  # "auto" with no cluster running, or a malformed address
         raise ResourceError(f"config key 'ray.address' ({address!r}): {e}".splitlines()[0]) from None
     host, _, port = resolved.rpartition(":")
@@ -126,10 +131,9 @@ def join_address(address: str, timeout_s: float = 5.0) -> str:
     why = answers(host)
     if why is None:
         return resolved
-    given = services.parse_address(given) if given and given != "auto" else None
-    if given and services.is_localhost(given[0]) and answers("127.0.0.1") is None:
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # as init_ray's loopback: Ray keeps 127.0.0.1
-        ray_constants.ENABLE_RAY_CLUSTER = False
+    given_host = (services.parse_address(given) or ("",))[0] if given and given != "auto" else ""
+    if given_host and services.is_localhost(given_host) and answers("127.0.0.1") is None:
+        _single_machine_mode()
         return f"127.0.0.1:{port}"
     raise ResourceError(f"config key 'ray.address' ({address!r}): no Ray cluster answers at {resolved} ({why} "
                         f"within {timeout_s:g} s). Start one there with `ray start --head --port={port}`, or leave "
