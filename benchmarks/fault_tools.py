@@ -17,7 +17,7 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # the environment every test and benchmark here runs under (2 shared cores, offline)
-ENV = {"OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled", "VLLM_CPU_KVCACHE_SPACE": "1",
+ENV = {"OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled",
        "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
        "PYTHONHASHSEED": "0"}
 LOGS = ("metrics.jsonl", "samples.jsonl")

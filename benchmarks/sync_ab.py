@@ -58,7 +58,7 @@ def main() -> int:
     for side, root in (("base", str(pathlib.Path(args.base).resolve())), ("this", here)):
         policy = spawn(policy_cls, model, num_cpus=1, lr=1e-4, seed=0, env={"PYTHONPATH": root, **_policy_env(root)})
         engine = spawn(engine_cls, "vllm", model_path=model, num_cpus=1, max_model_len=512, seed=0,
-                       env={"PYTHONPATH": root, "VLLM_CPU_KVCACHE_SPACE": "1"})
+                       env={"PYTHONPATH": root})
         ray.get([policy.cpu_time.remote(), engine.cpu_time.remote()])
         sides[side] = (policy, engine)
     res = {s: {"wall": [], "policy_cpu": [], "engine_cpu": []} for s in sides}

@@ -72,7 +72,7 @@ class RolloutConfig:
     top_p: float = 1.0  # nucleus sampling threshold
     max_tokens: int = 16  # maximum new tokens per completion
     max_model_len: int = 1024  # vLLM: longest prompt + completion in tokens
-    kv_cache_gib: float = 1.0  # vLLM CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)
+    kv_cache_gib: float = 0.0  # vLLM CPU: KV cache size in GiB; 0: what the engine can run at once (vLLM's max_num_seqs sequences of max_model_len tokens), at most 1 GiB (VLLM_CPU_KVCACHE_SPACE, if set, wins)
     gpu_memory_utilization: float = 0.5  # vLLM GPU: share of GPU memory for the engine
     num_cpus: float = 1.0  # Ray CPUs reserved for each rollout actor
     num_gpus: float = 0.0  # Ray GPUs reserved for each rollout actor (vLLM's CUDA build needs >= 1, or a fraction when sharing)

@@ -23,7 +23,7 @@ RANGES: dict[str, dict[str, str]] = {
     "DataConfig": {"limit": ">= 0", "eval_limit": ">= 0", "check_rows": ">= -1"},
     "ModesConfig": {"deep_ratio": "[0, 1]"},
     "RolloutConfig": {"n": ">= 1", "temperature": "> 0", "top_p": "(0, 1]", "max_tokens": ">= 1",
-                      "max_model_len": ">= 1", "kv_cache_gib": "> 0", "gpu_memory_utilization": "(0, 1]",
+                      "max_model_len": ">= 1", "kv_cache_gib": ">= 0", "gpu_memory_utilization": "(0, 1]",
                       "num_cpus": ">= 0", "num_gpus": ">= 0", "num_workers": ">= 1", "max_retries": ">= 0",
                       "timeout_s": ">= 0", "stream_chunks": ">= 1", "max_staleness": ">= 0"},
     "AlgorithmConfig": {"kl_coef": ">= 0", "refill_rounds": ">= 0"},

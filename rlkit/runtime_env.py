@@ -10,7 +10,6 @@ DEFAULTS = {
     "TOKENIZERS_PARALLELISM": "false",
     "HF_HUB_OFFLINE": "1",  # defaults never touch the network
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # engine core in-process: faster start, less memory
-    "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB; vLLM's CPU backend refuses to start without it
     "RAY_AUTH_MODE": "disabled",  # local Ray without a token file in the home folder
     "RAY_USAGE_STATS_ENABLED": "0",
     # Ray starts its workers 15 nice levels below the driver: the rollout and policy actors, which do all of a

@@ -49,6 +49,41 @@ _FUSED_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 # Scheduler token budget on CPU (prompts of one step prefilled in one chunk: see VLLMEngine.__init__).
 CPU_MAX_BATCHED_TOKENS = 65536
+# vLLM 0.32's `max_num_seqs` for the `LLM` class on CPU, per tensor-parallel worker (EngineArgs' batch defaults):
+# the most sequences its scheduler runs at once.
+CPU_MAX_NUM_SEQS = 256
+# The most an automatically sized CPU KV cache takes (`kv_cache_gib=0`): rlkit's earlier fixed size.
+KV_CACHE_AUTO_MAX_BYTES = 1 << 30
+
+
+def kv_bytes_per_token(config: dict, dtype_bytes: int, tensor_parallel: int = 1) -> int | None:
+    """KV cache bytes one token takes in one worker of a model with standard attention: a key and a value of
+    `head_dim` numbers per key-value head per layer, the heads split over `tensor_parallel` workers (a worker keeps
+    at least one). `config`: the model's config.json (a vision-language model's `text_config` read over its top
+    level). None when the config does not say (then the automatic size is its cap)."""
+    c = {**config, **(config.get("text_config") or {})}
+    try:
+        heads = int(c["num_attention_heads"])
+        head_dim = int(c.get("head_dim") or int(c["hidden_size"]) // heads)
+        kv_heads = -(-int(c.get("num_key_value_heads") or heads) // tensor_parallel)
+        return 2 * int(c["num_hidden_layers"]) * kv_heads * head_dim * dtype_bytes
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
+def auto_kv_cache_bytes(config: dict, dtype: str, max_model_len: int, max_num_seqs: int, tensor_parallel: int = 1,
+                        cap: int = KV_CACHE_AUTO_MAX_BYTES) -> int:
+    """One worker's CPU KV cache for what the engine can use at all: `max_num_seqs` sequences of `max_model_len`
+    tokens (more never run at once, so none is preempted for room), in whole MiB, at most `cap`.
+
+    Why not a fixed GiB: vLLM's CPU worker allocates the cache as one zeroed tensor when the engine starts, and
+    the first touch of each page costs the kernel time: 1 GiB took 1.2-3.4 CPU seconds of a tiny model's engine
+    start (docs/performance.md, "Fifth pass"), for a cache the tiny model fills to 1/4 at most."""
+    per_token = kv_bytes_per_token(config, 2 if dtype in ("bfloat16", "float16", "half") else 4, tensor_parallel)
+    if per_token is None:
+        return cap
+    mib = 1 << 20
+    return min(cap, -(-per_token * max_model_len * max_num_seqs // mib) * mib)
 
 
 def _check_fused_complete(names: Iterable[str]) -> None:
@@ -207,7 +242,8 @@ class VLLMEngine:
     dtype: None picks float32 on CPU (exact logprob agreement with the trainer) and bfloat16 on GPU.
     max_model_len: prompt + completion budget per sequence.
     seed: engine seed (sampling without a per-call seed still differs between engines with other seeds).
-    kv_cache_gib: KV cache size on CPU (`VLLM_CPU_KVCACHE_SPACE`, if set, wins, as in vLLM).
+    kv_cache_gib: KV cache size on CPU; 0 sizes it to what the engine can run at once (`auto_kv_cache_bytes`).
+        `VLLM_CPU_KVCACHE_SPACE` (whole GiB), if set, wins, as in vLLM.
     limit_images_per_prompt: images per prompt for vision-language models (videos are disabled).
     gpu_memory_utilization: fraction of GPU memory for weights + KV cache (GPU only).
     enforce_eager: None means True on CPU (no graph capture there) and False on GPU.
@@ -227,7 +263,7 @@ class VLLMEngine:
         dtype: str | None = None,
         max_model_len: int = 2048,
         seed: int = 0,
-        kv_cache_gib: float = 1.0,
+        kv_cache_gib: float = 0.0,
         limit_images_per_prompt: int = 1,
         gpu_memory_utilization: float = 0.5,
         enforce_eager: bool | None = None,
@@ -255,7 +291,10 @@ class VLLMEngine:
             enforce_eager=on_cpu if enforce_eager is None else enforce_eager,
         )
         if on_cpu:
-            kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
+            tp = int(engine_kwargs.get("tensor_parallel_size", 1))
+            seqs = int(engine_kwargs.get("max_num_seqs") or CPU_MAX_NUM_SEQS * tp)
+            kwargs["kv_cache_memory_bytes"] = (int(kv_cache_gib * (1 << 30)) if kv_cache_gib > 0 else
+                                               auto_kv_cache_bytes(cfg, kwargs["dtype"], max_model_len, seqs, tp))
             # vLLM 0.32's CPU runner crashes ("CPU Generator does not use offset") when a seeded request is
             # prefilled in chunks, and requests are seeded: a batch whose prompts exceed the default 4,096
             # tokens per scheduler step (16 x 8 vision-language prompts do) would kill the engine. A larger

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-ENV = {"OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled", "VLLM_CPU_KVCACHE_SPACE": "1",
+ENV = {"OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled",
        "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
        "PYTHONHASHSEED": "0"}
 

@@ -6,6 +6,8 @@ perturbed and synced, and its forward pass is the reference for logprobs.
 """
 from __future__ import annotations
 
+import json
+import pathlib
 import time
 
 import pytest
@@ -28,7 +30,7 @@ TIMINGS: dict[str, float] = {}
 def pair(request, tiny_text_path, tiny_vlm_path):
     path = {"text": tiny_text_path, "vlm": tiny_vlm_path}[request.param]
     t0 = time.perf_counter()
-    eng = make_engine("vllm", model_path=path, max_model_len=512, kv_cache_gib=0.25, seed=0)
+    eng = make_engine("vllm", model_path=path, max_model_len=512, seed=0)  # KV cache sized automatically
     TIMINGS[f"{request.param}_start_s"] = time.perf_counter() - t0
     trainer = HFEngine(path)  # float32 transformers model: the "trainer" and the logprob reference
     yield eng, trainer
@@ -159,6 +161,43 @@ def test_tied_head_refresh_is_what_keeps_logprobs_right(pair, monkeypatch):
         pytest.skip("this vLLM build refreshes tied output heads itself; the workaround is now redundant")
 
 
+def test_kv_cache_bytes_per_token_by_hand():
+    """2 (key, value) x layers x key-value heads x head_dim x bytes per number, heads split over tensor-parallel
+    workers (each keeps at least one)."""
+    text = {"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 128}
+    assert vllm_engine.kv_bytes_per_token(text, 4) == 2 * 2 * 2 * 32 * 4 == 1024  # head_dim = 128 / 4
+    assert vllm_engine.kv_bytes_per_token({**text, "head_dim": 64}, 2) == 2 * 2 * 2 * 64 * 2
+    assert vllm_engine.kv_bytes_per_token({**text, "num_key_value_heads": None}, 4) == 2 * 2 * 4 * 32 * 4  # MHA
+    assert vllm_engine.kv_bytes_per_token(text, 4, tensor_parallel=2) == 512
+    assert vllm_engine.kv_bytes_per_token(text, 4, tensor_parallel=4) == 512  # 2 heads over 4 workers: 1 each
+    vl = {"hidden_size": 999, "vision_config": {}, "text_config": text}  # the text model's numbers win
+    assert vllm_engine.kv_bytes_per_token(vl, 4) == 1024
+    assert vllm_engine.kv_bytes_per_token({"hidden_size": 128}, 4) is None
+
+
+def test_auto_kv_cache_bytes_by_hand():
+    """max_num_seqs x max_model_len tokens x bytes per token, rounded up to a MiB, at most the cap."""
+    text = {"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 128}
+    assert vllm_engine.auto_kv_cache_bytes(text, "float32", 1024, 256) == 1024 * 1024 * 256  # 256 MiB exactly
+    assert vllm_engine.auto_kv_cache_bytes(text, "bfloat16", 1000, 3) == 2 << 20  # 512 B x 3,000 = 1,536,000 B
+    assert vllm_engine.auto_kv_cache_bytes(text, "float32", 4096, 1024) == vllm_engine.KV_CACHE_AUTO_MAX_BYTES
+    assert vllm_engine.auto_kv_cache_bytes({}, "float32", 16, 1) == vllm_engine.KV_CACHE_AUTO_MAX_BYTES  # unknown
+
+
+def test_auto_kv_cache_holds_every_sequence_vllm_runs_at_once(pair):
+    """The automatic CPU KV cache (kv_cache_gib 0) holds vLLM's max_num_seqs sequences of max_model_len tokens, and
+    little more: the per-token bytes agree with vLLM's own page size, and vLLM's max_num_seqs default is still the
+    one the size assumes."""
+    eng, _ = pair
+    cfg = eng.llm.llm_engine.vllm_config
+    tokens = cfg.cache_config.num_gpu_blocks * cfg.cache_config.block_size
+    need = cfg.scheduler_config.max_num_seqs * cfg.model_config.max_model_len
+    assert cfg.scheduler_config.max_num_seqs == vllm_engine.CPU_MAX_NUM_SEQS
+    assert cfg.cache_config.kv_cache_memory_bytes < vllm_engine.KV_CACHE_AUTO_MAX_BYTES  # sized, not capped
+    per_token = vllm_engine.kv_bytes_per_token(json.loads((pathlib.Path(eng.model_path) / "config.json").read_text()), 4)
+    assert need <= tokens <= need + (1 << 20) // per_token + cfg.cache_config.block_size, (need, tokens)
+
+
 @pytest.mark.slow
 def test_tensor_parallel_engine_loads_synced_weights(tiny_text_path):
     """rollout.engine_kwargs {tensor_parallel_size: 2} reaches vLLM (two CPU workers, each bound to its own
@@ -171,6 +210,7 @@ def test_tensor_parallel_engine_loads_synced_weights(tiny_text_path):
                       tensor_parallel_size=2, distributed_executor_backend="mp")
     try:
         assert eng.llm.llm_engine.vllm_config.parallel_config.tensor_parallel_size == 2
+        assert eng.llm.llm_engine.vllm_config.cache_config.kv_cache_memory_bytes == 1 << 28  # kv_cache_gib 0.25
         trainer = HFEngine(tiny_text_path)
         req = _requests(eng)[0]
         greedy = SamplingConfig(temperature=0.0, max_tokens=8)

@@ -172,7 +172,7 @@ def test_grpo_starts_early_exactly_the_actors_its_pools_ask_for(tmp_path):
     placement = Placement([], [], [])  # ray.placement "none"
     grpo._engines(cfg, "m", placement, spawn=record)
     grpo._policy(cfg, "m", "m", tmp_path, placement, spawn=record)
-    plan = grpo_plan(cfg, grpo._engine_env(cfg), grpo.POLICY_ENV)(placement)
+    plan = grpo_plan(cfg, grpo.POLICY_ENV)(placement)
     by_class = lambda xs: sorted(xs, key=lambda x: x[0].__name__)  # noqa: E731
     assert by_class(asked) == by_class([(cls, _options_key(**o)) for cls, _, o in plan])
     assert [c for c, _, _ in plan] == [EngineActor, EngineActor, PolicyRank]

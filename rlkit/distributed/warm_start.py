@@ -313,7 +313,7 @@ def _kill(handle) -> None:
         pass
 
 
-def grpo_plan(cfg, engine_env: dict, policy_env: dict):
+def grpo_plan(cfg, policy_env: dict):
     """`plan` for `EarlyStart` in the GRPO driver: rollout.num_workers engines (worker i in placement.worker(i)),
     then trainer.num_ranks policy ranks (rank j in placement.rank(j)), with the options `rlkit.drivers.grpo._engines`
     and `_policy` pass to `spawn` (a difference only costs the early start: `EarlyStart.spawn` starts anew)."""
@@ -322,7 +322,7 @@ def grpo_plan(cfg, engine_env: dict, policy_env: dict):
 
     def plan(placement):
         out = [(EngineActor, (r.engine, model_type, arch), dict(num_cpus=r.num_cpus, num_gpus=r.num_gpus,
-                env=engine_env, bundle=placement.worker(i) if placement else None)) for i in range(max(1, r.num_workers))]
+                env={}, bundle=placement.worker(i) if placement else None)) for i in range(max(1, r.num_workers))]
         out += [(PolicyRank, (model_type,), dict(num_cpus=t.num_cpus, num_gpus=t.num_gpus, env=policy_env,
                  bundle=placement.rank(j) if placement else None)) for j in range(max(1, t.num_ranks))]
         return out

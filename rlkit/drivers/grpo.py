@@ -112,10 +112,6 @@ def _placement(cfg: GRPOConfig):
     return place(*_asks(cfg), cfg.ray.placement_timeout_s, grow=bool(cfg.ray.address))
 
 
-def _engine_env(cfg: GRPOConfig) -> dict:
-    return {"VLLM_CPU_KVCACHE_SPACE": str(max(1, int(cfg.rollout.kv_cache_gib)))}
-
-
 def _engines(cfg: GRPOConfig, model_path: str, placement, spawn=None):
     """rollout.num_workers engine actors as one engine (rlkit/distributed/pool.py); worker i in its placement bundle.
     `spawn`: `orchestration.spawn` or `EarlyStart.spawn` (rlkit/distributed/warm_start.py)."""
@@ -125,7 +121,7 @@ def _engines(cfg: GRPOConfig, model_path: str, placement, spawn=None):
 
     r, spawn = cfg.rollout, spawn or new_actor
     return EnginePool(lambda i: spawn(EngineActor, r.engine, model_path=model_path, num_cpus=r.num_cpus,
-                                      num_gpus=r.num_gpus, bundle=placement.worker(i), env=_engine_env(cfg),
+                                      num_gpus=r.num_gpus, bundle=placement.worker(i),
                                       **engine_options(r, cfg.seed)),
                       r.num_workers, r.max_retries, r.timeout_s)
 
@@ -250,7 +246,7 @@ def setup(run: Run, resume: bool, overwrite: bool) -> None:
     cfg = run.cfg
     # Ray, the placement and bare actors start in a thread once prepare's checks pass (rlkit/distributed/warm_start.py)
     early = EarlyStart(lambda: init_ray(cfg.ray.address, cfg.ray.num_cpus, cfg.ray.loopback),
-                       lambda: _placement(cfg), grpo_plan(cfg, _engine_env(cfg), POLICY_ENV))
+                       lambda: _placement(cfg), grpo_plan(cfg, POLICY_ENV))
     try:
         run.p = p = prepare(cfg, resume, overwrite, on_checked=early.start)
     except BaseException:
