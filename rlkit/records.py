@@ -37,7 +37,7 @@ class Sample:
     completion: str  # decoded completion
     completion_ids: list  # completion token ids
     rollout_logprobs: list  # the engine's logprob of each completion token
-    finish_reason: str  # "stop" or "length"
+    finish_reason: str  # "stop" or "length" ("prompt_too_long" from the engine: never trained on)
     rewards: dict = dataclasses.field(default_factory=dict)  # reward name -> float or None
     reward: float = 0.0  # weighted sum used for the advantage
     advantage: float = 0.0

@@ -76,7 +76,8 @@ class Completion:
         (untempered) distribution of the weights that sampled it.
     prompt_token_ids: the prompt as the engine tokenised it (image placeholders expanded to one id per
         image token), so the trainer can rebuild exactly the sequence that was sampled.
-    finish_reason: 'stop' (EOS or a stop id) or 'length' (max_tokens reached).
+    finish_reason: 'stop' (EOS or a stop id), 'length' (max_tokens reached) or 'prompt_too_long' (the prompt does
+        not fit the engine's context, vLLM's `max_model_len`: nothing was sampled, `token_ids` is empty).
     """
 
     text: str

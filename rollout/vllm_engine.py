@@ -374,9 +374,11 @@ class VLLMEngine:
             offset += n
         if not prompts:
             return []
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
         results = []
-        for out in outputs:
+        for out, n in zip(self._generate_fitting(prompts, params), ns):
+            if out is None:
+                results.append([Completion("", [], [], [], "prompt_too_long") for _ in range(n)])
+                continue
             prompt_ids = list(out.prompt_token_ids or [])
             group = []
             for c in sorted(out.outputs, key=lambda c: c.index):
@@ -392,6 +394,38 @@ class VLLMEngine:
                 )
             results.append(group)
         return results
+
+    def _generate_fitting(self, prompts: list, params: list) -> list:
+        """vLLM's output for each prompt, None for a prompt longer than the engine's `max_model_len`.
+
+        vLLM refuses a whole call for one such prompt (`VLLMValidationError`, before anything is sampled): a
+        single long row in a data set would stop a run hours in. On that error each prompt is tried alone for one
+        token (the rare path), then the ones that fit are generated together with their own parameters, so their
+        samples are the ones a call without the long prompts would give (per-request seeds)."""
+        from vllm import SamplingParams
+        from vllm.exceptions import VLLMValidationError
+
+        def too_long(e: VLLMValidationError) -> bool:
+            return e.parameter == "input_tokens"
+
+        try:
+            return self.llm.generate(prompts, params, use_tqdm=False)
+        except VLLMValidationError as e:
+            if not too_long(e):
+                raise
+        fits = []
+        for prompt in prompts:
+            try:
+                self.llm.generate([prompt], SamplingParams(max_tokens=1, seed=0, detokenize=False), use_tqdm=False)
+                fits.append(True)
+            except VLLMValidationError as e:
+                if not too_long(e):
+                    raise
+                fits.append(False)
+        kept = [i for i, f in enumerate(fits) if f]
+        outs = iter(self.llm.generate([prompts[i] for i in kept], [params[i] for i in kept], use_tqdm=False)
+                    if kept else [])
+        return [next(outs) if f else None for f in fits]
 
     # ------------------------------------------------------------------ weight sync
     def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:

@@ -87,3 +87,25 @@ def test_bad_rows_stop_or_are_skipped_and_counted(tmp_path):
     rows = lenient.take(2)
     assert [r.index for r in rows] == [0, 3] and lenient.skipped == 2  # row 1: bad image, row 2: no answer
     assert rows[0].images[0].size == (8, 8)
+
+
+def test_prompt_too_long_for_the_engine_is_a_bad_row():
+    """A group the engine could not sample (its prompt over rollout.max_model_len) is a bad row: by default one
+    line naming the row, the limit and the option; with data.on_bad_row=skip left out and counted."""
+    from rlkit.config import GRPOConfig, load_config
+    from rlkit.records import PromptRow, Sample
+    from rlkit.step.collect import StepRows
+
+    def sample(group, index, reason):
+        return Sample(0, group, PromptRow(index, "q", [], "a", {}), "fast", "p", "", [], [], reason)
+
+    batch = [sample(0, 10, "stop"), sample(0, 10, "length"), sample(1, 11, "prompt_too_long"),
+             sample(1, 11, "prompt_too_long"), sample(2, 12, "stop")]
+    strict = StepRows(load_config(GRPOConfig, None, ["rollout.max_model_len=64"]), PromptStream([{}]))
+    with pytest.raises(DataError, match=r"^row 11: its prompt is longer than rollout.max_model_len \(64 tokens.*"
+                                        r"data.on_bad_row=skip"):
+        strict.drop_unfit(batch)
+    lenient = StepRows(load_config(GRPOConfig, None, ["data.on_bad_row=skip"]), PromptStream([{}]))
+    assert [(s.group, s.finish_reason) for s in lenient.drop_unfit(batch)] == [(0, "stop"), (0, "length"), (2, "stop")]
+    assert lenient.skipped == 1
+    assert len(lenient.drop_unfit(batch)) == 3 and lenient.skipped == 1  # drawn again: dropped, not counted again

@@ -91,6 +91,10 @@ def test_evaluate_modes_matches_an_independent_greedy_decode(model_dir):
             res = evaluate_modes(engine, tok, rows, modes=["fast", "deep"], score_fn=score, max_tokens=MAX_TOKENS)
             fmt = evaluate_modes(engine, tok, rows, modes=["fast", "deep"], max_tokens=MAX_TOKENS,
                                  score_fn=reward_score_fn(scorer, "format", tok))
+            # a held-out prompt over max_model_len (512): answered with nothing, graded wrong, counted
+            long_row = PromptRow(99, "a b c d " * 400, [], "x", {})
+            with_long = evaluate_modes(engine, tok, rows + [long_row], modes=["fast"], score_fn=grade,
+                                       max_tokens=MAX_TOKENS)
     finally:
         engine.close()
     for mode in ("fast", "deep"):
@@ -103,6 +107,9 @@ def test_evaluate_modes_matches_an_independent_greedy_decode(model_dir):
         expect_fmt = sum(think_format([""] * len(rows), texts, mode=[mode] * len(rows))) / len(rows)
         assert fmt[mode]["accuracy"] == pytest.approx(expect_fmt)
     assert 0 < res["fast"]["accuracy"] < 1  # half the rows were made right on purpose
+    assert with_long["fast"] == {"accuracy": pytest.approx(res["fast"]["accuracy"] * len(rows) / (len(rows) + 1)),
+                                 "tokens_mean": pytest.approx(res["fast"]["tokens_mean"] * len(rows) / (len(rows) + 1)),
+                                 "n": len(rows) + 1, "prompt_too_long": 1}
     assert res["fast"]["tokens_mean"] != res["deep"]["tokens_mean"]
 
 

@@ -262,6 +262,40 @@ def test_bad_rows_skipped_up_front_are_never_drawn(tmp_path, tiny_text_path, cap
     assert {i for i, _ in stream.take(20)} == {0, 2}
 
 
+def _long_prompt_file(tmp_path):
+    rows = [{"prompt": f"what is {i} plus {i}?", "answer": str(2 * i)} for i in range(4)]
+    rows[2]["prompt"] = "a b c d " * 200  # over 128 tokens
+    f = tmp_path / "d.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return f
+
+
+def _run_long_prompt(tmp_path, on_bad_row):
+    return rlkit("grpo", "model.path=tiny:text", f"data.source={_long_prompt_file(tmp_path)}",
+                 f"output_dir={tmp_path / 'run'}", "rollout.max_model_len=128", "max_steps=2",
+                 "trainer.prompts_per_step=4", "rollout.n=2", "data.shuffle=false", f"data.on_bad_row={on_bad_row}")
+
+
+def test_cli_prompt_longer_than_max_model_len_is_one_line_naming_the_row(tmp_path):
+    """vLLM refuses a whole generate call for one prompt over its max_model_len; only the engine knows a prompt's
+    length (image tokens), so the row is named when it is first drawn: one line, the option that skips it."""
+    r = _run_long_prompt(tmp_path, "error")
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == (
+        "rlkit: error: row 2: its prompt is longer than rollout.max_model_len (128 tokens, image tokens included) "
+        "(data.on_bad_row=skip leaves such rows out)")
+    assert "Traceback" not in r.stderr + r.stdout
+
+
+@pytest.mark.slow
+def test_cli_prompt_longer_than_max_model_len_skipped_with_on_bad_row_skip(tmp_path):
+    r = _run_long_prompt(tmp_path, "skip")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (r.stdout + r.stderr).count("rlkit: skipping bad row: row 2: its prompt is longer") == 1  # drawn twice
+    steps = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in steps] == [1, 2]
+
+
 def test_scan_is_bounded_by_check_rows(tmp_path):
     """data.check_rows 0 turns the scan off (a bad row is then found when drawn); N checks the first N rows."""
     from rlkit.data import DataError

@@ -265,6 +265,24 @@ def test_reload_warnings_quieted_without_clearing_logger_caches():
     assert clears == [] and level_inside == logging.DEBUG
 
 
+def test_prompt_longer_than_max_model_len_answered_not_fatal(pair):
+    """vLLM refuses a whole call for one prompt over max_model_len (512 here). The engine answers that request with
+    its n 'prompt_too_long' completions and every other request exactly as in a call where it fits (per-request
+    seeds: a request's samples do not depend on its neighbours)."""
+    eng, _ = pair
+    first, last = _requests(eng)
+    long = RolloutRequest(chat_prompt(eng.tokenizer, "a b c d " * 300, eng.is_multimodal), first.images, n=2)
+    fits = RolloutRequest(chat_prompt(eng.tokenizer, "a b c d", eng.is_multimodal), first.images, n=2)
+    assert len(eng.tokenizer(long.prompt).input_ids) > 512
+    sampling = SamplingConfig(max_tokens=6, n=2, seed=7)
+    got = eng.generate([first, long, last], sampling)
+    ref = eng.generate([first, fits, last], sampling)
+    assert [(c.finish_reason, c.token_ids, c.text) for c in got[1]] == [("prompt_too_long", [], "")] * 2
+    for g, r in ((got[0], ref[0]), (got[2], ref[2])):
+        assert [c.token_ids for c in g] == [c.token_ids for c in r] and all(c.token_ids for c in g)
+    assert [len(g) for g in eng.generate([long], sampling)] == [2]  # alone too
+
+
 def test_tied_head_sent_without_shared_storage(pair):
     """A state dict whose tied head arrives as its own buffer, not sharing the embedding's storage (what Ray's
     zero-copy tensor serialisation delivers from rlkit.drivers.grpo's policy actors), loads as the shared one does."""

@@ -69,6 +69,11 @@ def evaluate_modes(engine, processor, rows: Sequence[PromptRow], *, modes: Seque
         values = [_number(v, row, mode) for v, row in zip(scores, rows)]
         out[mode] = {"accuracy": sum(values) / len(rows), "tokens_mean": sum(map(len, ids)) / len(rows),
                      "n": len(rows)}
+        unfit = [row.index for row, g in zip(rows, groups) if g[0].finish_reason == "prompt_too_long"]
+        if unfit:  # answered nothing: scored as the score_fn scores an empty answer (wrong), and said once
+            out[mode]["prompt_too_long"] = len(unfit)
+            print(f"rlkit: eval ({mode}): {len(unfit)} prompt(s) longer than rollout.max_model_len, answered "
+                  f"with nothing (rows {', '.join(map(str, unfit[:5]))}{', ...' if len(unfit) > 5 else ''})")
     return out
 
 

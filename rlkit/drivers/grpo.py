@@ -261,6 +261,7 @@ def setup(run: Run, resume: bool, overwrite: bool) -> None:
                               position=state.get("data_position", 0), rows=p.rows)
     run.rows = StepRows(cfg, run.stream)
     run.rows.skipped = state.get("skipped_rows", p.bad_rows)
+    run.rows.unfit = set(state.get("unfit_rows", []))
     run.tokens_total = state.get("tokens_sampled_total", 0)
     run.mode_metrics = ModeMetrics(p.accuracy_reward, state.get("mode_tokens_sampled_total"))
     run.adv_fn = get_advantage_fn(cfg.algorithm.advantage)
@@ -388,7 +389,8 @@ def run_state(run: Run, step: int) -> dict:
     return {"step": step, "data_position": run.stream.position, "rng": _jsonable_state(run.rng.getstate()),
             "tokens_sampled_total": run.tokens_total, "base_model": run.p.base_model,
             "group_filter": run.group_filter.state_dict(), "mode_tokens_sampled_total": run.mode_metrics.state_dict(),
-            "skipped_rows": run.rows.skipped, "rollout_worker_restarts": run.engine.restarts}
+            "skipped_rows": run.rows.skipped, "unfit_rows": sorted(run.rows.unfit),
+            "rollout_worker_restarts": run.engine.restarts}
 
 
 def save_checkpoint(run: Run, step: int) -> str:

@@ -26,6 +26,7 @@ class StepRows:
 
     def __init__(self, cfg: GRPOConfig, stream: PromptStream):
         self.cfg, self.stream, self.skipped = cfg, stream, 0
+        self.unfit: set[int] = set()  # rows whose prompt the engine could not take (reported once each)
 
     def take(self, k: int):
         rows = []
@@ -40,13 +41,30 @@ class StepRows:
                         raise DataError(f"row {idx}: 'answer' is missing or empty")
                     rows.append(row)
                 except DataError as e:
-                    if self.cfg.data.on_bad_row == "error":
-                        raise
-                    self.skipped += 1
-                    print(f"rlkit: skipping bad row: {e}")
+                    self._bad(e)
             if tries > 100 * k and len(rows) < k:
                 raise DataError(f"{self.skipped} bad rows in a row; stopping (see the messages above)")
         return rows
+
+    def drop_unfit(self, batch: list[Sample]) -> list[Sample]:
+        """`batch` without the groups whose prompt did not fit the engine (finish_reason 'prompt_too_long': longer
+        than rollout.max_model_len, images included): each such row is a bad row, reported and counted the first
+        time. Only the engine knows a prompt's length (its image tokens), so this is found when the row is drawn,
+        not by the checks before Ray. The row stays in the stream (a later epoch draws it, and drops it, again), so
+        the order of rows and a resumed run stay what they would be."""
+        unfit = {s.group: s.row.index for s in batch if s.finish_reason == "prompt_too_long"}
+        for idx in sorted(set(unfit.values()) - self.unfit):
+            self._bad(DataError(f"row {idx}: its prompt is longer than rollout.max_model_len "
+                                f"({self.cfg.rollout.max_model_len} tokens, image tokens included)"))
+            self.unfit.add(idx)
+        return [s for s in batch if s.group not in unfit]
+
+    def _bad(self, e: DataError) -> None:
+        """data.on_bad_row: 'error' stops the run with `e` (naming the option that would skip it); 'skip' counts."""
+        if self.cfg.data.on_bad_row == "error":
+            raise DataError(f"{e} (data.on_bad_row=skip leaves such rows out)") from None
+        self.skipped += 1
+        print(f"rlkit: skipping bad row: {e}")
 
 
 @dataclasses.dataclass
@@ -80,8 +98,8 @@ def collect(cfg: GRPOConfig, engine, processor, rows_src, scorer, group_filter, 
         sampling = _sampling(cfg, step, rounds)
         for lo, hi in _group_ranges(owners, chunks):
             t0 = time.perf_counter()
-            batch = _generate(engine, requests[lo:hi], owners[lo:hi], rows, step, sampling,
-                              offset=sum(requests_n(requests[:lo], sampling)))
+            batch = rows_src.drop_unfit(_generate(engine, requests[lo:hi], owners[lo:hi], rows, step, sampling,
+                                                  offset=sum(requests_n(requests[:lo], sampling))))
             t1 = time.perf_counter()
             results.append(_score(scorer, batch))
             everything += batch
