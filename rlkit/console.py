@@ -96,7 +96,8 @@ def adopt_library_loggers() -> None:
         lg.propagate = True
 
 
-_ENV = (LOG_DIR_ENV, VERBOSE_ENV, "VLLM_CONFIGURE_LOGGING", "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY")
+_ENV = (LOG_DIR_ENV, VERBOSE_ENV, "VLLM_CONFIGURE_LOGGING", "HF_HUB_DISABLE_PROGRESS_BARS",
+        "HF_DATASETS_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY")
 
 
 class _ConsoleFilter(logging.Filter):
@@ -149,8 +150,11 @@ def _on_console(h: logging.Handler) -> bool:
 
 
 def _progress_bars_off() -> None:
-    """The libraries' own progress bars ("Writing model shards", "Map", ...), not rlkit's step bar."""
+    """The libraries' own progress bars ("Writing model shards", "Map", ...), not rlkit's step bar. The switches
+    of a library imported later are environment variables it reads on import (datasets: "Generating train split"
+    for a local data file)."""
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
     for module, fn in (("transformers.utils.logging", "disable_progress_bar"),
                        ("huggingface_hub.utils", "disable_progress_bars"), ("datasets", "disable_progress_bars")):
         if module.split(".")[0] in sys.modules:

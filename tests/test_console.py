@@ -71,6 +71,18 @@ def test_driver_library_records_go_to_the_file(tmp_path, capfd):
     assert console.LOG_DIR_ENV not in os.environ
 
 
+def test_a_library_imported_after_the_log_opens_shows_no_progress_bar(tmp_path):
+    """datasets reads its switch when it is imported: a local data file loaded after the run log opened printed
+    its "Generating train split" bar on the console (in a fresh process: this one may have datasets already)."""
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "q", "answer": "a"}\n')
+    code = (f"from rlkit import console; console.start_run_log({str(tmp_path / 'run')!r}, 'grpo'); import datasets; "
+            f"datasets.load_dataset('json', data_files={str(data)!r}, cache_dir={str(tmp_path / 'cache')!r})")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Generating" not in r.stderr + r.stdout and "examples/s" not in r.stderr + r.stdout, r.stderr[-2000:]
+
+
 def test_an_empty_log_folder_is_removed(tmp_path):
     log_dir = console.start_run_log(tmp_path, "grpo")
     console.stop_run_log()  # e.g. a config error before anything was logged
