@@ -32,6 +32,32 @@ def test_cli_infeasible_resources_fail_before_ray(tmp_path):
     assert took < 60, took  # Python and torch imports on a loaded 2-core machine; Ray never starts
 
 
+def test_cli_kv_cache_larger_than_the_machine_fails_before_ray(tmp_path):
+    """A CPU KV cache the machine cannot hold failed inside the engine actor, which the pool restarted twice (tens of
+    seconds) before the run stopped with a traceback: now one line before Ray starts."""
+    r = rlkit("grpo", f"output_dir={tmp_path}", "rollout.kv_cache_gib=100000")
+    assert r.returncode == 2, r.stderr[-2000:]
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("rlkit: error: config key 'rollout.kv_cache_gib': 1 vLLM CPU engine(s) x 100000 GiB of KV "
+                           "cache do not fit the "), line
+
+
+def test_kv_cache_problem_by_hand(monkeypatch):
+    from rlkit.distributed.resources import kv_cache_problem
+
+    gib = 1 << 30
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    assert kv_cache_problem("vllm", 0, 2, 3, 6 * gib) is None  # 3 x 2 GiB = 6 GiB: fits exactly
+    assert kv_cache_problem("vllm", 0, 2, 3, 6 * gib - 1).startswith(
+        "config key 'rollout.kv_cache_gib': 3 vLLM CPU engine(s) x 2 GiB of KV cache do not fit the 6.0 GiB")
+    assert kv_cache_problem("vllm", 0, 0, 3, 0) is None  # 0: sized by the engine
+    assert kv_cache_problem("vllm", 1, 2, 3, 0) is None  # GPU engines: their memory is vLLM's to check
+    assert kv_cache_problem("hf", 0, 2, 3, 0) is None
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "4")  # vLLM lets it win over the key
+    assert kv_cache_problem("vllm", 0, 0, 2, 7 * gib).startswith("VLLM_CPU_KVCACHE_SPACE: 2 vLLM CPU engine(s) x 4 GiB")
+    assert kv_cache_problem("vllm", 0, 100, 2, 8 * gib) is None
+
+
 def _free_port() -> int:
     import socket
 

@@ -15,6 +15,7 @@ Both are necessary, not sufficient (packing can still fail); the rest is Ray's, 
 """
 from __future__ import annotations
 
+import os
 
 KINDS = ("CPU", "GPU")
 _EPS = 1e-9
@@ -69,3 +70,26 @@ def capacity_problem(num_workers: int, num_ranks: int, rollout: dict, trainer: d
             return (f"ray.placement_strategy STRICT_SPREAD puts each of the {len(group)} bundles of placement group "
                     f"{g} on its own node, but the cluster has {len(nodes)} node(s). To fix: use SPREAD or PACK")
     return None
+
+
+def kv_cache_problem(engine: str, num_gpus: float, kv_cache_gib: float, engines: int, available: int) -> str | None:
+    """A one-line reason why `engines` vLLM CPU engines on this machine cannot have the KV cache asked for, or None.
+
+    Each CPU engine allocates its whole cache when it starts; one that asks for more than the machine has fails
+    there, inside its actor, and the engine pool restarts it `rollout.max_retries` times before the run stops. The
+    size asked is `rollout.kv_cache_gib`, or `VLLM_CPU_KVCACHE_SPACE` (whole GiB), which vLLM lets win; 0 (sized
+    by the engine, at most 1 GiB) and GPU engines are not checked. `available`: bytes the machine has free for it."""
+    env = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "")
+    gib = float(env) if env.strip().isdigit() else kv_cache_gib
+    if engine != "vllm" or num_gpus > 0 or gib <= 0 or engines * gib * (1 << 30) <= available:
+        return None
+    asked = "VLLM_CPU_KVCACHE_SPACE" if env.strip().isdigit() else "config key 'rollout.kv_cache_gib'"
+    return (f"{asked}: {engines} vLLM CPU engine(s) x {gib:g} GiB of KV cache do not fit the {available / (1 << 30):.1f}"
+            f" GiB of memory this machine has available; ask for less (rollout.kv_cache_gib 0 sizes it to the run)")
+
+
+def available_memory() -> int:
+    """Bytes of memory this machine can give a new allocation without swapping (MemAvailable)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)

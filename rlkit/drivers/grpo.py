@@ -31,7 +31,7 @@ from rlkit.step.modes import deep_ratio_at
 from rlkit.records import MODES, Sample, TrainItem
 from rlkit.step.reward_health import RewardHealth
 from rlkit.run.rundir import GRPO_RESUMABLE, open_run
-from rlkit.run.build import (PolicyLogprobs, RewardResources, engine_options, load_prompt_data,  # noqa: F401
+from rlkit.run.build import (PolicyLogprobs, RewardResources, check_kv_cache, engine_options, load_prompt_data,  # noqa: F401
                              resolve_model, reward_scorer, reward_specs, row_texts, worker_settings)
 from rlkit.run.checks import check_grpo
 from rlkit.run.labeler import labeler_config, labeler_resources
@@ -64,6 +64,8 @@ def prepare(cfg: GRPOConfig, resume: bool = False, overwrite: bool = False, on_c
     from rlkit.distributed.orchestration import check_local_capacity
 
     check_local_capacity(cfg.ray.address, cfg.ray.num_cpus, *_asks(cfg))  # CPUs a local Ray will have, before it
+    if not cfg.ray.address:  # every engine on this machine
+        check_kv_cache(cfg.rollout, cfg.rollout.num_workers)
     out = pathlib.Path(cfg.output_dir)
     last = open_run(cfg, resume=resume, overwrite=overwrite, allowed=GRPO_RESUMABLE)  # rlkit/run/rundir.py
     out.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,19 @@ def local_engine(rollout: RolloutConfig, seed: int, model_path: str, kind: str |
     from rollout import make_engine
 
     kind = kind or rollout.engine
+    check_kv_cache(rollout, 1, kind)
     return make_engine(kind, model_path=model_path, **engine_options(rollout, seed, kind))
+
+
+def check_kv_cache(rollout: RolloutConfig, engines: int, kind: str | None = None) -> None:
+    """`engines` CPU engines of `rollout` on this machine: ResourceError when their KV caches cannot fit
+    (rlkit/distributed/resources.py `kv_cache_problem`), before any starts."""
+    from rlkit.distributed.resources import ResourceError, available_memory, kv_cache_problem
+
+    problem = kv_cache_problem(kind or rollout.engine, rollout.num_gpus, rollout.kv_cache_gib, engines,
+                               available_memory())
+    if problem:
+        raise ResourceError(problem)
 
 
 # ----------------------------------------------------------------------------------------------- models
