@@ -316,3 +316,37 @@ def test_hung_rollout_worker_is_recreated_then_the_call_fails_naming_the_key(tin
         assert len(out) == 1 and len(out[0]) == 2
     finally:
         pool.close()
+
+
+def test_rollout_worker_whose_constructor_fails_is_not_recreated(tmp_path, ray_local):
+    """The same arguments fail the same way: a bad engine option used to cost rollout.max_retries more engine
+    starts (tens of seconds) before the run stopped; a worker that served and then died is still recreated
+    (test_killed_rollout_worker_is_recreated_with_the_synced_weights)."""
+    from rlkit.distributed.orchestration import EngineActor, spawn
+    from rlkit.distributed.pool import EnginePool
+    from rollout import RolloutRequest, SamplingConfig
+
+    bad = str(tmp_path / "nonexistent")
+    pool = EnginePool(lambda _: spawn(EngineActor, "hf", model_path=bad, num_cpus=0.5), 1, max_retries=2)
+    try:
+        with pytest.raises(RuntimeError, match=f"^rollout worker 0 could not start: its constructor failed "
+                                               f"\\(not retried\\); error: ActorDiedError: .*{bad}"):
+            pool.generate([RolloutRequest(prompt="What is 2 + 2?", n=1)], SamplingConfig(max_tokens=2, seed=0))
+        assert pool.restarts == 0
+    finally:
+        pool.close()
+
+
+def test_last_line_of_a_remote_error_keeps_the_exception_and_its_details():
+    from rlkit.distributed.pool import _last_line
+
+    pydantic = RuntimeError("The actor died because of an error raised in its creation task, ray::EngineActor\n"
+                            "  File \"x.py\", line 3, in f\n"
+                            "pydantic_core._pydantic_core.ValidationError: 1 validation error for SchedulerConfig\n"
+                            "max_num_seqs\n  Input should be greater than or equal to 1 [type=greater_than_equal]\n"
+                            "    For further information visit https://errors.pydantic.dev/2/v/greater_than_equal")
+    assert _last_line(pydantic) == ("RuntimeError: pydantic_core._pydantic_core.ValidationError: 1 validation error "
+                                    "for SchedulerConfig; max_num_seqs; Input should be greater than or equal to 1 "
+                                    "[type=greater_than_equal]")
+    assert _last_line(OSError("trace\nOSError: no such file\n")) == "OSError: OSError: no such file"
+    assert _last_line(ValueError("one line")) == "ValueError: one line"

@@ -272,8 +272,8 @@ def test_bad_data_fails_before_the_early_start(tmp_path, ray_stopped):
 
 @pytest.mark.slow
 def test_failed_construction_ends_like_a_failed_constructor(tmp_path, ray_local):
-    """Engine: the pool recreates the worker (the usual way) and fails with the same message as with usual actors;
-    policy rank: the group stops naming the rank and the error."""
+    """Engine: the bare worker exits, the pool recreates it the usual way, whose constructor fails: the same message
+    as with usual actors, not retried further; policy rank: the group stops naming the rank and the error."""
     from rlkit.distributed.orchestration import EngineActor, spawn
     from rlkit.distributed.pool import EnginePool, PolicyGroup, PolicyRank, PolicyRankError
     from rollout import RolloutRequest, SamplingConfig
@@ -283,10 +283,11 @@ def test_failed_construction_ends_like_a_failed_constructor(tmp_path, ray_local)
     early = _early([(EngineActor, ("hf", "", ""), opts), (PolicyRank, ("",), opts)])
     messages = []
     for make in (early.spawn, spawn):
-        pool = EnginePool(lambda i, make=make: make(EngineActor, "hf", model_path=bad, **opts), max_retries=1)
-        with pytest.raises(RuntimeError, match="rollout worker 0 died 2 times") as e:
+        pool = EnginePool(lambda i, make=make: make(EngineActor, "hf", model_path=bad, **opts), max_retries=2)
+        with pytest.raises(RuntimeError, match="rollout worker 0 could not start: its constructor failed") as e:
             pool.generate([RolloutRequest(prompt="x", n=1)], SamplingConfig(max_tokens=2, seed=0))
-        messages.append(str(e.value).split("last error: ")[1])
+        messages.append(str(e.value).split("; error: ")[1])
+        assert pool.restarts == (1 if make == early.spawn else 0)  # only the bare actor's exit is retried
         pool.close()
     assert messages[0] == messages[1] and bad in messages[0]
     group = PolicyGroup(lambda r: early.spawn(PolicyRank, bad, **opts))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import re
 import socket
 import time
 import uuid
@@ -78,7 +79,9 @@ class EnginePool:
 
     def _call(self, w: int, ref, resend):
         """`ray.get(ref)` of worker `w`'s call; when the worker is dead, recreate it (it loads the last synced
-        weights first: an actor runs its calls in order) and `resend(actor)`, at most max_retries times."""
+        weights first: an actor runs its calls in order) and `resend(actor)`, at most max_retries times. A worker
+        whose constructor failed is not recreated: the same arguments fail the same way (a bad engine option, a
+        model vLLM cannot load), and each try costs an engine start."""
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
@@ -87,6 +90,9 @@ class EnginePool:
             try:
                 return None if ref is None else ray.get(ref, timeout=self.timeout_s or None)
             except (RayActorError, GetTimeoutError) as e:
+                if getattr(e, "actor_init_failed", False):
+                    raise RuntimeError(f"rollout worker {w} could not start: its constructor failed (not retried); "
+                                       f"error: {_last_line(e)}") from e
                 what = "hung (rollout.timeout_s)" if isinstance(e, GetTimeoutError) else "died"
                 attempt += 1
                 if attempt > self.max_retries:
@@ -254,6 +260,13 @@ class PolicyGroup:
 
 
 def _last_line(e: BaseException) -> str:
-    """The informative line of a Ray error: its last non-empty line (the remote exception), with the type."""
+    """The informative line of a Ray error, with its type: the remote exception's own line (the last
+    "SomeError: ..." line) and the detail lines a multi-line message puts under it (pydantic's field and reason,
+    not its link), else the last non-empty line."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return f"{type(e).__name__}: {lines[-1] if lines else ''}"
+    heads = [i for i, line in enumerate(lines) if re.match(r"^[\w.]*(Error|Exception)\w*: ", line)]
+    if not heads:
+        return f"{type(e).__name__}: {lines[-1] if lines else ''}"
+    i = heads[-1]
+    detail = [line for line in lines[i + 1:i + 3] if not line.startswith("For further information")]
+    return f"{type(e).__name__}: {'; '.join([lines[i], *detail])}"
