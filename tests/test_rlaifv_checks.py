@@ -86,3 +86,27 @@ def test_rlaifv_refuses_the_grpo_only_rollout_options():
     for key in ("rollout.max_staleness=1", "rollout.stream_chunks=2"):
         with pytest.raises(ConfigError, match=f"'{key.split('=')[0]}': a GRPO option"):
             check_rlaifv(load_config(RLAIFVConfig, path, overrides=[key]))
+
+
+def test_rows_whose_prompt_the_engine_refused_are_not_labelled(capsys):
+    """A prompt over rollout.max_model_len comes back as n empty 'prompt_too_long' completions: by default the round
+    stops with one line naming the row; with data.on_bad_row=skip the row is left out before the labeler, said once."""
+    import pytest
+
+    from rlkit.data import DataError
+    from rlkit.drivers.rlaifv import RLAIFVConfig, drop_unfit
+    from rlkit.config import load_config
+    from rlkit.records import PromptRow
+    from rollout import Completion
+
+    rows = [PromptRow(i, f"q{i}", [], None, {}) for i in (4, 7, 9)]
+    ok, unfit = Completion("a", [1], [-0.1], [5], "stop"), Completion("", [], [], [], "prompt_too_long")
+    outs = [[ok, ok], [unfit, unfit], [ok, ok]]
+    cfg = load_config(RLAIFVConfig, None, ["rollout.max_model_len=64"])
+    with pytest.raises(DataError, match=r"^row 7: its prompt is longer than rollout.max_model_len \(64 tokens"):
+        drop_unfit(cfg, 1, rows, ["t4", "t7", "t9"], outs)
+    cfg = load_config(RLAIFVConfig, None, ["data.on_bad_row=skip"])
+    kept_rows, texts, kept = drop_unfit(cfg, 1, rows, ["t4", "t7", "t9"], outs)
+    assert [r.index for r in kept_rows] == [4, 9] and texts == ["t4", "t9"] and kept == [outs[0], outs[2]]
+    assert "rlkit: round 1: 1 row(s) left out" in capsys.readouterr().out
+    assert drop_unfit(cfg, 1, rows, ["t4", "t7", "t9"], [outs[0]] * 3)[0] == rows  # nothing refused: unchanged

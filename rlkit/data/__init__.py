@@ -28,6 +28,13 @@ class DataError(ValueError):
     """A data set or one of its rows cannot be used; the message names the row, key or file."""
 
 
+def prompt_too_long(index: int, max_model_len: int) -> DataError:
+    """The error of a row whose prompt the engine refused (finish_reason 'prompt_too_long'): only the engine counts
+    a prompt's tokens (its image tokens), so it is found when the row is generated, not by the checks before."""
+    return DataError(f"row {index}: its prompt is longer than rollout.max_model_len ({max_model_len} tokens, "
+                     f"image tokens included)")
+
+
 def _builtin() -> dict[str, Callable]:
     from rlkit.data.arith_chain import load_arith_chain
     from rlkit.data.arithmetic import load_arithmetic

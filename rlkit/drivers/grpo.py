@@ -31,8 +31,8 @@ from rlkit.step.modes import deep_ratio_at
 from rlkit.records import MODES, Sample, TrainItem
 from rlkit.step.reward_health import RewardHealth
 from rlkit.run.rundir import GRPO_RESUMABLE, open_run
-from rlkit.run.build import (PolicyLogprobs, RewardResources, check_kv_cache, engine_options, load_prompt_data,  # noqa: F401
-                             resolve_model, reward_scorer, reward_specs, row_texts, worker_settings)
+from rlkit.run.build import (PolicyLogprobs, RewardResources, check_kv_cache, engine_options,  # noqa: F401
+                             load_prompt_data, resolve_model, reward_scorer, reward_specs, row_texts, worker_settings)
 from rlkit.run.checks import check_grpo
 from rlkit.run.labeler import labeler_config, labeler_resources
 from rlkit.run.timing import timed

@@ -32,7 +32,7 @@ from preference import Candidate, PromptInfo, build_pairs, pairs_to_dataset, sav
 from rewards.rlaifv import rlaifv_scores, write_audit
 from rlkit.config import (ConfigError, DataConfig, LoggingConfig, ModelConfig, RolloutConfig, TrainerConfig,
                           check_ranges, dump_config)
-from rlkit.data import DataError, PromptStream, load_source, map_columns, open_image, to_row
+from rlkit.data import DataError, PromptStream, load_source, map_columns, open_image, prompt_too_long, to_row
 from rlkit.drivers.dpo import DPOConfig, DPODataConfig, DPOSection, check_dpo, run_dpo
 from rlkit.models.loading import load_processor
 from rlkit.step.modes import render_prompt
@@ -110,6 +110,22 @@ def _rows(cfg: RLAIFVConfig, ds, round_index: int) -> list:
     return rows
 
 
+def drop_unfit(cfg: RLAIFVConfig, r: int, rows: list, texts: list, outs: list) -> tuple[list, list, list]:
+    """The round's prompts without those the engine refused as longer than rollout.max_model_len (their n
+    completions are empty: labelled, they would only cost the labeler): data.on_bad_row 'error' stops with one line
+    naming the first row, 'skip' says how many were left out."""
+    unfit = [g for g, group in enumerate(outs) if group and group[0].finish_reason == "prompt_too_long"]
+    if not unfit:
+        return rows, texts, outs
+    first = prompt_too_long(rows[unfit[0]].index, cfg.rollout.max_model_len)
+    if cfg.data.on_bad_row == "error":
+        raise DataError(f"{first} (data.on_bad_row=skip leaves such rows out)")
+    print(f"rlkit: round {r}: {len(unfit)} row(s) left out, their prompt longer than rollout.max_model_len; "
+          f"first: {first}")
+    keep = [g for g in range(len(outs)) if g not in set(unfit)]
+    return [rows[g] for g in keep], [texts[g] for g in keep], [outs[g] for g in keep]
+
+
 def run_round(cfg: RLAIFVConfig, r: int, model: str, ds, resources: LabelerResources | None = None) -> dict:
     """One round from `model`; returns its summary (metrics and the new checkpoint, or None without pairs).
 
@@ -131,6 +147,7 @@ def run_round(cfg: RLAIFVConfig, r: int, model: str, ds, resources: LabelerResou
                                sampling)
     finally:
         engine.close()
+    rows, texts, outs = drop_unfit(cfg, r, rows, texts, outs)
     t_sample = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -14,7 +14,7 @@ import time
 
 from rewards import RewardScorer, ScoreResult
 from rlkit.config import GRPOConfig
-from rlkit.data import DataError, PromptStream, open_image, to_row
+from rlkit.data import DataError, PromptStream, open_image, prompt_too_long, to_row
 from rlkit.step.modes import assign_modes, deep_ratio_at, render_prompt
 from rlkit.records import MODES, Sample, reward_columns
 from rollout import RolloutRequest, SamplingConfig
@@ -54,8 +54,7 @@ class StepRows:
         the order of rows and a resumed run stay what they would be."""
         unfit = {s.group: s.row.index for s in batch if s.finish_reason == "prompt_too_long"}
         for idx in sorted(set(unfit.values()) - self.unfit):
-            self._bad(DataError(f"row {idx}: its prompt is longer than rollout.max_model_len "
-                                f"({self.cfg.rollout.max_model_len} tokens, image tokens included)"))
+            self._bad(prompt_too_long(idx, self.cfg.rollout.max_model_len))
             self.unfit.add(idx)
         return [s for s in batch if s.group not in unfit]
 
